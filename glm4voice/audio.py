@@ -1,0 +1,227 @@
+"""Audio in and out, and the two mel front ends of the system.
+
+* `load_audio` reads anything soundfile reads (or bytes, or an array), mixes to
+  mono and resamples with soxr. Bad input raises `AudioError`.
+* `whisper_log_mel` is the speech tokenizer's front end (16 kHz, 128 bins,
+  log10, floor at max - 8, (x + 4) / 4), the same numbers as
+  `transformers.WhisperFeatureExtractor`, in torch, batched, on any device.
+* `decoder_log_mel` is the speech decoder's (22.05 kHz, 80 bins, natural log),
+  used to make prompts and decoder training targets.
+
+Both share one filterbank (`mel_filterbank`) and one STFT (`stft_power`).
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+import tempfile
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import soxr
+import torch
+
+from .errors import AudioError
+
+WHISPER_RATE = 16000
+WHISPER_N_FFT = 400
+WHISPER_HOP = 160
+WHISPER_N_MELS = 128
+# One speech token per 1280 samples: hop 160 x conv stride 2 x pooling 4.
+SAMPLES_PER_TOKEN = 1280
+
+DECODER_RATE = 22050
+DECODER_N_FFT = 1024
+DECODER_HOP = 256
+DECODER_N_MELS = 80
+
+
+# ----------------------------------------------------------------------------- I/O
+
+
+def load_audio(source, sample_rate: int | None = None, target_rate: int = WHISPER_RATE) -> np.ndarray:
+    """Read audio as mono float32 at `target_rate`.
+
+    `source` is a path, raw file bytes, or an array (then `sample_rate` is
+    required). A 2-D array is (channels, samples) or (samples, channels): the
+    shorter axis is taken as channels. Returns shape [samples].
+    """
+    name = _describe(source)
+    if isinstance(source, (str, os.PathLike)):
+        path = Path(source)
+        if not path.exists():
+            raise AudioError(name, "no such file")
+        if path.is_dir():
+            raise AudioError(name, "is a folder, not an audio file")
+        if path.stat().st_size == 0:
+            raise AudioError(name, "empty file")
+        audio, rate = _read_soundfile(path, name)
+    elif isinstance(source, (bytes, bytearray, memoryview)):
+        if len(source) == 0:
+            raise AudioError(name, "empty bytes")
+        audio, rate = _read_soundfile(io.BytesIO(bytes(source)), name)
+    else:
+        if sample_rate is None:
+            raise AudioError(name, "an array needs its sample_rate")
+        audio = _as_numpy(source, name)
+        audio, rate = _to_mono(audio), int(sample_rate)
+    if rate <= 0:
+        raise AudioError(name, f"invalid sample rate {rate}")
+    if audio.size == 0:
+        raise AudioError(name, "no samples")
+    if not np.isfinite(audio).all():
+        raise AudioError(name, "contains NaN or infinite samples")
+    return resample(audio, rate, target_rate)
+
+
+def resample(audio: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:
+    """High-quality resampling (soxr); a no-op when the rates agree."""
+    audio = np.ascontiguousarray(audio, dtype=np.float32)
+    if from_rate == to_rate:
+        return audio
+    return soxr.resample(audio, from_rate, to_rate, quality="HQ").astype(np.float32, copy=False)
+
+
+def write_wav(path: str | os.PathLike, audio, sample_rate: int) -> None:
+    """Write mono 16-bit PCM wav atomically (a crash never leaves half a file)."""
+    data = audio.detach().float().cpu().numpy() if isinstance(audio, torch.Tensor) else np.asarray(audio)
+    data = np.clip(data.reshape(-1).astype(np.float32), -1.0, 1.0)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        sf.write(tmp, data, sample_rate, subtype="PCM_16", format="WAV")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _describe(source) -> str:
+    if isinstance(source, (str, os.PathLike)):
+        return str(source)
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return f"<{len(source)} bytes>"
+    return f"<{type(source).__name__}>"
+
+
+def _read_soundfile(file, name: str) -> tuple[np.ndarray, int]:
+    try:
+        audio, rate = sf.read(file, dtype="float32", always_2d=True)
+    except Exception as exc:  # soundfile raises several types for bad data
+        raise AudioError(name, f"not readable as audio ({exc})") from None
+    return audio.mean(axis=1), int(rate)
+
+
+def _as_numpy(array, name: str) -> np.ndarray:
+    if isinstance(array, torch.Tensor):
+        array = array.detach().float().cpu().numpy()
+    try:
+        array = np.asarray(array, dtype=np.float32)
+    except (TypeError, ValueError):
+        raise AudioError(name, "not a numeric array") from None
+    if array.ndim not in (1, 2):
+        raise AudioError(name, f"expected 1-D or 2-D audio, got shape {tuple(array.shape)}")
+    return array
+
+
+def _to_mono(audio: np.ndarray) -> np.ndarray:
+    if audio.ndim == 1:
+        return audio
+    channel_axis = 0 if audio.shape[0] <= audio.shape[1] else 1
+    return audio.mean(axis=channel_axis)
+
+
+# ----------------------------------------------------------------------------- mel
+
+
+@lru_cache(maxsize=8)
+def _mel_filterbank_cpu(sample_rate: int, n_fft: int, n_mels: int, fmin: float, fmax: float) -> torch.Tensor:
+    from transformers.audio_utils import mel_filter_bank
+
+    bank = mel_filter_bank(
+        num_frequency_bins=n_fft // 2 + 1,
+        num_mel_filters=n_mels,
+        min_frequency=fmin,
+        max_frequency=fmax,
+        sampling_rate=sample_rate,
+        norm="slaney",
+        mel_scale="slaney",
+    )
+    return torch.from_numpy(np.ascontiguousarray(bank.T, dtype=np.float32))  # [n_mels, n_freq]
+
+
+def mel_filterbank(sample_rate: int, n_fft: int, n_mels: int, fmin: float, fmax: float, device=None):
+    """Slaney-normalised mel filters (librosa's default), [n_mels, n_fft // 2 + 1]."""
+    return _mel_filterbank_cpu(sample_rate, n_fft, n_mels, float(fmin), float(fmax)).to(device)
+
+
+def stft_power(x: torch.Tensor, n_fft: int, hop: int) -> torch.Tensor:
+    """|STFT|^2 with a periodic Hann window and no centering: [B, n_fft//2+1, frames].
+
+    Callers do their own padding, so the same function serves offline
+    (reflect-padded whole signal) and streaming (a slice of the signal).
+    """
+    window = torch.hann_window(n_fft, device=x.device, dtype=torch.float32)
+    spec = torch.stft(x.float(), n_fft, hop, window=window, center=False, return_complex=True)
+    return spec.real.square() + spec.imag.square()
+
+
+def whisper_log10_mel(x: torch.Tensor) -> torch.Tensor:
+    """Raw log10 mel power of an already padded signal [B, N] -> [B, 128, frames]."""
+    power = stft_power(x, WHISPER_N_FFT, WHISPER_HOP)
+    bank = mel_filterbank(WHISPER_RATE, WHISPER_N_FFT, WHISPER_N_MELS, 0.0, 8000.0, x.device)
+    return torch.clamp(bank @ power, min=1e-10).log10()
+
+
+def whisper_normalize(log_mel: torch.Tensor, max_value) -> torch.Tensor:
+    """Whisper's dynamic-range floor (max - 8) and scaling."""
+    return (torch.maximum(log_mel, torch.as_tensor(max_value, dtype=log_mel.dtype) - 8.0) + 4.0) / 4.0
+
+
+def whisper_log_mel(waves, device=None, pad_multiple: int = SAMPLES_PER_TOKEN):
+    """Whisper features for a batch of 16 kHz mono waves.
+
+    Each wave is zero-padded to its own multiple of `pad_multiple` (what the
+    reference does for one input), so a wave's features never depend on what
+    else is in the batch. Returns (features [B, 128, T], mask [B, T] bool);
+    T is the longest wave's frame count and mask marks frames of real audio
+    (ceil(samples / 160) of them).
+    """
+    feats, masks = [], []
+    for wave in waves:
+        wave = torch.as_tensor(wave, dtype=torch.float32, device=device).reshape(-1)
+        n = wave.shape[0]
+        padded = math.ceil(n / pad_multiple) * pad_multiple
+        wave = torch.nn.functional.pad(wave, (0, padded - n))
+        half = WHISPER_N_FFT // 2
+        # center=True equivalent: reflect half a window at both ends, then drop the last frame.
+        framed = torch.nn.functional.pad(wave[None, None], (half, half), mode="reflect")[0]
+        log_mel = whisper_log10_mel(framed)[0, :, :-1]  # [128, padded / 160]
+        feats.append(whisper_normalize(log_mel, log_mel.max()))
+        masks.append(torch.arange(log_mel.shape[1], device=log_mel.device) < math.ceil(n / WHISPER_HOP))
+    length = max(f.shape[1] for f in feats)
+    features = torch.stack([torch.nn.functional.pad(f, (0, length - f.shape[1])) for f in feats])
+    mask = torch.stack([torch.nn.functional.pad(m, (0, length - m.shape[0])) for m in masks])
+    return features, mask
+
+
+def decoder_log_mel(audio: torch.Tensor) -> torch.Tensor:
+    """The decoder's mel (Matcha/CosyVoice): 22.05 kHz audio [B, N] -> [B, 80, N // 256].
+
+    Magnitude (not power) STFT, n_fft = win = 1024, hop 256, reflect padding of
+    (n_fft - hop) / 2 on both sides, fmax 8000, natural log of max(x, 1e-5).
+    """
+    audio = audio.float()
+    if audio.dim() == 1:
+        audio = audio[None]
+    pad = (DECODER_N_FFT - DECODER_HOP) // 2
+    padded = torch.nn.functional.pad(audio[:, None], (pad, pad), mode="reflect")[:, 0]
+    magnitude = torch.sqrt(stft_power(padded, DECODER_N_FFT, DECODER_HOP) + 1e-9)
+    bank = mel_filterbank(DECODER_RATE, DECODER_N_FFT, DECODER_N_MELS, 0.0, 8000.0, audio.device)
+    return torch.log(torch.clamp(bank @ magnitude, min=1e-5))

@@ -1,0 +1,88 @@
+"""The `glm4voice` command line. Each subcommand is a thin wrapper over the API.
+
+Errors on bad input print one line (`glm4voice CMD: error: ...`) and exit 2;
+they never show a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from .errors import Glm4VoiceError
+
+
+def _device_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:1, ...)")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+
+
+# --- tokenize (speech -> 12.5 Hz ids) ---------------------------------------------------------
+
+
+def _add_tokenize(sub) -> None:
+    p = sub.add_parser("tokenize", help="audio files -> speech token ids (one JSON line per file)")
+    p.add_argument("--tokenizer", required=True, help="tokenizer folder or hub id (THUDM/glm-4-voice-tokenizer)")
+    p.add_argument("files", nargs="+", help="audio files (anything soundfile reads)")
+    p.add_argument("--int8", action="store_true", help="dynamic int8 linear layers (CPU only, faster)")
+    p.add_argument("--batch-size", type=int, default=8, help="30 s pieces per forward pass")
+    _device_args(p)
+    p.set_defaults(run=_run_tokenize)
+
+
+def _run_tokenize(args) -> int:
+    from .audio import WHISPER_RATE, load_audio
+    from .tokenizer import SpeechTokenizer
+
+    tok = SpeechTokenizer.from_pretrained(args.tokenizer, device=args.device, dtype=args.dtype, int8=args.int8)
+    failed = 0
+    # Read every file first so one bad file costs only its own line; then tokenize in batches.
+    good: list[tuple[str, object]] = []
+    for name in args.files:
+        try:
+            good.append((name, load_audio(name)))
+        except Glm4VoiceError as exc:
+            failed += 1
+            print(json.dumps({"file": name, "error": str(exc)}), flush=True)
+    for start in range(0, len(good), args.batch_size):
+        chunk = good[start : start + args.batch_size]
+        ids = tok.tokenize_batch([audio for _, audio in chunk])
+        for (name, audio), tokens in zip(chunk, ids):
+            seconds = round(len(audio) / WHISPER_RATE, 3)
+            print(json.dumps({"file": name, "seconds": seconds, "tokens": tokens}), flush=True)
+    if failed:
+        print(f"glm4voice tokenize: {failed} of {len(args.files)} files failed", file=sys.stderr)
+        return 1
+    return 0
+
+
+# --- decode (speech ids -> audio): issue 3 ----------------------------------------------------
+
+# --- lm / chat: issue 4 -----------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="glm4voice", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in _COMMANDS:
+        add(sub)
+    return parser
+
+
+_COMMANDS = [_add_tokenize]
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.run(args) or 0)
+    except Glm4VoiceError as exc:
+        print(f"glm4voice {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

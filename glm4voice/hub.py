@@ -1,0 +1,50 @@
+"""Find a checkpoint folder: a local path, or a Hugging Face hub id.
+
+Local folders never touch the network. Hub ids go through huggingface_hub,
+which honours HF_HUB_OFFLINE and its cache.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from .errors import CheckpointError
+
+
+def resolve_checkpoint(path_or_id: str | os.PathLike, required: list[str], what: str) -> Path:
+    """Return a local folder holding every file in `required`.
+
+    `what` names the checkpoint kind in error messages ("tokenizer", ...).
+    """
+    path = Path(path_or_id).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise CheckpointError(f"{what} checkpoint {path}: not a folder")
+    elif _looks_like_hub_id(str(path_or_id)):
+        path = _download(str(path_or_id), required, what)
+    else:
+        raise CheckpointError(f"{what} checkpoint {path_or_id}: no such folder")
+    missing = [name for name in required if not (path / name).is_file()]
+    if missing:
+        raise CheckpointError(f"{what} checkpoint {path}: missing {', '.join(missing)}")
+    return path
+
+
+def _looks_like_hub_id(text: str) -> bool:
+    parts = text.split("/")
+    return len(parts) == 2 and all(parts) and not text.startswith((".", "/", "~"))
+
+
+def _download(repo_id: str, required: list[str], what: str) -> Path:
+    from huggingface_hub import snapshot_download
+
+    try:
+        # allow_patterns keeps shards and index files of the LM too.
+        folder = snapshot_download(repo_id, allow_patterns=[*required, "*.safetensors", "*.json", "*.model"])
+    except Exception as exc:  # network, auth, offline mode: one clear message
+        raise CheckpointError(
+            f"{what} checkpoint {repo_id}: not a local folder, and the hub download failed "
+            f"({type(exc).__name__}: {exc}). Pass a local folder, or unset HF_HUB_OFFLINE."
+        ) from exc
+    return Path(folder)
