@@ -62,6 +62,25 @@ def _run_tokenize(args) -> int:
 # --- lm / chat: issue 4 -----------------------------------------------------------------------
 
 
+def _add_convert_lm(sub) -> None:
+    p = sub.add_parser(
+        "convert-lm", help="ChatGLM-format speech LM -> transformers Glm layout (safetensors, sharded)"
+    )
+    p.add_argument("src", help="LM folder or hub id in the ChatGLM layout (THUDM/glm-4-voice-9b)")
+    p.add_argument("dst", help="new (or empty) output folder")
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+    p.add_argument("--max-shard-gb", type=float, default=5.0, help="largest safetensors shard, in GB")
+    p.set_defaults(run=_run_convert_lm)
+
+
+def _run_convert_lm(args) -> int:
+    from .lm import convert_lm
+
+    out = convert_lm(args.src, args.dst, dtype=args.dtype, max_shard_bytes=int(args.max_shard_gb * 1e9))
+    print(f"wrote {out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="glm4voice", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -70,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-_COMMANDS = [_add_tokenize]
+_COMMANDS = [_add_tokenize, _add_convert_lm]
 
 
 def main(argv: list[str] | None = None) -> int:

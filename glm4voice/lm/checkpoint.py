@@ -1,0 +1,380 @@
+"""Load the ChatGLM-format speech LM (`THUDM/glm-4-voice-9b`) into `transformers.GlmForCausalLM`.
+
+The released checkpoint uses the ChatGLM layout (`model_type: chatglm`, fused
+`query_key_value`, `transformer.*` names). The network is exactly GLM-4, which
+transformers ships as `GlmForCausalLM` (partial rotary 0.5, adjacent pairs
+rotated), so the conversion is a config mapping plus tensor renames and one
+split:
+
+| ChatGLM (`transformer.` prefix)                | transformers Glm                                |
+|------------------------------------------------|-------------------------------------------------|
+| `embedding.word_embeddings`                    | `model.embed_tokens`                            |
+| `encoder.layers.N.self_attention.query_key_value` | `model.layers.N.self_attn.{q,k,v}_proj` (rows q;k;v) |
+| `encoder.layers.N.self_attention.dense`        | `model.layers.N.self_attn.o_proj`               |
+| `encoder.layers.N.mlp.dense_h_to_4h`           | `model.layers.N.mlp.gate_up_proj` (same rows)   |
+| `encoder.layers.N.mlp.dense_4h_to_h`           | `model.layers.N.mlp.down_proj`                  |
+| `encoder.layers.N.*_layernorm`                 | same names under `model.layers.N`               |
+| `encoder.final_layernorm`                      | `model.norm`                                    |
+| `output_layer`                                 | `lm_head`                                       |
+| `rotary_pos_emb.inv_freq`                      | dropped (recomputed from the config)            |
+
+Memory: the model is built on the meta device and every tensor is read,
+converted and assigned one at a time, shard by shard, so loading never holds
+more than the model plus one tensor (a 9B bf16 model loads in ~19 GB).
+A folder already in the transformers layout (`model_type: glm`, for example
+the output of `glm4voice convert-lm`) loads through the same path.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from ..errors import CheckpointError
+from ..hub import resolve_checkpoint
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+_SAFE_DTYPES = {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16}
+TOKENIZER_FILES = (
+    "tokenizer.model",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "tokenization_chatglm.py",
+)
+
+_LAYER = re.compile(r"^transformer\.encoder\.layers\.(\d+)\.(.+)$")
+_LAYER_RENAMES = {
+    "input_layernorm.weight": "input_layernorm.weight",
+    "post_attention_layernorm.weight": "post_attention_layernorm.weight",
+    "self_attention.dense.weight": "self_attn.o_proj.weight",
+    "mlp.dense_h_to_4h.weight": "mlp.gate_up_proj.weight",
+    "mlp.dense_4h_to_h.weight": "mlp.down_proj.weight",
+}
+_TOP_RENAMES = {
+    "transformer.embedding.word_embeddings.weight": "model.embed_tokens.weight",
+    "transformer.encoder.final_layernorm.weight": "model.norm.weight",
+    "transformer.output_layer.weight": "lm_head.weight",
+}
+_DROPPED = ("transformer.rotary_pos_emb.inv_freq",)
+
+
+def resolve_dtype(dtype) -> torch.dtype | None:
+    """`None`/"auto" -> None (keep the checkpoint's dtype); a name or torch.dtype -> torch.dtype."""
+    if dtype is None or dtype == "auto":
+        return None
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in DTYPES:
+        raise CheckpointError(f"dtype {dtype!r}: expected one of auto, {', '.join(DTYPES)}")
+    return DTYPES[dtype]
+
+
+# --- config -----------------------------------------------------------------------------------
+
+
+def read_config(folder: Path) -> dict:
+    path = folder / "config.json"
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"LM checkpoint {folder}: cannot read config.json ({exc})") from exc
+
+
+def glm_config_from_chatglm(cfg: dict, source: str = "config.json"):
+    """Map a ChatGLM config.json (dict) to a `transformers.GlmConfig`."""
+    from transformers import GlmConfig
+
+    def need(key, *alternatives):
+        for name in (key, *alternatives):
+            if cfg.get(name) is not None:
+                return cfg[name]
+        raise CheckpointError(f"{source}: missing '{key}'")
+
+    # Variants of the ChatGLM block that GlmForCausalLM cannot express.
+    unsupported = {
+        "add_bias_linear": True,
+        "rmsnorm": False,
+        "post_layer_norm": False,
+        "apply_residual_connection_post_layernorm": True,
+    }
+    for key, bad in unsupported.items():
+        if cfg.get(key, not bad) == bad:
+            raise CheckpointError(f"{source}: {key}={bad} is not supported (not a GLM-4 layout)")
+    heads = int(need("num_attention_heads"))
+    hidden = int(need("hidden_size"))
+    kv_heads = int(need("multi_query_group_num")) if cfg.get("multi_query_attention", False) else heads
+    head_dim = int(cfg.get("kv_channels") or hidden // heads)
+    vocab = int(need("padded_vocab_size", "vocab_size"))
+    eos = cfg.get("eos_token_id")
+    pad = cfg.get("pad_token_id")
+    if isinstance(pad, int) and not 0 <= pad < vocab:
+        pad = None
+    return GlmConfig(
+        vocab_size=vocab,
+        hidden_size=hidden,
+        intermediate_size=int(need("ffn_hidden_size")),
+        num_hidden_layers=int(need("num_layers", "num_hidden_layers")),
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
+        head_dim=head_dim,
+        rms_norm_eps=float(cfg.get("layernorm_epsilon", 1e-5)),
+        max_position_embeddings=int(cfg.get("seq_length", 8192)),
+        rope_parameters={
+            "rope_type": "default",
+            "rope_theta": 10000.0 * float(cfg.get("rope_ratio", 1) or 1),
+            "partial_rotary_factor": 0.5,
+        },
+        attention_bias=bool(cfg.get("add_qkv_bias", True)),
+        attention_dropout=0.0,
+        tie_word_embeddings=False,
+        pad_token_id=pad,
+        eos_token_id=eos,
+    )
+
+
+def glm_config(folder: Path, raw: dict | None = None):
+    """The `GlmConfig` for a checkpoint folder in either layout."""
+    from transformers import GlmConfig
+
+    raw = read_config(folder) if raw is None else raw
+    kind = raw.get("model_type")
+    if kind == "chatglm":
+        return glm_config_from_chatglm(raw, f"{folder}/config.json")
+    if kind == "glm":
+        try:
+            return GlmConfig.from_dict(raw)
+        except Exception as exc:  # strict dataclass validation
+            raise CheckpointError(f"{folder}/config.json: not a valid Glm config ({exc})") from exc
+    raise CheckpointError(
+        f"LM checkpoint {folder}: model_type {kind!r} is not supported (expected 'chatglm' or 'glm')"
+    )
+
+
+# --- tensors ----------------------------------------------------------------------------------
+
+
+def weight_files(folder: Path) -> list[Path]:
+    """The safetensors files of a checkpoint: the index's shards, or the single file."""
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            weight_map = json.loads(index.read_text())["weight_map"]
+        except (OSError, ValueError, KeyError) as exc:
+            raise CheckpointError(f"{index}: unreadable index ({exc})") from exc
+        names = sorted(set(weight_map.values()))
+        missing = [n for n in names if not (folder / n).is_file()]
+        if missing:
+            raise CheckpointError(f"LM checkpoint {folder}: missing shard(s) {', '.join(missing)}")
+        return [folder / n for n in names]
+    single = folder / "model.safetensors"
+    if single.is_file():
+        return [single]
+    if any(folder.glob("*.bin")):
+        raise CheckpointError(f"LM checkpoint {folder}: only .bin weights found; safetensors are required")
+    raise CheckpointError(f"LM checkpoint {folder}: no model.safetensors or model.safetensors.index.json")
+
+
+def convert_tensor(name: str, tensor: torch.Tensor, config) -> list[tuple[str, torch.Tensor]]:
+    """One ChatGLM tensor -> its transformers Glm tensor(s). Unknown names raise."""
+    if name in _TOP_RENAMES:
+        return [(_TOP_RENAMES[name], tensor)]
+    if name in _DROPPED:
+        return []
+    match = _LAYER.match(name)
+    if match is None:
+        raise CheckpointError(f"unexpected tensor {name!r} in a ChatGLM checkpoint")
+    layer, rest = match.groups()
+    prefix = f"model.layers.{layer}."
+    if rest in _LAYER_RENAMES:
+        return [(prefix + _LAYER_RENAMES[rest], tensor)]
+    if rest in ("self_attention.query_key_value.weight", "self_attention.query_key_value.bias"):
+        kind = rest.rsplit(".", 1)[1]
+        q_rows = config.num_attention_heads * config.head_dim
+        kv_rows = config.num_key_value_heads * config.head_dim
+        if tensor.shape[0] != q_rows + 2 * kv_rows:
+            raise CheckpointError(
+                f"{name}: {tensor.shape[0]} rows, expected {q_rows} + 2 x {kv_rows} from the config"
+            )
+        q, k, v = torch.split(tensor, [q_rows, kv_rows, kv_rows], dim=0)
+        # clone: each part owns its storage (safetensors refuses shared storage when saving).
+        parts = zip("qkv", (q, k, v), strict=True)
+        return [(f"{prefix}self_attn.{p}_proj.{kind}", t.clone()) for p, t in parts]
+    raise CheckpointError(f"unexpected tensor {name!r} in a ChatGLM checkpoint")
+
+
+def iter_glm_tensors(
+    folder: Path, config, chatglm: bool, dtype: torch.dtype | None = None, device="cpu"
+) -> Iterator[tuple[int, str, torch.Tensor]]:
+    """Yield (shard index, Glm name, tensor) one tensor at a time, converted and cast."""
+    for shard, path in enumerate(weight_files(folder)):
+        try:
+            handle = safe_open(str(path), framework="pt", device="cpu")
+        except Exception as exc:
+            raise CheckpointError(f"{path}: not a readable safetensors file ({exc})") from exc
+        with handle as f:
+            for name in f.keys():
+                tensor = f.get_tensor(name)
+                pieces = convert_tensor(name, tensor, config) if chatglm else [(name, tensor)]
+                for new_name, t in pieces:
+                    if dtype is not None and t.is_floating_point():
+                        t = t.to(dtype)
+                    yield shard, new_name, t.to(device)
+
+
+def checkpoint_dtype(folder: Path) -> torch.dtype:
+    """The floating dtype the checkpoint stores (read from the first shard's header)."""
+    path = weight_files(folder)[0]
+    with safe_open(str(path), framework="pt", device="cpu") as f:
+        for name in f.keys():
+            kind = f.get_slice(name).get_dtype()
+            if kind in _SAFE_DTYPES:
+                return _SAFE_DTYPES[kind]
+    return torch.float32
+
+
+# --- load -------------------------------------------------------------------------------------
+
+
+def load_lm(path_or_id: str | os.PathLike, device="cpu", dtype="auto", attn_implementation: str = "sdpa"):
+    """Load the speech LM as a `transformers.GlmForCausalLM` in eval mode.
+
+    `path_or_id`: a folder (or hub id) in the ChatGLM layout (the released
+    `THUDM/glm-4-voice-9b`) or the transformers layout (`convert-lm` output),
+    single-file or sharded. `dtype`: "auto" keeps the checkpoint's dtype (bf16
+    for the release), or float32 / bfloat16 / float16.
+    """
+    from transformers import GlmForCausalLM
+    from transformers.models.glm.modeling_glm import GlmRotaryEmbedding
+
+    folder = resolve_checkpoint(path_or_id, ["config.json"], "LM")
+    raw = read_config(folder)
+    config = glm_config(folder, raw)
+    target = resolve_dtype(dtype) or checkpoint_dtype(folder)
+    config._attn_implementation = attn_implementation
+    with torch.device("meta"):
+        model = GlmForCausalLM(config)
+    expected = set(model.state_dict().keys())
+    loaded: set[str] = set()
+    part: dict[str, torch.Tensor] = {}
+    current = 0
+
+    def flush():
+        if part:
+            _assign(model, part, folder)
+            loaded.update(part)
+            part.clear()
+
+    for shard, name, tensor in iter_glm_tensors(
+        folder, config, raw.get("model_type") == "chatglm", target, device
+    ):
+        if shard != current:
+            flush()
+            current = shard
+        if name not in expected:
+            raise CheckpointError(f"LM checkpoint {folder}: unexpected tensor {name!r}")
+        part[name] = tensor
+    flush()
+    missing = sorted(expected - loaded)
+    if missing:
+        shown = ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else "")
+        raise CheckpointError(f"LM checkpoint {folder}: missing {len(missing)} tensor(s): {shown}")
+    # Non-persistent buffers (rotary inverse frequencies) were created on meta: rebuild them.
+    model.model.rotary_emb = GlmRotaryEmbedding(config).to(device)
+    model.requires_grad_(False)
+    model.eval()
+    model.name_or_path = str(folder)
+    model.config.name_or_path = str(folder)
+    return model
+
+
+def _assign(model, part: dict[str, torch.Tensor], folder: Path) -> None:
+    try:
+        model.load_state_dict(part, strict=False, assign=True)
+    except RuntimeError as exc:  # shape mismatches
+        raise CheckpointError(f"LM checkpoint {folder}: tensors do not match the config ({exc})") from exc
+
+
+# --- convert ----------------------------------------------------------------------------------
+
+
+def convert_lm(
+    src: str | os.PathLike,
+    dst: str | os.PathLike,
+    dtype="auto",
+    max_shard_bytes: int = 5 * 1024**3,
+) -> Path:
+    """Write `src` (ChatGLM layout) to `dst` in the transformers Glm layout, once.
+
+    Writes `config.json`, `generation_config.json`, safetensors shards
+    (`model-0000i-of-0000n.safetensors` + index, or one `model.safetensors`)
+    and copies the tokenizer files. Streams tensor by tensor: memory stays
+    around one shard. `dst` must not already hold a checkpoint.
+    """
+    folder = resolve_checkpoint(src, ["config.json"], "LM")
+    raw = read_config(folder)
+    if raw.get("model_type") != "chatglm":
+        raise CheckpointError(f"{folder}: model_type {raw.get('model_type')!r}; convert-lm expects 'chatglm'")
+    config = glm_config(folder, raw)
+    target = resolve_dtype(dtype) or checkpoint_dtype(folder)
+    out = Path(dst).expanduser()
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise CheckpointError(f"{out}: exists and is not an empty folder; pick a new destination")
+    out.mkdir(parents=True, exist_ok=True)
+
+    written: list[tuple[str, list[str]]] = []  # (temporary file name, tensor names)
+    shard: dict[str, torch.Tensor] = {}
+    size = 0
+
+    def write():
+        nonlocal size
+        if shard:
+            name = f"part-{len(written):05d}.safetensors"
+            save_file(shard, str(out / name), metadata={"format": "pt"})
+            written.append((name, list(shard)))
+            shard.clear()
+            size = 0
+
+    total = 0
+    for _, name, tensor in iter_glm_tensors(folder, config, True, target):
+        nbytes = tensor.numel() * tensor.element_size()
+        if shard and size + nbytes > max_shard_bytes:
+            write()
+        shard[name] = tensor.contiguous()
+        size += nbytes
+        total += nbytes
+    write()
+
+    if len(written) == 1:
+        (out / written[0][0]).rename(out / "model.safetensors")
+    else:
+        weight_map = {}
+        for i, (tmp, names) in enumerate(written):
+            final = f"model-{i + 1:05d}-of-{len(written):05d}.safetensors"
+            (out / tmp).rename(out / final)
+            weight_map.update({n: final for n in names})
+        index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
+        (out / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
+
+    config.architectures = ["GlmForCausalLM"]
+    config.dtype = target
+    config.save_pretrained(out)
+    _write_generation_config(out, config)
+    for name in TOKENIZER_FILES:
+        if (folder / name).is_file():
+            shutil.copy2(folder / name, out / name)
+    return out
+
+
+def _write_generation_config(out: Path, config) -> None:
+    gen = {"eos_token_id": config.eos_token_id, "do_sample": True, "temperature": 0.2, "top_p": 0.8}
+    if config.pad_token_id is not None:
+        gen["pad_token_id"] = config.pad_token_id
+    (out / "generation_config.json").write_text(json.dumps(gen, indent=2) + "\n")

@@ -1,0 +1,276 @@
+"""Streaming generation for the speech LM: typed events, one sampler, a KV cache kept across turns.
+
+`Conversation` holds the ids of the whole dialogue and a `DynamicCache` with
+the keys/values of every id already run through the model. A turn appends the
+new prompt ids, runs only the ids the cache lacks (turn n never re-encodes
+turns 1..n-1), then samples one token at a time:
+
+    TextEvent(text=" Hel", ids=[...])   a text token, with the decoded delta (UTF-8 safe)
+    AudioEvent(codes=[907])             a speech token (code = id - <|audio_0|> id)
+    EndEvent(reason="stop"|"length")    the reply is over
+
+The decode loop is a plain loop over `model(...)` calls (no `generate`): only the
+last position's logits are computed, no logits processors or stopping
+criteria run per step, and sampling works on the top-k candidates only.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from ..errors import Glm4VoiceError
+from .prompt import PromptBuilder, UserInput
+from .text import TextDecoder, TextTokenizer
+
+
+@dataclass
+class TextEvent:
+    """A sampled text token; `text` is what it adds to the reply (may be "" mid-character)."""
+
+    text: str
+    ids: list[int]
+
+
+@dataclass
+class AudioEvent:
+    """Sampled speech token(s), as codes 0..16383 for the speech decoder."""
+
+    codes: list[int]
+
+
+@dataclass
+class EndEvent:
+    """The reply is over: `reason` is "stop" (a stop id was sampled) or "length" (max_new_tokens)."""
+
+    reason: str
+    stop_id: int | None
+    n_tokens: int  # generated ids, the stop id excluded
+    text: str
+    codes: list[int]
+    prompt_tokens: int  # ids run in the prefill of this turn
+    prefill_seconds: float
+    decode_seconds: float
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.n_tokens / self.decode_seconds if self.decode_seconds > 0 else 0.0
+
+
+Event = TextEvent | AudioEvent | EndEvent
+
+
+@dataclass
+class SamplingConfig:
+    """Reference defaults: temperature 0.2, top_p 0.8, max 2000 new tokens; top_k 50 as `generate`'s default.
+
+    temperature 0 means greedy. `stop_ids` None means the tokenizer's
+    `<|endoftext|>`, `<|user|>`, `<|observation|>`. `seed` seeds a private generator.
+    """
+
+    temperature: float = 0.2
+    top_p: float = 0.8
+    top_k: int = 50
+    max_new_tokens: int = 2000
+    stop_ids: Sequence[int] | None = None
+    seed: int | None = None
+
+    def __post_init__(self):
+        if self.temperature < 0:
+            raise Glm4VoiceError(f"temperature must be >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise Glm4VoiceError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.max_new_tokens < 1:
+            raise Glm4VoiceError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+
+
+class Sampler:
+    """Next id from last-position logits: greedy, or temperature -> top-k -> top-p -> multinomial.
+
+    Same filtering order and rule as `transformers` (top-p keeps a token while the
+    probability mass ranked above it is < top_p), but softmax and the top-p cut
+    run over the k candidates, not the whole vocabulary.
+    """
+
+    def __init__(self, config: SamplingConfig, device="cpu"):
+        self.config = config
+        self.greedy = config.temperature == 0 or config.top_k == 1
+        self.generator = None
+        if config.seed is not None:
+            self.generator = torch.Generator(device=device)
+            self.generator.manual_seed(config.seed)
+
+    def __call__(self, logits: torch.Tensor) -> int:
+        if self.greedy:
+            return int(logits.argmax())
+        cfg = self.config
+        k = cfg.top_k if 0 < cfg.top_k < logits.shape[-1] else logits.shape[-1]
+        values, index = torch.topk(logits.float(), k)  # sorted, descending
+        probs = torch.softmax(values / cfg.temperature, dim=-1)
+        if cfg.top_p < 1:
+            mass_above = torch.cumsum(probs, dim=-1) - probs
+            probs = probs.masked_fill(mass_above >= cfg.top_p, 0.0)
+        choice = torch.multinomial(probs, 1, generator=self.generator)
+        return int(index[choice])
+
+
+def step_logits(model, ids: torch.Tensor, cache) -> torch.Tensor:
+    """Run `ids` ([1, n]) after the cached ones; return the last position's logits ([vocab])."""
+    out = model(input_ids=ids, cache=cache, use_cache=True, logits_to_keep=1)
+    return out.logits[0, -1]
+
+
+def sample_ids(
+    model, new_ids: Sequence[int], cache, sampler: Sampler, max_new_tokens: int, stop_ids
+) -> Iterator[int]:
+    """Prefill `new_ids` into `cache`, then yield sampled ids until a stop id or `max_new_tokens`.
+
+    A yielded stop id ends the loop; neither it nor the last id of a
+    length-limited reply is run through the model (the cache ends one id short).
+    """
+    stop = set(stop_ids)
+    device = model.device
+    with torch.inference_mode():
+        logits = step_logits(model, torch.tensor([list(new_ids)], device=device), cache)
+        buffer = torch.empty((1, 1), dtype=torch.long, device=device)
+        for n in range(max_new_tokens):
+            token = sampler(logits)
+            yield token
+            if token in stop or n + 1 == max_new_tokens:
+                return
+            buffer.fill_(token)
+            logits = step_logits(model, buffer, cache)
+
+
+class Conversation:
+    """A multi-turn dialogue with the LM: history ids, KV cache, streaming replies.
+
+    `ids` is the whole dialogue (prompts and replies, stop ids excluded); the
+    cache covers `ids[:cached]`. `turn(...)` appends a user turn and streams
+    the reply; the next turn only runs what the cache lacks.
+    """
+
+    def __init__(self, lm, tokenizer: TextTokenizer, system: str | None = None):
+        from transformers import DynamicCache
+
+        self.lm = lm
+        self.tok = tokenizer
+        self.prompts = PromptBuilder(tokenizer)
+        self.system = system
+        self.ids: list[int] = []
+        self.turns: list[tuple[UserInput, list[int]]] = []
+        self._cache_cls = DynamicCache
+        self.cache = DynamicCache(config=lm.config)
+
+    @property
+    def cached(self) -> int:
+        return self.cache.get_seq_length()
+
+    def reset(self) -> None:
+        self.ids.clear()
+        self.turns.clear()
+        self.cache = self._cache_cls(config=self.lm.config)
+
+    def add_user(self, turn: UserInput) -> list[int]:
+        """Append the prompt ids of one user turn; returns them."""
+        new = self.prompts.turn(turn, first=not self.ids, system=self.system)
+        self.ids += new
+        return new
+
+    def turn(
+        self, text: str | None = None, speech: Sequence[int] | None = None, sampling=None
+    ) -> Iterator[Event]:
+        """Add a user turn (text, or speech codes) and stream the reply's events."""
+        user = UserInput(text=text, speech=speech)
+        self.add_user(user)
+        reply: list[int] = []
+        self.turns.append((user, reply))
+        yield from self.generate(sampling, reply)
+
+    def generate(
+        self, sampling: SamplingConfig | None = None, reply: list[int] | None = None
+    ) -> Iterator[Event]:
+        """Stream a reply to the current `ids` (ending in an assistant header)."""
+        cfg = sampling or SamplingConfig()
+        stop_ids = self.prompts.stop_ids if cfg.stop_ids is None else tuple(cfg.stop_ids)
+        if not _cache_consistent(self.cache) or self.cached > len(self.ids):
+            self.cache = self._cache_cls(config=self.lm.config)  # interrupted mid-step: rebuild
+        if len(self.ids) <= self.cached:
+            raise Glm4VoiceError("nothing to generate from: add a user turn first")
+        pending = self.ids[self.cached :]
+        sampler = Sampler(cfg, device=self.lm.device)
+        text = TextDecoder(self.tok)
+        reply = [] if reply is None else reply
+        pieces: list[str] = []
+        codes: list[int] = []
+        start = time.perf_counter()
+        first_at = None
+        reason, stop_id = "length", None
+        for token in sample_ids(self.lm, pending, self.cache, sampler, cfg.max_new_tokens, stop_ids):
+            if first_at is None:
+                first_at = time.perf_counter()
+            if token in stop_ids:
+                reason, stop_id = "stop", token
+                break
+            reply.append(token)
+            self.ids.append(token)
+            if token >= self.tok.audio_offset:
+                codes.append(token - self.tok.audio_offset)
+                yield AudioEvent([codes[-1]])
+            else:
+                delta = text.push(token)
+                pieces.append(delta)
+                yield TextEvent(delta, [token])
+        tail = text.flush()
+        if tail:
+            pieces.append(tail)
+            yield TextEvent(tail, [])
+        end = time.perf_counter()
+        first_at = first_at or end
+        yield EndEvent(
+            reason=reason,
+            stop_id=stop_id,
+            n_tokens=len(reply),
+            text="".join(pieces),
+            codes=codes,
+            prompt_tokens=len(pending),
+            prefill_seconds=first_at - start,
+            decode_seconds=end - first_at,
+        )
+
+    def render(self) -> str:
+        """The whole dialogue as the reference's prompt string."""
+        return self.prompts.render(self.ids)
+
+
+def _cache_consistent(cache) -> bool:
+    lengths = {layer.get_seq_length() for layer in getattr(cache, "layers", [])}
+    return len(lengths) <= 1
+
+
+def demux(tokenizer: TextTokenizer, ids: Sequence[int]) -> tuple[list[int], list[int]]:
+    """Split generated ids into (text ids, speech codes): ids >= `<|audio_0|>` are speech."""
+    text, codes = [], []
+    for token in ids:
+        if token >= tokenizer.audio_offset:
+            codes.append(token - tokenizer.audio_offset)
+        else:
+            text.append(token)
+    return text, codes
+
+
+__all__ = [
+    "AudioEvent",
+    "Conversation",
+    "EndEvent",
+    "Event",
+    "Sampler",
+    "SamplingConfig",
+    "TextEvent",
+    "demux",
+    "sample_ids",
+    "step_logits",
+]
