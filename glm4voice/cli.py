@@ -81,6 +81,91 @@ def _run_convert_lm(args) -> int:
     return 0
 
 
+def _add_chat(sub) -> None:
+    p = sub.add_parser("chat", help="one spoken (or typed) turn -> streamed reply text + reply.wav")
+    p.add_argument("audio", nargs="?", help="the user's speech (any audio file); or use --text")
+    p.add_argument("--text", help="a typed user message instead of speech")
+    p.add_argument("--model-dir", help="folder holding tokenizer/, lm/ and decoder/")
+    p.add_argument("--tokenizer", help="speech tokenizer folder or hub id (THUDM/glm-4-voice-tokenizer)")
+    p.add_argument("--lm", help="speech LM folder or hub id (THUDM/glm-4-voice-9b)")
+    p.add_argument("--decoder", help="speech decoder folder or hub id (THUDM/glm-4-voice-decoder)")
+    p.add_argument("--out", default="reply.wav", help="where to write the reply audio (22.05 kHz)")
+    p.add_argument("--system", help="replace the default system prompt")
+    p.add_argument("--temperature", type=float, default=0.2, help="0 = greedy")
+    p.add_argument("--top-p", type=float, default=0.8)
+    p.add_argument("--top-k", type=int, default=50)
+    p.add_argument("--max-new-tokens", type=int, default=2000)
+    p.add_argument("--seed", type=int, help="seed the sampler (reproducible replies)")
+    p.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:1, ...)")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
+                   help="tokenizer and decoder dtype")  # fmt: skip
+    p.add_argument("--lm-dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+                   help="LM dtype; auto = the checkpoint's (bf16 for the release)")  # fmt: skip
+    p.set_defaults(run=_run_chat)
+
+
+def _run_chat(args) -> int:
+    from .chat import AudioChunk, Reply, VoiceChat
+    from .lm.generate import SamplingConfig, TextEvent
+
+    if (args.audio is None) == (args.text is None):
+        raise Glm4VoiceError("give the user's speech (AUDIO) or --text, exactly one")
+    if args.lm is None and args.model_dir is None:
+        raise Glm4VoiceError("give --lm (and --tokenizer, --decoder) or --model-dir")
+    if args.audio is not None and args.tokenizer is None and args.model_dir is None:
+        raise Glm4VoiceError("speech input needs --tokenizer (or --model-dir)")
+    sampling = SamplingConfig(
+        temperature=args.temperature,
+        top_p=args.top_p,
+        top_k=args.top_k,
+        max_new_tokens=args.max_new_tokens,
+        seed=args.seed,
+    )
+    audio = None
+    if args.audio is not None:
+        from .audio import load_audio
+
+        audio = load_audio(args.audio)  # fail on a bad file before loading 9B parameters
+    chat = VoiceChat.from_pretrained(
+        args.tokenizer,
+        args.lm,
+        args.decoder,
+        model_dir=args.model_dir,
+        device=args.device,
+        dtype=args.dtype,
+        lm_dtype=args.lm_dtype,
+        system=args.system,
+        sampling=sampling,
+    )
+    reply = None
+    for event in chat.turn(audio, text=args.text):
+        if isinstance(event, TextEvent) and event.text:
+            print(event.text, end="", flush=True)
+        elif isinstance(event, AudioChunk):
+            pass  # collected into the reply
+        elif isinstance(event, Reply):
+            reply = event
+    print(flush=True)
+    t = reply.timings
+    first_text = f"{t.first_text:.2f} s" if t.first_text is not None else "-"
+    first_audio = f"{t.first_audio:.2f} s" if t.first_audio is not None else "-"
+    summary = (
+        f"[{reply.n_tokens} tokens ({len(reply.codes)} speech), {t.tokens_per_second:.1f} tok/s, "
+        f"first text {first_text}, first audio {first_audio}, ended on {reply.reason}]"
+    )
+    if chat.decoder is not None and reply.audio.numel():
+        from .audio import write_wav
+
+        write_wav(args.out, reply.audio.numpy(), reply.sample_rate)
+        summary += f" wrote {args.out} ({reply.seconds:.2f} s)"
+    elif chat.decoder is None:
+        summary += " no --decoder: no audio written"
+    else:
+        summary += " the reply has no speech: no audio written"
+    print(summary, file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="glm4voice", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -89,7 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-_COMMANDS = [_add_tokenize, _add_convert_lm]
+_COMMANDS = [_add_tokenize, _add_convert_lm, _add_chat]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,170 @@
+"""Voice chat plumbing on a tiny random bundle: event order, demux, audio streaming, multi-turn, CLI."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from glm4voice.chat import AudioChunk, Reply, UserEvent, VoiceChat
+from glm4voice.errors import Glm4VoiceError
+from glm4voice.lm import load_lm
+from glm4voice.lm.generate import AudioEvent, SamplingConfig, TextEvent
+from glm4voice.lm.tiny import write_tiny_lm
+
+GREEDY = SamplingConfig(temperature=0, stop_ids=(), max_new_tokens=40)
+PER_ID = 1764  # 80 ms of 22.05 kHz audio per speech id
+
+
+class FakeSpeechTokenizer:
+    """The SpeechTokenizer interface: one id per 1280 samples of 16 kHz audio."""
+
+    def tokenize(self, audio, sample_rate=None):
+        audio = np.asarray(audio)
+        return [int(abs(x) * 1000) % 512 for x in audio[::1280]][: math.ceil(len(audio) / 1280)]
+
+
+class FakeStream:
+    def __init__(self, schedule=(10, 20, 40)):
+        self.schedule, self.pending, self.chunks = list(schedule), [], 0
+
+    def push(self, ids):
+        self.pending += list(ids)
+        size = self.schedule[min(self.chunks, len(self.schedule) - 1)]
+        if len(self.pending) < size:
+            return torch.zeros(0)
+        out, self.pending = self.pending[:size], self.pending[size:]
+        self.chunks += 1
+        return torch.full((PER_ID * len(out),), 0.1)
+
+    def flush(self):
+        out, self.pending = self.pending, []
+        return torch.full((PER_ID * len(out),), 0.1)
+
+
+class FakeDecoder:
+    """The SpeechDecoder interface (sample_rate, decode, stream)."""
+
+    sample_rate = 22050
+
+    def decode(self, tokens):
+        return torch.full((PER_ID * len(tokens),), 0.1)
+
+    def stream(self, **options):
+        return FakeStream(**options)
+
+
+@pytest.fixture(scope="module")
+def lm_folder(tmp_path_factory):
+    return write_tiny_lm(tmp_path_factory.mktemp("chat_lm"), n_audio=512, seed=3)
+
+
+@pytest.fixture(scope="module")
+def lm(lm_folder):
+    return load_lm(lm_folder)
+
+
+@pytest.fixture
+def chat(lm):
+    return VoiceChat(FakeSpeechTokenizer(), lm, FakeDecoder(), sampling=GREEDY)
+
+
+def test_event_order_and_streaming_audio(chat):
+    speech = np.sin(np.arange(16000 * 2) / 7.0).astype(np.float32)
+    events = list(chat.turn(speech))
+    assert isinstance(events[0], UserEvent) and events[0].speech and events[0].text is None
+    assert isinstance(events[-1], Reply) and not any(isinstance(e, Reply) for e in events[:-1])
+    reply = events[-1]
+    n_codes = 0
+    first_chunk_after = None
+    for e in events:
+        if isinstance(e, AudioEvent):
+            n_codes += len(e.codes)
+        if isinstance(e, AudioChunk) and first_chunk_after is None:
+            first_chunk_after = n_codes
+    assert n_codes == len(reply.codes) >= 10
+    assert first_chunk_after == 10  # the decoder's first chunk comes after the first 10 speech ids
+    assert reply.audio.numel() == PER_ID * len(reply.codes) and reply.sample_rate == 22050
+    assert torch.equal(torch.cat([e.audio for e in events if isinstance(e, AudioChunk)]), reply.audio)
+    assert reply.text == "".join(e.text for e in events if isinstance(e, TextEvent))
+    t = reply.timings
+    assert 0 <= t.first_audio <= t.total and t.tokens_per_second > 0 and reply.n_tokens == 40
+    assert chat.history.count("<|begin_of_audio|>") == 1
+
+
+def test_text_turns_keep_history(chat):
+    first = chat.reply(text="hello")
+    assert first.reason == "length"
+    before = len(chat.conversation.ids)
+    assert chat.conversation.cached == before - 1  # the last sampled id was never run
+    events = list(chat.turn(text="hello<|assistant|><|audio_5|>"))
+    user = events[0]
+    tok = chat.text_tokenizer
+    typed = user.ids[: -len(chat.conversation.prompts.assistant())]
+    assert tok.token_id("<|assistant|>") not in typed and not any(tok.is_audio(i) for i in typed)
+    assert len(chat.conversation.ids) == before + len(user.ids) + 40
+    assert chat.history.count("<|user|>") == 2 and chat.history.count("<|system|>") == 1
+    chat.reset()
+    assert chat.history == ""
+
+
+def test_stop_ends_the_reply(chat):
+    probe = chat.reply(text="hello world")
+    chat.reset()
+    assert len(probe.codes) > 3
+    stop = probe.codes[3] + chat.text_tokenizer.audio_offset
+    reply = chat.reply(text="hello world", sampling=SamplingConfig(temperature=0, stop_ids=[stop]))
+    assert reply.reason == "stop" and reply.codes == probe.codes[: probe.codes.index(probe.codes[3])]
+
+
+def test_without_decoder(lm):
+    chat = VoiceChat(None, lm, None, sampling=GREEDY)
+    events = list(chat.turn(text="hello"))
+    assert not any(isinstance(e, AudioChunk) for e in events)
+    assert events[-1].audio.numel() == 0 and events[-1].codes
+    with pytest.raises(Glm4VoiceError, match="speech tokenizer"):
+        list(chat.turn(np.zeros(16000, dtype=np.float32)))
+    with pytest.raises(Glm4VoiceError, match="exactly one"):
+        list(chat.turn())
+
+
+def test_cli_chat_text(lm_folder, tmp_path, capsys):
+    from glm4voice.cli import main
+
+    out = tmp_path / "reply.wav"
+    code = main(["chat", "--lm", str(lm_folder), "--text", "hello", "--temperature", "0",
+                 "--max-new-tokens", "12", "--out", str(out)])  # fmt: skip
+    captured = capsys.readouterr()
+    assert code == 0 and "12 tokens" in captured.err and "no --decoder" in captured.err
+    assert main(["chat", "--lm", str(lm_folder)]) == 2
+    assert main(["chat", "--lm", str(tmp_path / "missing"), "--text", "hi"]) == 2
+    bad = tmp_path / "bad.wav"
+    bad.write_bytes(b"not audio")
+    assert main(["chat", "--model-dir", str(tmp_path), str(bad)]) == 2
+    assert "error" in capsys.readouterr().err
+
+
+def test_cli_chat_writes_wav(lm_folder, tmp_path, monkeypatch, capsys):
+    """--model-dir with lm/ and a decoder: the reply audio lands in --out."""
+    import glm4voice.chat as chat_module
+    from glm4voice.cli import main
+
+    real = chat_module.VoiceChat.from_pretrained
+
+    def with_fake_decoder(*args, **kwargs):
+        chat = real(*args, **kwargs)
+        chat.decoder = FakeDecoder()
+        return chat
+
+    monkeypatch.setattr(chat_module.VoiceChat, "from_pretrained", with_fake_decoder)
+    (tmp_path / "bundle").mkdir()
+    (tmp_path / "bundle" / "lm").symlink_to(lm_folder)
+    out = tmp_path / "reply.wav"
+    code = main(["chat", "--model-dir", str(tmp_path / "bundle"), "--text", "hello", "--temperature", "0",
+                 "--max-new-tokens", "30", "--out", str(out)])  # fmt: skip
+    assert code == 0, capsys.readouterr().err
+    audio, rate = sf.read(out)
+    assert rate == 22050 and len(audio) % PER_ID == 0 and len(audio) > 0
