@@ -59,6 +59,58 @@ def _run_tokenize(args) -> int:
 
 # --- decode (speech ids -> audio): issue 3 ----------------------------------------------------
 
+
+def _add_decode(sub) -> None:
+    p = sub.add_parser("decode", help="speech ids (JSON) -> 22.05 kHz wav")
+    p.add_argument("--decoder", required=True, help="decoder folder or hub id (THUDM/glm-4-voice-decoder)")
+    p.add_argument(
+        "--tokens",
+        required=True,
+        help="JSON list of ids, {\"tokens\": [...]}, or `glm4voice tokenize` output (lines concatenated)",
+    )
+    p.add_argument("--out", required=True, help="output wav path")
+    p.add_argument("--stream", action="store_true", help="decode as a stream, feeding ids one by one")
+    _device_args(p)
+    p.set_defaults(run=_run_decode)
+
+
+def _run_decode(args) -> int:
+    import time
+
+    from .audio import write_wav
+    from .decoder import SpeechDecoder
+    from .decoder.token_file import read_token_file
+
+    ids = read_token_file(args.tokens)
+    dec = SpeechDecoder.from_pretrained(args.decoder, device=args.device, dtype=args.dtype)
+    dec.ids(ids)  # validate before any work
+    start = time.perf_counter()
+    summary = {"out": args.out, "ids": len(ids), "mode": "stream" if args.stream else "offline"}
+    if args.stream:
+        import torch
+
+        stream, pieces, first = dec.stream(), [], None
+        for token in ids:
+            piece = stream.push([token])
+            if piece.numel() and first is None:
+                first = time.perf_counter() - start
+            pieces.append(piece)
+        pieces.append(stream.flush())
+        audio = torch.cat(pieces)
+        summary["chunks"] = len(stream.stats)
+        summary["first_audio_s"] = round(first if first is not None else time.perf_counter() - start, 3)
+    else:
+        audio = dec.decode(ids)
+    summary["compute_s"] = round(time.perf_counter() - start, 3)
+    summary["seconds"] = round(audio.numel() / dec.sample_rate, 3)
+    try:
+        write_wav(args.out, audio, dec.sample_rate)
+    except OSError as exc:
+        raise Glm4VoiceError(f"cannot write {args.out}: {exc}") from exc
+    print(json.dumps(summary), flush=True)
+    return 0
+
+
 # --- lm / chat: issue 4 -----------------------------------------------------------------------
 
 
@@ -96,6 +148,7 @@ def _add_chat(sub) -> None:
     p.add_argument("--top-k", type=int, default=50)
     p.add_argument("--max-new-tokens", type=int, default=2000)
     p.add_argument("--seed", type=int, help="seed the sampler (reproducible replies)")
+    p.add_argument("--flow-steps", type=int, default=10, help="decoder flow-matching steps (fewer: faster)")
     p.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:1, ...)")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
                    help="tokenizer and decoder dtype")  # fmt: skip
@@ -136,6 +189,7 @@ def _run_chat(args) -> int:
         lm_dtype=args.lm_dtype,
         system=args.system,
         sampling=sampling,
+        stream_options={"n_steps": args.flow_steps},
     )
     reply = None
     for event in chat.turn(audio, text=args.text):
@@ -174,7 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-_COMMANDS = [_add_tokenize, _add_convert_lm, _add_chat]
+_COMMANDS = [_add_tokenize, _add_decode, _add_convert_lm, _add_chat]
 
 
 def main(argv: list[str] | None = None) -> int:
