@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from .errors import Glm4VoiceError
+from .errors import CheckpointError, Glm4VoiceError
 from .lm.generate import AudioEvent, Conversation, EndEvent, SamplingConfig, TextEvent
 from .lm.prompt import UserInput
 from .lm.text import TextTokenizer
@@ -102,6 +102,12 @@ class VoiceChat:
             if not source:
                 raise Glm4VoiceError("pass text_tokenizer= (the LM was not loaded from a folder)")
             text_tokenizer = TextTokenizer.from_pretrained(source)
+        dec_vocab = getattr(decoder, "vocab_size", None)
+        if dec_vocab is not None and text_tokenizer.n_audio > dec_vocab:
+            raise CheckpointError(
+                f"the LM has {text_tokenizer.n_audio} speech tokens but the decoder only {dec_vocab}: "
+                "they are not from the same release"
+            )
         self.tokenizer = tokenizer
         self.lm = lm
         self.decoder = decoder

@@ -15,8 +15,8 @@ from glm4voice.lm import load_lm
 from glm4voice.lm.generate import AudioEvent, SamplingConfig, TextEvent
 from glm4voice.lm.tiny import write_tiny_lm
 
-GREEDY = SamplingConfig(temperature=0, stop_ids=(), max_new_tokens=40)
-PER_ID = 1764  # 80 ms of 22.05 kHz audio per speech id
+GREEDY = SamplingConfig(temperature=0, stop_ids=(), max_new_tokens=30)
+FAST = {"n_steps": 1}  # one flow step: the golden decoder's audio in a fraction of a second
 
 
 class FakeSpeechTokenizer:
@@ -27,34 +27,11 @@ class FakeSpeechTokenizer:
         return [int(abs(x) * 1000) % 512 for x in audio[::1280]][: math.ceil(len(audio) / 1280)]
 
 
-class FakeStream:
-    def __init__(self, schedule=(10, 20, 40)):
-        self.schedule, self.pending, self.chunks = list(schedule), [], 0
+@pytest.fixture(scope="module")
+def decoder(golden):
+    from glm4voice.decoder import SpeechDecoder
 
-    def push(self, ids):
-        self.pending += list(ids)
-        size = self.schedule[min(self.chunks, len(self.schedule) - 1)]
-        if len(self.pending) < size:
-            return torch.zeros(0)
-        out, self.pending = self.pending[:size], self.pending[size:]
-        self.chunks += 1
-        return torch.full((PER_ID * len(out),), 0.1)
-
-    def flush(self):
-        out, self.pending = self.pending, []
-        return torch.full((PER_ID * len(out),), 0.1)
-
-
-class FakeDecoder:
-    """The SpeechDecoder interface (sample_rate, decode, stream)."""
-
-    sample_rate = 22050
-
-    def decode(self, tokens):
-        return torch.full((PER_ID * len(tokens),), 0.1)
-
-    def stream(self, **options):
-        return FakeStream(**options)
+    return SpeechDecoder.from_pretrained(golden / "decoder")
 
 
 @pytest.fixture(scope="module")
@@ -68,8 +45,8 @@ def lm(lm_folder):
 
 
 @pytest.fixture
-def chat(lm):
-    return VoiceChat(FakeSpeechTokenizer(), lm, FakeDecoder(), sampling=GREEDY)
+def chat(lm, decoder):
+    return VoiceChat(FakeSpeechTokenizer(), lm, decoder, sampling=GREEDY, stream_options=FAST)
 
 
 def test_event_order_and_streaming_audio(chat):
@@ -87,11 +64,13 @@ def test_event_order_and_streaming_audio(chat):
             first_chunk_after = n_codes
     assert n_codes == len(reply.codes) >= 10
     assert first_chunk_after == 10  # the decoder's first chunk comes after the first 10 speech ids
-    assert reply.audio.numel() == PER_ID * len(reply.codes) and reply.sample_rate == 22050
+    assert reply.sample_rate == 22050 and reply.audio.dtype == torch.float32
+    # ~80 ms of audio per speech id (6.89 mel frames x 256 samples, rounded per chunk)
+    assert abs(reply.seconds - 0.08 * len(reply.codes)) < 0.05
     assert torch.equal(torch.cat([e.audio for e in events if isinstance(e, AudioChunk)]), reply.audio)
     assert reply.text == "".join(e.text for e in events if isinstance(e, TextEvent))
     t = reply.timings
-    assert 0 <= t.first_audio <= t.total and t.tokens_per_second > 0 and reply.n_tokens == 40
+    assert 0 <= t.first_audio <= t.total and t.tokens_per_second > 0 and reply.n_tokens == 30
     assert chat.history.count("<|begin_of_audio|>") == 1
 
 
@@ -105,7 +84,7 @@ def test_text_turns_keep_history(chat):
     tok = chat.text_tokenizer
     typed = user.ids[: -len(chat.conversation.prompts.assistant())]
     assert tok.token_id("<|assistant|>") not in typed and not any(tok.is_audio(i) for i in typed)
-    assert len(chat.conversation.ids) == before + len(user.ids) + 40
+    assert len(chat.conversation.ids) == before + len(user.ids) + 30
     assert chat.history.count("<|user|>") == 2 and chat.history.count("<|system|>") == 1
     chat.reset()
     assert chat.history == ""
@@ -147,24 +126,18 @@ def test_cli_chat_text(lm_folder, tmp_path, capsys):
     assert "error" in capsys.readouterr().err
 
 
-def test_cli_chat_writes_wav(lm_folder, tmp_path, monkeypatch, capsys):
-    """--model-dir with lm/ and a decoder: the reply audio lands in --out."""
-    import glm4voice.chat as chat_module
+def test_cli_chat_writes_wav(lm_folder, golden, tmp_path, capsys):
+    """--model-dir holding lm/ and decoder/: the reply streams to stdout, its audio lands in --out."""
     from glm4voice.cli import main
 
-    real = chat_module.VoiceChat.from_pretrained
-
-    def with_fake_decoder(*args, **kwargs):
-        chat = real(*args, **kwargs)
-        chat.decoder = FakeDecoder()
-        return chat
-
-    monkeypatch.setattr(chat_module.VoiceChat, "from_pretrained", with_fake_decoder)
-    (tmp_path / "bundle").mkdir()
-    (tmp_path / "bundle" / "lm").symlink_to(lm_folder)
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    (bundle / "lm").symlink_to(lm_folder)
+    (bundle / "decoder").symlink_to(golden / "decoder")
     out = tmp_path / "reply.wav"
-    code = main(["chat", "--model-dir", str(tmp_path / "bundle"), "--text", "hello", "--temperature", "0",
-                 "--max-new-tokens", "30", "--out", str(out)])  # fmt: skip
-    assert code == 0, capsys.readouterr().err
+    code = main(["chat", "--model-dir", str(bundle), "--text", "hello", "--temperature", "0",
+                 "--max-new-tokens", "20", "--flow-steps", "1", "--out", str(out)])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 0, err
     audio, rate = sf.read(out)
-    assert rate == 22050 and len(audio) % PER_ID == 0 and len(audio) > 0
+    assert rate == 22050 and len(audio) > 0 and "wrote" in err
