@@ -1,0 +1,204 @@
+"""Speech tokenizer speed and memory at full size (whisper-large-v3 shape, random weights).
+
+Prints, per configuration (dtype x batch): seconds of compute per second of
+audio (RTF, wall clock; also process CPU time / threads, which is steadier on a
+shared machine), peak memory, and the fraction of this machine's matmul peak
+reached (peak measured here, model FLOPs counted analytically). Then the int8
+path's id agreement with fp32 on real speech (espeak-ng sentences), through the
+golden checkpoint and through the full-size random model.
+
+    .venv/bin/python benchmarks/tokenizer.py                  # CPU, 60 s of audio
+    .venv/bin/python benchmarks/tokenizer.py --device cuda    # GPU: fp32 and bf16
+    .venv/bin/python benchmarks/tokenizer.py --seconds 20 --configs fp32:1,int8:1
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+warnings.filterwarnings("ignore", category=DeprecationWarning)
+warnings.filterwarnings("ignore", message=".*quantize_per_tensor.*")
+
+from glm4voice.audio import load_audio  # noqa: E402
+from glm4voice.tokenizer import SpeechTokenizer, TokenizerConfig, WhisperVQEncoder, quantize_int8  # noqa: E402
+
+SENTENCES = [
+    ("The quick brown fox jumps over the lazy dog near the river bank.", "en"),
+    ("Streaming speech tokenizers must agree with their offline twins.", "en-us"),
+    ("今天天气很好，我们去公园散步吧。", "cmn"),
+    ("Please remind me to call my sister tomorrow at nine in the morning.", "en-gb"),
+    ("A speech language model listens, thinks in text, and answers in speech.", "en"),
+]
+
+
+def speech(seconds: float) -> np.ndarray:
+    """Real speech from espeak-ng, repeated to `seconds` at 16 kHz."""
+    clips = []
+    for i, (text, voice) in enumerate(SENTENCES):
+        wav = subprocess.run(["espeak-ng", "-v", voice, "-s", str(140 + 10 * i), "--stdout", text],
+                             check=True, capture_output=True).stdout
+        clips.append(load_audio(wav))
+    audio = np.concatenate(clips)
+    return np.resize(audio, int(seconds * 16000)).astype(np.float32)
+
+
+def full_size_model(seed: int = 0) -> WhisperVQEncoder:
+    torch.manual_seed(seed)
+    model = WhisperVQEncoder(TokenizerConfig()).eval()
+    with torch.no_grad():  # Whisper-like scales so activations stay in a sane range
+        for name, p in model.named_parameters():
+            if name.endswith("weight") and p.dim() >= 2:
+                p.normal_(0, 0.02)
+            elif "norm" in name and name.endswith("weight"):
+                p.fill_(1.0)
+            else:
+                p.zero_()
+    return model
+
+
+def encoder_flops(cfg: TokenizerConfig, samples: int) -> float:
+    """Multiply-adds x 2 of the encoder on `samples` (cut in 30 s pieces)."""
+    total = 0.0
+    for start in range(0, samples, 480000):
+        n = min(480000, samples - start)
+        frames = -(-n // 1280) * 8  # mel frames after padding
+        t = frames // 2
+        d, f = cfg.d_model, cfg.ffn_dim
+        conv = cfg.n_mels * 3 * d * frames + d * 3 * d * t
+        layers = 0.0
+        for i in range(cfg.n_layers):
+            rate = cfg.pooling_kernel if i >= cfg.pooling_position else 1
+            ti, block = t // rate, cfg.block_size // rate
+            # block-causal attention: a query sees keys up to the end of its block
+            keys = sum(min((q // block + 1) * block, ti) for q in range(ti))
+            layers += ti * (4 * d * d + 2 * d * f) + 2 * keys * d
+        code = (t // cfg.pooling_kernel) * cfg.codebook_size * d
+        total += 2 * (conv + layers + code)
+    return total
+
+
+def matmul_peak(device: str, dtype: torch.dtype, n: int = 4096, reps: int = 5) -> float:
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    a @ b
+    sync(device)
+    best = 0.0
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        a @ b
+        sync(device)
+        best = max(best, 2 * n**3 / (time.perf_counter() - t0))
+    return best
+
+
+def int8_peak(n: int = 4096) -> float:
+    from torch.ao.quantization import quantize_dynamic
+
+    lin = quantize_dynamic(torch.nn.Sequential(torch.nn.Linear(n, n)), {torch.nn.Linear}, dtype=torch.qint8)
+    x = torch.randn(n, n)
+    lin(x)
+    best = 0.0
+    for _ in range(5):
+        t0 = time.perf_counter()
+        lin(x)
+        best = max(best, 2 * n**3 / (time.perf_counter() - t0))
+    return best
+
+
+def sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def worker(kind: str, batch: int, seconds: float, device: str) -> dict:
+    """One configuration, in its own process so its peak memory is its own."""
+    model = full_size_model()
+    if kind == "int8":
+        model = quantize_int8(model)
+    else:
+        model = model.to(device=device, dtype={"fp32": torch.float32, "bf16": torch.bfloat16}[kind])
+    tok = SpeechTokenizer(model, device=device, batch_size=8)
+    audio = speech(seconds)
+    tok.tokenize(audio[:16000 * 4])  # warm-up
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+    sync(device)
+    cpu0, t0 = time.process_time(), time.perf_counter()
+    ids = tok.tokenize_batch([audio] * batch)
+    sync(device)
+    wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+    audio_seconds = seconds * batch
+    peak = (torch.cuda.max_memory_allocated() if device.startswith("cuda")
+            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+    return {"kind": kind, "batch": batch, "rtf": wall / audio_seconds,
+            "cpu_rtf": cpu / torch.get_num_threads() / audio_seconds, "wall": wall,
+            "peak_mb": peak / 2**20, "ids": len(ids[0]),
+            "flops_per_s": encoder_flops(TokenizerConfig(), len(audio)) * batch / wall}
+
+
+def agreement(seconds: float) -> None:
+    audio = speech(seconds)
+    golden = ROOT / "tests" / "golden" / "tokenizer"
+    pairs = [("golden checkpoint", SpeechTokenizer.from_pretrained(golden),
+              SpeechTokenizer.from_pretrained(golden, int8=True))]
+    fp32 = full_size_model()
+    pairs.append(("full-size random", SpeechTokenizer(fp32), SpeechTokenizer(quantize_int8(full_size_model()))))
+    for name, a, b in pairs:
+        x, y = a.tokenize(audio), b.tokenize(audio)
+        same = sum(i == j for i, j in zip(x, y))
+        print(f"int8 vs fp32 ids, {name}, {seconds:.0f} s espeak-ng speech: {same}/{len(x)} identical "
+              f"({same / len(x):.2%})")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seconds", type=float, default=60.0)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--configs", default=None, help="comma list of kind:batch (kinds: fp32, bf16, int8)")
+    ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.worker:
+        kind, batch = args.worker.split(":")
+        print(json.dumps(worker(kind, int(batch), args.seconds, args.device)))
+        return
+    on_gpu = args.device.startswith("cuda")
+    default = "fp32:1,fp32:8,bf16:1,bf16:8" if on_gpu else "fp32:1,fp32:8,int8:1,int8:8,bf16:1"
+    configs = (args.configs or default).split(",")
+    peaks = {"fp32": matmul_peak(args.device, torch.float32),
+             "bf16": matmul_peak(args.device, torch.bfloat16, n=2048 if not on_gpu else 8192)}
+    if not on_gpu:
+        peaks["int8"] = int8_peak()
+    print(f"device {args.device}, torch threads {torch.get_num_threads()}, audio {args.seconds:.0f} s per input")
+    print("matmul peak here: " + ", ".join(f"{k} {v / 1e9:.0f} GFLOP/s" for k, v in peaks.items()))
+    print(f"encoder work: {encoder_flops(TokenizerConfig(), int(args.seconds * 16000)) / 1e12:.2f} TFLOP "
+          f"per {args.seconds:.0f} s input")
+    print(f"{'config':<10}{'RTF wall':>10}{'RTF cpu':>10}{'peak MB':>10}{'GFLOP/s':>10}{'of peak':>9}")
+    for config in configs:
+        out = subprocess.run([sys.executable, __file__, "--worker", config, "--seconds", str(args.seconds),
+                              "--device", args.device], capture_output=True, text=True, env=os.environ)
+        if out.returncode:
+            print(f"{config:<10} failed: {out.stderr.strip().splitlines()[-1]}")
+            continue
+        r = json.loads(out.stdout.strip().splitlines()[-1])
+        frac = r["flops_per_s"] / peaks[r["kind"]]
+        print(f"{config:<10}{r['rtf']:>10.3f}{r['cpu_rtf']:>10.3f}{r['peak_mb']:>10.0f}"
+              f"{r['flops_per_s'] / 1e9:>10.0f}{frac:>9.0%}")
+    if not on_gpu:
+        agreement(min(args.seconds, 60.0))
+
+
+if __name__ == "__main__":
+    main()
