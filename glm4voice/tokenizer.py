@@ -356,12 +356,20 @@ class SpeechTokenizer:
 
 
 def quantize_int8(model: WhisperVQEncoder) -> WhisperVQEncoder:
-    """Dynamic int8 linear layers (weights int8, activations quantized per batch)."""
+    """Dynamic int8 linear layers (int8 weights, activations quantized per call), in place.
+
+    Uses torch.ao's fbgemm kernels: they are deprecated in favour of torchao, but
+    still ship with torch 2.13 and need no extra package.
+    """
+    import warnings
+
     from torch.ao.quantization import quantize_dynamic
 
     if model.conv1.weight.dtype != torch.float32:
         raise CheckpointError("int8 tokenization starts from float32 weights (use dtype='float32')")
-    return quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8, inplace=True)
 
 
 def _read_json(path: Path) -> dict:
