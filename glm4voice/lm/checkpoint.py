@@ -153,9 +153,7 @@ def glm_config(folder: Path, raw: dict | None = None):
             return GlmConfig.from_dict(raw)
         except Exception as exc:  # strict dataclass validation
             raise CheckpointError(f"{folder}/config.json: not a valid Glm config ({exc})") from exc
-    raise CheckpointError(
-        f"LM checkpoint {folder}: model_type {kind!r} is not supported (expected 'chatglm' or 'glm')"
-    )
+    raise CheckpointError(f"LM checkpoint {folder}: model_type {kind!r} is not supported (expected 'chatglm' or 'glm')")
 
 
 # --- tensors ----------------------------------------------------------------------------------
@@ -200,9 +198,7 @@ def convert_tensor(name: str, tensor: torch.Tensor, config) -> list[tuple[str, t
         q_rows = config.num_attention_heads * config.head_dim
         kv_rows = config.num_key_value_heads * config.head_dim
         if tensor.shape[0] != q_rows + 2 * kv_rows:
-            raise CheckpointError(
-                f"{name}: {tensor.shape[0]} rows, expected {q_rows} + 2 x {kv_rows} from the config"
-            )
+            raise CheckpointError(f"{name}: {tensor.shape[0]} rows, expected {q_rows} + 2 x {kv_rows} from the config")
         q, k, v = torch.split(tensor, [q_rows, kv_rows, kv_rows], dim=0)
         # clone: each part owns its storage (safetensors refuses shared storage when saving).
         parts = zip("qkv", (q, k, v), strict=True)
@@ -272,9 +268,7 @@ def load_lm(path_or_id: str | os.PathLike, device="cpu", dtype="auto", attn_impl
             loaded.update(part)
             part.clear()
 
-    for shard, name, tensor in iter_glm_tensors(
-        folder, config, raw.get("model_type") == "chatglm", target, device
-    ):
+    for shard, name, tensor in iter_glm_tensors(folder, config, raw.get("model_type") == "chatglm", target, device):
         if shard != current:
             flush()
             current = shard

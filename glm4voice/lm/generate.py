@@ -123,9 +123,7 @@ def step_logits(model, ids: torch.Tensor, cache) -> torch.Tensor:
     return out.logits[0, -1]
 
 
-def sample_ids(
-    model, new_ids: Sequence[int], cache, sampler: Sampler, max_new_tokens: int, stop_ids
-) -> Iterator[int]:
+def sample_ids(model, new_ids: Sequence[int], cache, sampler: Sampler, max_new_tokens: int, stop_ids) -> Iterator[int]:
     """Prefill `new_ids` into `cache`, then yield sampled ids until a stop id or `max_new_tokens`.
 
     A yielded stop id ends the loop; neither it nor the last id of a
@@ -180,9 +178,7 @@ class Conversation:
         self.ids += new
         return new
 
-    def turn(
-        self, text: str | None = None, speech: Sequence[int] | None = None, sampling=None
-    ) -> Iterator[Event]:
+    def turn(self, text: str | None = None, speech: Sequence[int] | None = None, sampling=None) -> Iterator[Event]:
         """Add a user turn (text, or speech codes) and stream the reply's events."""
         user = UserInput(text=text, speech=speech)
         self.add_user(user)
@@ -190,9 +186,7 @@ class Conversation:
         self.turns.append((user, reply))
         yield from self.generate(sampling, reply)
 
-    def generate(
-        self, sampling: SamplingConfig | None = None, reply: list[int] | None = None
-    ) -> Iterator[Event]:
+    def generate(self, sampling: SamplingConfig | None = None, reply: list[int] | None = None) -> Iterator[Event]:
         """Stream a reply to the current `ids` (ending in an assistant header)."""
         cfg = sampling or SamplingConfig()
         stop_ids = self.prompts.stop_ids if cfg.stop_ids is None else tuple(cfg.stop_ids)
@@ -217,7 +211,7 @@ class Conversation:
                 break
             reply.append(token)
             self.ids.append(token)
-            if token >= self.tok.audio_offset:
+            if self.tok.is_audio(token):
                 codes.append(token - self.tok.audio_offset)
                 yield AudioEvent([codes[-1]])
             else:
@@ -252,10 +246,14 @@ def _cache_consistent(cache) -> bool:
 
 
 def demux(tokenizer: TextTokenizer, ids: Sequence[int]) -> tuple[list[int], list[int]]:
-    """Split generated ids into (text ids, speech codes): ids >= `<|audio_0|>` are speech."""
+    """Split generated ids into (text ids, speech codes): `<|audio_0|>` ... `<|audio_N|>` are speech.
+
+    (Ids past the last audio token are the LM's unused padding rows: they count as
+    text and render as nothing.)
+    """
     text, codes = [], []
     for token in ids:
-        if token >= tokenizer.audio_offset:
+        if tokenizer.is_audio(token):
             codes.append(token - tokenizer.audio_offset)
         else:
             text.append(token)

@@ -20,7 +20,7 @@ import json
 import os
 from pathlib import Path
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, Glm4VoiceError
 from ..hub import resolve_checkpoint
 
 # GLM-4's pre-tokenization pattern (cl100k-like).
@@ -85,9 +85,7 @@ class TextTokenizer:
         for key, entry in (tok_cfg.get("added_tokens_decoder") or {}).items():
             content = entry.get("content") if isinstance(entry, dict) else None
             if not isinstance(content, str) or not str(key).isdigit():
-                raise CheckpointError(
-                    f"{folder}/tokenizer_config.json: bad added_tokens_decoder entry {key!r}"
-                )
+                raise CheckpointError(f"{folder}/tokenizer_config.json: bad added_tokens_decoder entry {key!r}")
             if specials.get(content, int(key)) != int(key):
                 raise CheckpointError(
                     f"{folder}/tokenizer_config.json: {content!r} has id {key}, expected {specials[content]}"
@@ -125,12 +123,18 @@ class TextTokenizer:
         for c in codes:
             c = int(c)
             if not 0 <= c < self.n_audio:
-                raise ValueError(f"speech token {c} is outside 0..{self.n_audio - 1}")
+                raise Glm4VoiceError(
+                    f"speech token {c} is outside 0..{self.n_audio - 1} (tokenizer and LM from different releases?)"
+                )
             out.append(self.audio_offset + c)
         return out
 
     def is_audio(self, token: int) -> bool:
-        return token >= self.audio_offset
+        return self.audio_offset <= token < self.audio_offset + self.n_audio
+
+    def is_known(self, token: int) -> bool:
+        """False for ids past the vocabulary (the LM's padding rows)."""
+        return token in self._special_ids or 0 <= token < self.n_ranks
 
     def is_special(self, token: int) -> bool:
         return token in self._special_ids
@@ -174,7 +178,7 @@ class TextDecoder:
         self._pending = b""
 
     def push(self, token: int) -> str:
-        if self.tokenizer.is_special(token):
+        if self.tokenizer.is_special(token) or not self.tokenizer.is_known(token):
             return ""
         self._pending += self.tokenizer.token_bytes(token)
         try:

@@ -127,8 +127,7 @@ def write_tiny_lm(
         "transformer.embedding.word_embeddings.weight": rand(padded, hidden, scale=1.0),
         "transformer.encoder.final_layernorm.weight": 1 + rand(hidden, scale=0.1),
         "transformer.output_layer.weight": rand(padded, hidden, scale=0.5),
-        "transformer.rotary_pos_emb.inv_freq": 1.0
-        / 10000 ** (torch.arange(0, head_dim // 2, 2) / (head_dim // 2)),
+        "transformer.rotary_pos_emb.inv_freq": 1.0 / 10000 ** (torch.arange(0, head_dim // 2, 2) / (head_dim // 2)),
     }
     for i in range(layers):
         p = f"transformer.encoder.layers.{i}."

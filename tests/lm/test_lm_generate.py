@@ -46,6 +46,7 @@ def test_demux(bundle):
     _, tok = bundle
     off = tok.audio_offset
     assert demux(tok, [5, off, off + 511, 286, off - 1, off + 3]) == ([5, 286, off - 1], [0, 511, 3])
+    assert demux(tok, [off + 512]) == ([off + 512], [])  # a padding row past <|audio_511|>
 
 
 def test_sampler_matches_transformers_filtering():

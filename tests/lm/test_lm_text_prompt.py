@@ -38,8 +38,10 @@ def test_vocabulary(tok):
     assert tok.token_id("<|begin_of_transcription|>") == 295
     assert (tok.audio_offset, tok.n_audio, tok.vocab_size) == (AUDIO0, 512, AUDIO0 + 512)
     assert tok.audio_ids([0, 12, 511]) == [AUDIO0, AUDIO0 + 12, AUDIO0 + 511]
-    with pytest.raises(ValueError):
+    with pytest.raises(Glm4VoiceError, match="outside"):
         tok.audio_ids([512])
+    assert tok.is_audio(AUDIO0 + 511) and not tok.is_audio(AUDIO0 + 512) and not tok.is_audio(AUDIO0 - 1)
+    assert not tok.is_known(AUDIO0 + 512) and tok.is_known(AUDIO0) and tok.is_known(HELLO)
 
 
 def test_encode_decode(tok):
@@ -69,6 +71,7 @@ def test_streaming_text_decoder(tok):
     assert "".join(deltas) + dec.flush() == "今天 ok"
     assert deltas[:3] == ["", "", "今"]  # each CJK byte is its own id here: wait for whole characters
     assert dec.push(USER) == ""  # control ids never show as text
+    assert dec.push(tok.vocab_size + 3) == ""  # nor do padding rows past the vocabulary
 
 
 def test_text_prompt(tok):
@@ -76,8 +79,7 @@ def test_text_prompt(tok):
     system = tok.encode("\n" + TEXT_SYSTEM_PROMPT)
     assert ids == [GMASK, SOP, SYSTEM, *system, USER, 10, HELLO, WORLD, ASSISTANT, *STREAMING]
     assert PromptBuilder(tok).render(ids) == (
-        f"[gMASK]<sop><|system|>\n{TEXT_SYSTEM_PROMPT}<|user|>\nhello world"
-        "<|assistant|>streaming_transcription\n"
+        f"[gMASK]<sop><|system|>\n{TEXT_SYSTEM_PROMPT}<|user|>\nhello world<|assistant|>streaming_transcription\n"
     )
     assert TEXT_SYSTEM_PROMPT.endswith("audio tokens.") and SPEECH_SYSTEM_PROMPT.endswith("audio tokens. ")
 
