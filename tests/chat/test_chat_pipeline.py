@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import pytest
 import soundfile as sf
@@ -19,12 +17,11 @@ GREEDY = SamplingConfig(temperature=0, stop_ids=(), max_new_tokens=30)
 FAST = {"n_steps": 1}  # one flow step: the golden decoder's audio in a fraction of a second
 
 
-class FakeSpeechTokenizer:
-    """The SpeechTokenizer interface: one id per 1280 samples of 16 kHz audio."""
+@pytest.fixture(scope="module")
+def speech_tokenizer(golden):
+    from glm4voice.tokenizer import SpeechTokenizer
 
-    def tokenize(self, audio, sample_rate=None):
-        audio = np.asarray(audio)
-        return [int(abs(x) * 1000) % 512 for x in audio[::1280]][: math.ceil(len(audio) / 1280)]
+    return SpeechTokenizer.from_pretrained(golden / "tokenizer")
 
 
 @pytest.fixture(scope="module")
@@ -45,14 +42,16 @@ def lm(lm_folder):
 
 
 @pytest.fixture
-def chat(lm, decoder):
-    return VoiceChat(FakeSpeechTokenizer(), lm, decoder, sampling=GREEDY, stream_options=FAST)
+def chat(speech_tokenizer, lm, decoder):
+    return VoiceChat(speech_tokenizer, lm, decoder, sampling=GREEDY, stream_options=FAST)
 
 
-def test_event_order_and_streaming_audio(chat):
-    speech = np.sin(np.arange(16000 * 2) / 7.0).astype(np.float32)
-    events = list(chat.turn(speech))
-    assert isinstance(events[0], UserEvent) and events[0].speech and events[0].text is None
+def test_event_order_and_streaming_audio(chat, speech_tokenizer, golden):
+    wav = golden / "tokenizer" / "in0.wav"
+    events = list(chat.turn(wav))  # a path; arrays and bytes work too
+    assert isinstance(events[0], UserEvent) and events[0].text is None
+    assert events[0].speech == speech_tokenizer.tokenize(wav)  # the golden tokenizer's ids (48 for in0.wav)
+    assert len(events[0].speech) == 48
     assert isinstance(events[-1], Reply) and not any(isinstance(e, Reply) for e in events[:-1])
     reply = events[-1]
     n_codes = 0
@@ -72,9 +71,21 @@ def test_event_order_and_streaming_audio(chat):
     t = reply.timings
     assert 0 <= t.first_audio <= t.total and t.tokens_per_second > 0 and reply.n_tokens == 30
     assert chat.history.count("<|begin_of_audio|>") == 1
+    # arrays (16 kHz) tokenize the same way, and speech turns follow in the same conversation
+    audio, rate = sf.read(wav, dtype="float32")
+    assert rate == 16000 and list(chat.turn(audio, sampling=SamplingConfig(max_new_tokens=2)))[0].speech == (
+        events[0].speech
+    )
 
 
-def test_text_turns_keep_history(chat):
+@pytest.fixture
+def text_chat(lm):
+    """No speech tokenizer, no decoder: text in, text + speech ids out (fast)."""
+    return VoiceChat(None, lm, None, sampling=GREEDY)
+
+
+def test_text_turns_keep_history(text_chat):
+    chat = text_chat
     first = chat.reply(text="hello")
     assert first.reason == "length"
     before = len(chat.conversation.ids)
@@ -90,7 +101,8 @@ def test_text_turns_keep_history(chat):
     assert chat.history == ""
 
 
-def test_stop_ends_the_reply(chat):
+def test_stop_ends_the_reply(text_chat):
+    chat = text_chat
     probe = chat.reply(text="hello world")
     chat.reset()
     assert len(probe.codes) > 3
