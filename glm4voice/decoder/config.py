@@ -216,13 +216,9 @@ class _Section:
         if not isinstance(node, New):
             raise CheckpointError(f"{source}: {where} should be a !new:{expected} object")
         if node.cls.rsplit(".", 1)[-1] != expected:
-            raise CheckpointError(
-                f"{source}: {where} is {node.cls}; only {expected} is implemented by glm4voice"
-            )
+            raise CheckpointError(f"{source}: {where} is {node.cls}; only {expected} is implemented by glm4voice")
         if node.args:
-            raise CheckpointError(
-                f"{source}: {where} ({node.cls}) has positional arguments; expected options"
-            )
+            raise CheckpointError(f"{source}: {where} ({node.cls}) has positional arguments; expected options")
         self.opts = dict(node.kwargs)
         self.where = f"{where} ({node.cls})"
         self.source = source
@@ -365,26 +361,18 @@ def _flow(node, source) -> FlowConfig:
     params = _cfm_params(dec.opts.pop("cfm_params", {}), source)
     solver = params.pop("solver", "euler")
     if solver != "euler":
-        raise CheckpointError(
-            f"{source}: flow.decoder.cfm_params: solver={solver!r} is not implemented (euler)"
-        )
+        raise CheckpointError(f"{source}: flow.decoder.cfm_params: solver={solver!r} is not implemented (euler)")
     cfg.t_scheduler = params.pop("t_scheduler", "cosine")
     if cfg.t_scheduler not in ("cosine", "linear"):
-        raise CheckpointError(
-            f"{source}: flow.decoder.cfm_params: t_scheduler={cfg.t_scheduler!r} is not implemented"
-        )
+        raise CheckpointError(f"{source}: flow.decoder.cfm_params: t_scheduler={cfg.t_scheduler!r} is not implemented")
     try:
         cfg.inference_cfg_rate = float(params.pop("inference_cfg_rate", 0.7))
     except (TypeError, ValueError) as exc:
-        raise CheckpointError(
-            f"{source}: flow.decoder.cfm_params: inference_cfg_rate is not a number"
-        ) from exc
+        raise CheckpointError(f"{source}: flow.decoder.cfm_params: inference_cfg_rate is not a number") from exc
     for key in ("sigma_min", "training_cfg_rate", "reg_loss_type"):  # training only
         params.pop(key, None)
     if params:
-        raise CheckpointError(
-            f"{source}: flow.decoder.cfm_params: unknown option(s) {', '.join(sorted(params))}"
-        )
+        raise CheckpointError(f"{source}: flow.decoder.cfm_params: unknown option(s) {', '.join(sorted(params))}")
     if "estimator" not in dec.opts:
         raise CheckpointError(f"{source}: flow.decoder needs an estimator")
     cfg.estimator = _estimator(dec.opts.pop("estimator"), source)
@@ -415,9 +403,7 @@ def _hift(node, source) -> HiftConfig:
         hop_len=int(istft.get("hop_len", d.hop_len)),
         resblock_kernel_sizes=s.take("resblock_kernel_sizes", d.resblock_kernel_sizes, tuple),
         resblock_dilation_sizes=s.take("resblock_dilation_sizes", d.resblock_dilation_sizes, tuple),
-        source_resblock_kernel_sizes=s.take(
-            "source_resblock_kernel_sizes", d.source_resblock_kernel_sizes, tuple
-        ),
+        source_resblock_kernel_sizes=s.take("source_resblock_kernel_sizes", d.source_resblock_kernel_sizes, tuple),
         source_resblock_dilation_sizes=s.take(
             "source_resblock_dilation_sizes", d.source_resblock_dilation_sizes, tuple
         ),
@@ -433,9 +419,7 @@ def _hift(node, source) -> HiftConfig:
     f0.done()
     s.done()
     if len(cfg.upsample_rates) != len(cfg.upsample_kernel_sizes):
-        raise CheckpointError(
-            f"{source}: {s.where}: upsample_rates and upsample_kernel_sizes differ in length"
-        )
+        raise CheckpointError(f"{source}: {s.where}: upsample_rates and upsample_kernel_sizes differ in length")
     if len(cfg.resblock_kernel_sizes) != len(cfg.resblock_dilation_sizes) or len(
         cfg.source_resblock_kernel_sizes
     ) != len(cfg.source_resblock_dilation_sizes):

@@ -35,9 +35,7 @@ def block_causal_mask(length: int, block_size: int, device=None) -> torch.Tensor
 def relative_position_table(length: int, d_model: int, device=None, dtype=torch.float32) -> torch.Tensor:
     """[2T-1, d] sinusoids for relative offsets T-1, T-2, ..., -(T-1) (ESPnet order)."""
     offsets = torch.arange(length - 1, -length, -1, dtype=torch.float32, device=device)[:, None]
-    freqs = torch.exp(
-        torch.arange(0, d_model, 2, dtype=torch.float32, device=device) * -(math.log(10000.0) / d_model)
-    )
+    freqs = torch.exp(torch.arange(0, d_model, 2, dtype=torch.float32, device=device) * -(math.log(10000.0) / d_model))
     table = torch.zeros(2 * length - 1, d_model, device=device)
     table[:, 0::2] = torch.sin(offsets * freqs)
     table[:, 1::2] = torch.cos(offsets * freqs)
@@ -67,9 +65,7 @@ class RelPosSelfAttention(nn.Module):
         v = self.linear_v(x).view(b, t, h, dk).transpose(1, 2)
         p = self.linear_pos(pos).view(-1, h, dk).transpose(0, 1)  # [H, 2T-1, dk]
         content = torch.matmul((q + self.pos_bias_u).transpose(1, 2), k.transpose(-2, -1))  # [B, H, T, T]
-        by_offset = torch.matmul(
-            (q + self.pos_bias_v).transpose(1, 2), p.transpose(-2, -1)
-        )  # [B, H, T, 2T-1]
+        by_offset = torch.matmul((q + self.pos_bias_v).transpose(1, 2), p.transpose(-2, -1))  # [B, H, T, 2T-1]
         # Column k of by_offset is offset T-1-k; score (i, j) needs offset i-j, i.e. k = T-1-i+j.
         idx = torch.arange(t, device=x.device)
         gather = (t - 1 - idx[:, None] + idx[None, :]).expand(b, h, t, t)
@@ -120,10 +116,7 @@ class TokenEncoder(nn.Module):
         self.cfg = cfg
         self.embed = _InputLayer(cfg.input_size, cfg.output_size)
         self.encoders = nn.ModuleList(
-            [
-                ConformerLayer(cfg.output_size, cfg.attention_heads, cfg.linear_units)
-                for _ in range(cfg.num_blocks)
-            ]
+            [ConformerLayer(cfg.output_size, cfg.attention_heads, cfg.linear_units) for _ in range(cfg.num_blocks)]
         )
         self.after_norm = nn.LayerNorm(cfg.output_size, eps=1e-5)
 

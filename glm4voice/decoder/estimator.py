@@ -24,9 +24,7 @@ from .config import EstimatorConfig
 def timestep_embedding(t: torch.Tensor, dim: int, scale: float = 1000.0) -> torch.Tensor:
     """[B] -> [B, dim]: sin | cos of scale * t * 10000^(-i / (dim/2 - 1))."""
     half = dim // 2
-    freqs = torch.exp(
-        torch.arange(half, device=t.device, dtype=torch.float32) * -(math.log(10000) / (half - 1))
-    )
+    freqs = torch.exp(torch.arange(half, device=t.device, dtype=torch.float32) * -(math.log(10000) / (half - 1)))
     angles = scale * t.float()[:, None] * freqs[None]
     return torch.cat([angles.sin(), angles.cos()], dim=-1)
 
@@ -46,9 +44,7 @@ class ConvNormMish(nn.Module):
 
     def __init__(self, d_in: int, d_out: int, groups: int = 8):
         super().__init__()
-        self.block = nn.Sequential(
-            nn.Conv1d(d_in, d_out, 3, padding=1), nn.GroupNorm(groups, d_out), nn.Mish()
-        )
+        self.block = nn.Sequential(nn.Conv1d(d_in, d_out, 3, padding=1), nn.GroupNorm(groups, d_out), nn.Mish())
 
     def forward(self, x):
         return self.block(x)
@@ -84,8 +80,7 @@ class SelfAttention(nn.Module):
     def forward(self, x):  # [B, T, C]
         b, t, _ = x.shape
         q, k, v = (
-            proj(x).view(b, t, self.heads, self.head_dim).transpose(1, 2)
-            for proj in (self.to_q, self.to_k, self.to_v)
+            proj(x).view(b, t, self.heads, self.head_dim).transpose(1, 2) for proj in (self.to_q, self.to_k, self.to_v)
         )
         out = F.scaled_dot_product_attention(q, k, v)  # [B, H, T, hd]
         return self.to_out[0](out.transpose(1, 2).reshape(b, t, -1))
@@ -145,9 +140,7 @@ class Upsample(nn.Module):
 
 
 def _transformers(d: int, cfg: EstimatorConfig) -> nn.ModuleList:
-    return nn.ModuleList(
-        [TransformerBlock(d, cfg.num_heads, cfg.attention_head_dim) for _ in range(cfg.n_blocks)]
-    )
+    return nn.ModuleList([TransformerBlock(d, cfg.num_heads, cfg.attention_head_dim) for _ in range(cfg.n_blocks)])
 
 
 def _run_transformers(blocks: nn.ModuleList, x: torch.Tensor) -> torch.Tensor:
@@ -185,9 +178,7 @@ class Estimator(nn.Module):
             d_in, d_out = up[i] * 2, up[i + 1]
             last = i == len(up) - 2
             sample = nn.Conv1d(d_out, d_out, 3, padding=1) if last else Upsample(d_out)
-            self.up_blocks.append(
-                nn.ModuleList([ResnetBlock(d_in, d_out, d_time), _transformers(d_out, cfg), sample])
-            )
+            self.up_blocks.append(nn.ModuleList([ResnetBlock(d_in, d_out, d_time), _transformers(d_out, cfg), sample]))
         self.final_block = ConvNormMish(up[-1], up[-1])
         self.final_proj = nn.Conv1d(up[-1], cfg.out_channels, 1)
 

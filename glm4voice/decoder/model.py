@@ -30,9 +30,7 @@ def _load_state(path, what: str) -> dict:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # corrupt file, pickle with objects, ...
-        raise CheckpointError(
-            f"decoder checkpoint {path}: cannot load {what} ({type(exc).__name__}: {exc})"
-        ) from exc
+        raise CheckpointError(f"decoder checkpoint {path}: cannot load {what} ({type(exc).__name__}: {exc})") from exc
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(f"decoder checkpoint {path}: {what} is not a plain state dict of tensors")
     return state
@@ -51,9 +49,7 @@ def _fill(module: torch.nn.Module, state: dict, path) -> None:
             parts.append(f"{len(unexpected)} unexpected tensors (e.g. {', '.join(unexpected[:3])})")
         if bad:
             k = bad[0]
-            parts.append(
-                f"{len(bad)} shape mismatches (e.g. {k}: {tuple(state[k].shape)} vs {tuple(own[k].shape)})"
-            )
+            parts.append(f"{len(bad)} shape mismatches (e.g. {k}: {tuple(state[k].shape)} vs {tuple(own[k].shape)})")
         raise CheckpointError(f"decoder checkpoint {path}: does not match config.yaml: {'; '.join(parts)}")
     module.load_state_dict(state, strict=True)
 
@@ -87,9 +83,7 @@ class SpeechDecoder:
     # ------------------------------------------------------------------ loading
 
     @classmethod
-    def from_pretrained(
-        cls, path_or_hub_id: str | os.PathLike, device="cpu", dtype="float32"
-    ) -> SpeechDecoder:
+    def from_pretrained(cls, path_or_hub_id: str | os.PathLike, device="cpu", dtype="float32") -> SpeechDecoder:
         folder = resolve_checkpoint(path_or_hub_id, DECODER_FILES, "decoder")
         config = read_config(folder / "config.yaml")
         flow, hift = FlowModel(config.flow), HiFT(config.hift)
@@ -107,9 +101,7 @@ class SpeechDecoder:
             if tokens.dim() == 2 and tokens.shape[0] == 1:
                 tokens = tokens[0]
             if tokens.dim() != 1:
-                raise TokenError(
-                    f"{what}: expected a list of ids or a [1, N] tensor, got shape {tuple(tokens.shape)}"
-                )
+                raise TokenError(f"{what}: expected a list of ids or a [1, N] tensor, got shape {tuple(tokens.shape)}")
             ids = tokens.to("cpu", torch.long)
         else:
             try:
@@ -126,9 +118,7 @@ class SpeechDecoder:
             lo, hi = int(ids.min()), int(ids.max())
             if lo < 0 or hi >= self.vocab_size:
                 bad = lo if lo < 0 else hi
-                raise TokenError(
-                    f"{what}: id {bad} is out of range (speech ids are 0..{self.vocab_size - 1})"
-                )
+                raise TokenError(f"{what}: id {bad} is out of range (speech ids are 0..{self.vocab_size - 1})")
         return ids[None].to(self.device)
 
     def _mel_input(self, mel, what: str) -> torch.Tensor:
@@ -168,18 +158,14 @@ class SpeechDecoder:
         return noise[None, :, offset : offset + stop - start].to(self.device, self.dtype)
 
     @torch.inference_mode()
-    def flow_mel(
-        self, tokens, prompt_tokens=None, prompt_mel=None, n_steps: int = 10, noise=None
-    ) -> torch.Tensor:
+    def flow_mel(self, tokens, prompt_tokens=None, prompt_mel=None, n_steps: int = 10, noise=None) -> torch.Tensor:
         """ids -> mel [1, 80, T] for `tokens`, continuing `prompt_tokens`/`prompt_mel` [1, 80, F].
 
         With noise=None the initial noise is the reference's: a generator seeded
         42, standard normal over [1, 80, T_total] (prompt frames included).
         """
         ids = self.ids(tokens)
-        prompt = self.ids(
-            prompt_tokens if prompt_tokens is not None else [], "prompt_tokens", allow_empty=True
-        )
+        prompt = self.ids(prompt_tokens if prompt_tokens is not None else [], "prompt_tokens", allow_empty=True)
         all_ids = torch.cat([prompt, ids], dim=1)
         total = self.flow.frames_for(all_ids.shape[1])
         mel_prompt = None if prompt_mel is None else self._mel_input(prompt_mel, "prompt_mel")

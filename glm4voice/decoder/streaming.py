@@ -24,7 +24,7 @@ pass given that noise.
 
 Vocoder. HiFT is convolutional with a receptive field of about 12 mel frames
 each side. Each committed piece is vocoded with `vocoder_context` (12) earlier
-frames as left context and the held-back provisional frames as right context,
+frames as left context and as many held-back provisional frames as right context,
 and the sine excitation continues its phase across chunks, so the audio joins
 without clicks and matches offline vocoding of the same mel.
 """
@@ -87,6 +87,8 @@ class _VocoderStream:
         n = mel.shape[2]
         if n == 0:
             return torch.zeros(0)
+        if lookahead is not None:  # HiFT sees ~12 frames ahead: more look-ahead is wasted work
+            lookahead = lookahead[:, :, : max(self.context, 1)]
         parts = [p for p in (self.mel_ctx, mel, lookahead) if p is not None and p.shape[2]]
         window = torch.cat(parts, dim=2)
         left = 0 if self.mel_ctx is None else self.mel_ctx.shape[2]
@@ -124,9 +126,7 @@ class DecoderStream:
         self._a = 0  # ids decoded so far (next chunk start)
         self._chunk = 0
         self._committed = 0  # absolute frame where committed mel ends
-        self._mel = torch.zeros(
-            1, decoder.config.flow.output_size, 0, device=decoder.device, dtype=decoder.dtype
-        )
+        self._mel = torch.zeros(1, decoder.config.flow.output_size, 0, device=decoder.device, dtype=decoder.dtype)
         self._mel_start = 0  # absolute frame of self._mel[:, :, 0]
         self._tail = None  # provisional frames [committed, committed + overlap)
         self._vocoder = _VocoderStream(decoder, opts.vocoder_context, opts.source_seed)
