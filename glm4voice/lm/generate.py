@@ -52,12 +52,15 @@ class EndEvent:
     text: str
     codes: list[int]
     prompt_tokens: int  # ids run in the prefill of this turn
-    prefill_seconds: float
-    decode_seconds: float
+    prefill_seconds: float  # turn start -> first id sampled
+    decode_seconds: float  # first id sampled -> last id sampled
+    sampled: int = 0  # ids sampled, the stop id included
 
     @property
     def tokens_per_second(self) -> float:
-        return self.n_tokens / self.decode_seconds if self.decode_seconds > 0 else 0.0
+        """Decode rate: ids sampled after the first, per second (each took one model step)."""
+        steps = self.sampled - 1
+        return steps / self.decode_seconds if steps > 0 and self.decode_seconds > 0 else 0.0
 
 
 Event = TextEvent | AudioEvent | EndEvent
@@ -117,6 +120,7 @@ class Sampler:
         return int(index[choice])
 
 
+@torch.inference_mode()
 def step_logits(model, ids: torch.Tensor, cache) -> torch.Tensor:
     """Run `ids` ([1, n]) after the cached ones; return the last position's logits ([vocab])."""
     out = model(input_ids=ids, cache=cache, use_cache=True, logits_to_keep=1)
@@ -128,19 +132,20 @@ def sample_ids(model, new_ids: Sequence[int], cache, sampler: Sampler, max_new_t
 
     A yielded stop id ends the loop; neither it nor the last id of a
     length-limited reply is run through the model (the cache ends one id short).
+    Inference mode is on only inside the model calls, never while the consumer runs.
     """
     stop = set(stop_ids)
     device = model.device
-    with torch.inference_mode():
-        logits = step_logits(model, torch.tensor([list(new_ids)], device=device), cache)
-        buffer = torch.empty((1, 1), dtype=torch.long, device=device)
-        for n in range(max_new_tokens):
+    logits = step_logits(model, torch.tensor([list(new_ids)], device=device), cache)
+    buffer = torch.empty((1, 1), dtype=torch.long, device=device)
+    for n in range(max_new_tokens):
+        with torch.inference_mode():
             token = sampler(logits)
-            yield token
-            if token in stop or n + 1 == max_new_tokens:
-                return
-            buffer.fill_(token)
-            logits = step_logits(model, buffer, cache)
+        yield token
+        if token in stop or n + 1 == max_new_tokens:
+            return
+        buffer.fill_(token)
+        logits = step_logits(model, buffer, cache)
 
 
 class Conversation:
@@ -203,9 +208,13 @@ class Conversation:
         start = time.perf_counter()
         first_at = None
         reason, stop_id = "length", None
+        sampled = 0
+        last_at = None
         for token in sample_ids(self.lm, pending, self.cache, sampler, cfg.max_new_tokens, stop_ids):
+            last_at = time.perf_counter()
+            sampled += 1
             if first_at is None:
-                first_at = time.perf_counter()
+                first_at = last_at
             if token in stop_ids:
                 reason, stop_id = "stop", token
                 break
@@ -224,6 +233,7 @@ class Conversation:
             yield TextEvent(tail, [])
         end = time.perf_counter()
         first_at = first_at or end
+        last_at = last_at or end
         yield EndEvent(
             reason=reason,
             stop_id=stop_id,
@@ -232,7 +242,8 @@ class Conversation:
             codes=codes,
             prompt_tokens=len(pending),
             prefill_seconds=first_at - start,
-            decode_seconds=end - first_at,
+            decode_seconds=last_at - first_at,
+            sampled=sampled,
         )
 
     def render(self) -> str:

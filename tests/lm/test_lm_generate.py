@@ -160,3 +160,10 @@ def test_reset_and_errors(bundle):
     _run(conv, text="hi", sampling=SamplingConfig(max_new_tokens=2, **GREEDY))
     conv.reset()
     assert conv.ids == [] and conv.cached == 0
+
+
+def test_consumer_code_runs_outside_inference_mode(bundle):
+    lm, tok = bundle
+    conv = Conversation(lm, tok)
+    seen = [torch.is_inference_mode_enabled() for _ in conv.turn(text="hi", sampling=SamplingConfig(max_new_tokens=3))]
+    assert seen and not any(seen)
