@@ -180,8 +180,19 @@ class Conversation:
     def add_user(self, turn: UserInput) -> list[int]:
         """Append the prompt ids of one user turn; returns them."""
         new = self.prompts.turn(turn, first=not self.ids, system=self.system)
+        limit = self.context_length
+        if limit and len(self.ids) + len(new) >= limit:
+            raise Glm4VoiceError(
+                f"this turn would make the conversation {len(self.ids) + len(new)} ids long; the LM's context is "
+                f"{limit}: start a new conversation (reset())"
+            )
         self.ids += new
         return new
+
+    @property
+    def context_length(self) -> int | None:
+        """The LM's context (`seq_length` of the checkpoint: 8192 for the release)."""
+        return getattr(self.lm.config, "max_position_embeddings", None)
 
     def turn(self, text: str | None = None, speech: Sequence[int] | None = None, sampling=None) -> Iterator[Event]:
         """Add a user turn (text, or speech codes) and stream the reply's events."""
@@ -200,6 +211,9 @@ class Conversation:
         if len(self.ids) <= self.cached:
             raise Glm4VoiceError("nothing to generate from: add a user turn first")
         pending = self.ids[self.cached :]
+        max_new = cfg.max_new_tokens
+        if self.context_length:  # a reply never runs past the context: it ends on "length"
+            max_new = max(1, min(max_new, self.context_length - len(self.ids)))
         sampler = Sampler(cfg, device=self.lm.device)
         text = TextDecoder(self.tok)
         reply = [] if reply is None else reply
@@ -210,7 +224,7 @@ class Conversation:
         reason, stop_id = "length", None
         sampled = 0
         last_at = None
-        for token in sample_ids(self.lm, pending, self.cache, sampler, cfg.max_new_tokens, stop_ids):
+        for token in sample_ids(self.lm, pending, self.cache, sampler, max_new, stop_ids):
             last_at = time.perf_counter()
             sampled += 1
             if first_at is None:

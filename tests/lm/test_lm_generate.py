@@ -167,3 +167,19 @@ def test_consumer_code_runs_outside_inference_mode(bundle):
     conv = Conversation(lm, tok)
     seen = [torch.is_inference_mode_enabled() for _ in conv.turn(text="hi", sampling=SamplingConfig(max_new_tokens=3))]
     assert seen and not any(seen)
+
+
+def test_context_length(bundle):
+    lm, tok = bundle
+    conv = Conversation(lm, tok)
+    limit = lm.config.max_position_embeddings
+    try:
+        lm.config.max_position_embeddings = len(conv.prompts.turn(UserInput(text="hello"), first=True)) + 5
+        end = _run(conv, text="hello", sampling=SamplingConfig(max_new_tokens=50, **GREEDY))[-1]
+        assert (end.reason, end.n_tokens) == ("length", 5)  # clamped to the context
+        n = len(conv.ids)
+        with pytest.raises(Glm4VoiceError, match="context"):
+            list(conv.turn(text="again"))
+        assert len(conv.ids) == n  # the refused turn left no trace
+    finally:
+        lm.config.max_position_embeddings = limit
