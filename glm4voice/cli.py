@@ -134,14 +134,17 @@ def _run_convert_lm(args) -> int:
 
 
 def _add_chat(sub) -> None:
-    p = sub.add_parser("chat", help="one spoken (or typed) turn -> streamed reply text + reply.wav")
+    p = sub.add_parser("chat", help="spoken or typed turns -> streamed reply text + reply.wav")
     p.add_argument("audio", nargs="?", help="the user's speech (any audio file); or use --text")
     p.add_argument("--text", help="a typed user message instead of speech")
+    p.add_argument("--interactive", "-i", action="store_true",
+                   help="a multi-turn conversation: one turn per stdin line (text, or @file for speech)")  # fmt: skip
     p.add_argument("--model-dir", help="folder holding tokenizer/, lm/ and decoder/")
     p.add_argument("--tokenizer", help="speech tokenizer folder or hub id (THUDM/glm-4-voice-tokenizer)")
     p.add_argument("--lm", help="speech LM folder or hub id (THUDM/glm-4-voice-9b)")
     p.add_argument("--decoder", help="speech decoder folder or hub id (THUDM/glm-4-voice-decoder)")
-    p.add_argument("--out", default="reply.wav", help="where to write the reply audio (22.05 kHz)")
+    p.add_argument("--out", default="reply.wav",
+                   help="where to write the reply audio (22.05 kHz); interactive turns add -1, -2, ...")  # fmt: skip
     p.add_argument("--system", help="replace the default system prompt")
     p.add_argument("--temperature", type=float, default=0.2, help="0 = greedy")
     p.add_argument("--top-p", type=float, default=0.8)
@@ -158,11 +161,14 @@ def _add_chat(sub) -> None:
 
 
 def _run_chat(args) -> int:
-    from .chat import AudioChunk, Reply, VoiceChat
-    from .lm.generate import SamplingConfig, TextEvent
+    from pathlib import Path
 
-    if (args.audio is None) == (args.text is None):
-        raise Glm4VoiceError("give the user's speech (AUDIO) or --text, exactly one")
+    from .chat import VoiceChat
+    from .lm.generate import SamplingConfig
+
+    given = (args.audio is not None) + (args.text is not None) + bool(args.interactive)
+    if given != 1:
+        raise Glm4VoiceError("give the user's speech (AUDIO), --text or --interactive, exactly one")
     if args.lm is None and args.model_dir is None:
         raise Glm4VoiceError("give --lm (and --tokenizer, --decoder) or --model-dir")
     if args.audio is not None and args.tokenizer is None and args.model_dir is None:
@@ -191,12 +197,43 @@ def _run_chat(args) -> int:
         sampling=sampling,
         stream_options={"n_steps": args.flow_steps},
     )
+    if not args.interactive:
+        _chat_turn(chat, audio, args.text, args.out)
+        return 0
+    out = Path(args.out)
+    print("one turn per line: text, or @path/to/speech.wav; /reset starts over; an empty line ends",
+          file=sys.stderr)  # fmt: skip
+    turn = 0
+    for line in sys.stdin:
+        line = line.strip()
+        if not line:
+            break
+        if line == "/reset":
+            chat.reset()
+            continue
+        try:
+            if line.startswith("@"):
+                from .audio import load_audio
+
+                speech, text = load_audio(line[1:].strip()), None
+            else:
+                speech, text = None, line
+            turn += 1
+            _chat_turn(chat, speech, text, out.with_name(f"{out.stem}-{turn}{out.suffix}"))
+        except Glm4VoiceError as exc:  # a bad line costs only that line
+            print(f"glm4voice chat: error: {exc}", file=sys.stderr)
+    return 0
+
+
+def _chat_turn(chat, audio, text, out) -> None:
+    """Run one turn: stream its text to stdout, write its audio to `out`, summary to stderr."""
+    from .chat import Reply
+    from .lm.generate import TextEvent
+
     reply = None
-    for event in chat.turn(audio, text=args.text):
+    for event in chat.turn(audio, text=text):
         if isinstance(event, TextEvent) and event.text:
             print(event.text, end="", flush=True)
-        elif isinstance(event, AudioChunk):
-            pass  # collected into the reply
         elif isinstance(event, Reply):
             reply = event
     print(flush=True)
@@ -210,14 +247,13 @@ def _run_chat(args) -> int:
     if chat.decoder is not None and reply.audio.numel():
         from .audio import write_wav
 
-        write_wav(args.out, reply.audio.numpy(), reply.sample_rate)
-        summary += f" wrote {args.out} ({reply.seconds:.2f} s)"
+        write_wav(out, reply.audio.numpy(), reply.sample_rate)
+        summary += f" wrote {out} ({reply.seconds:.2f} s)"
     elif chat.decoder is None:
         summary += " no --decoder: no audio written"
     else:
         summary += " the reply has no speech: no audio written"
     print(summary, file=sys.stderr)
-    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:

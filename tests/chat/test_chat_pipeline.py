@@ -153,3 +153,19 @@ def test_cli_chat_writes_wav(lm_folder, golden, tmp_path, capsys):
     assert code == 0, err
     audio, rate = sf.read(out)
     assert rate == 22050 and len(audio) > 0 and "wrote" in err
+
+
+def test_cli_interactive_multi_turn(lm_folder, golden, tmp_path, capsys, monkeypatch):
+    import io
+
+    from glm4voice.cli import main
+
+    lines = "hello\n@/no/such/file.wav\n/reset\nhello again\n\nnever read\n"
+    monkeypatch.setattr("sys.stdin", io.StringIO(lines))
+    out = tmp_path / "reply.wav"
+    code = main(["chat", "--lm", str(lm_folder), "-i", "--temperature", "0", "--max-new-tokens", "5",
+                 "--out", str(out)])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 0, err
+    assert err.count("5 tokens") == 2 and err.count("error:") == 1  # the bad line costs only itself
+    assert main(["chat", "--lm", str(lm_folder), "-i", "--text", "hi"]) == 2
