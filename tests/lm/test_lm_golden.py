@@ -129,3 +129,15 @@ def test_bad_checkpoints(golden, tmp_path):
     shutil.copy(golden / "lm" / "model.safetensors", bad / "model.safetensors")
     with pytest.raises(CheckpointError, match="do not match"):
         load_lm(bad)
+
+
+def test_convert_lm_copies_tokenizer_files(tmp_path):
+    from glm4voice.lm.text import TextTokenizer
+    from glm4voice.lm.tiny import write_tiny_lm
+
+    src = write_tiny_lm(tmp_path / "src", n_audio=32)
+    out = convert_lm(src, tmp_path / "out", dtype="bfloat16")
+    assert TextTokenizer.from_pretrained(out).n_audio == 32
+    ids = torch.tensor([[1, 2, 3, 300]])
+    a, b = _logits(load_lm(src, dtype="bfloat16"), ids), _logits(load_lm(out), ids)
+    assert load_lm(out).dtype == torch.bfloat16 and torch.equal(a, b)
