@@ -12,6 +12,13 @@ same places the reference splits, so the ids are the reference's ids:
 The system prompt opens the conversation once (its wording depends on the
 first turn's input: speech or text); later turns append
 `<|user|> ... <|assistant|>streaming_transcription\\n` after the history.
+
+History: the reference decodes each reply to text, glues it to the prompt
+string, `.strip()`s it and re-tokenizes everything every turn. Here a reply
+stays the ids the LM generated (stop id excluded), so the KV cache of earlier
+turns stays valid. Re-tokenizing gives the same ids except where the LM split
+a text span differently from BPE's canonical encoding, or where `.strip()`
+would drop trailing whitespace.
 """
 
 from __future__ import annotations

@@ -138,21 +138,22 @@ def test_cli_chat_text(lm_folder, tmp_path, capsys):
     assert "error" in capsys.readouterr().err
 
 
-def test_cli_chat_writes_wav(lm_folder, golden, tmp_path, capsys):
-    """--model-dir holding lm/ and decoder/: the reply streams to stdout, its audio lands in --out."""
+def test_cli_chat_speech_writes_wav(lm_folder, golden, tmp_path, capsys):
+    """--model-dir holding tokenizer/, lm/ and decoder/, speech in: text streams out, audio lands in --out."""
     from glm4voice.cli import main
 
     bundle = tmp_path / "bundle"
     bundle.mkdir()
+    (bundle / "tokenizer").symlink_to(golden / "tokenizer")
     (bundle / "lm").symlink_to(lm_folder)
     (bundle / "decoder").symlink_to(golden / "decoder")
     out = tmp_path / "reply.wav"
-    code = main(["chat", "--model-dir", str(bundle), "--text", "hello", "--temperature", "0",
+    code = main(["chat", "--model-dir", str(bundle), str(golden / "tokenizer" / "in0.wav"), "--temperature", "0",
                  "--max-new-tokens", "20", "--flow-steps", "1", "--out", str(out)])  # fmt: skip
     err = capsys.readouterr().err
     assert code == 0, err
     audio, rate = sf.read(out)
-    assert rate == 22050 and len(audio) > 0 and "wrote" in err
+    assert rate == 22050 and len(audio) > 0 and "wrote" in err and "20 tokens" in err
 
 
 def test_cli_interactive_multi_turn(lm_folder, golden, tmp_path, capsys, monkeypatch):
