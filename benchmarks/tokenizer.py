@@ -3,9 +3,12 @@
 Prints, per configuration (dtype x batch): seconds of compute per second of
 audio (RTF, wall clock; also process CPU time / threads, which is steadier on a
 shared machine), peak memory, and the fraction of this machine's matmul peak
-reached (peak measured here, model FLOPs counted analytically). Then the int8
-path's id agreement with fp32 on real speech (espeak-ng sentences), through the
-golden checkpoint and through the full-size random model.
+reached (peak measured here; FLOPs counted analytically, only the block-causal
+attention scores that matter). `ref` is the same network with the reference's
+attention (a full [T, T] float mask, every score computed): a baseline measured
+on this machine at the same moment. Then the int8 path's id agreement with fp32
+on real speech (espeak-ng sentences), through the golden checkpoint and through
+the full-size random model.
 
     .venv/bin/python benchmarks/tokenizer.py                  # CPU, 60 s of audio
     .venv/bin/python benchmarks/tokenizer.py --device cuda    # GPU: fp32 and bf16
@@ -123,13 +126,28 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
+def reference_style_attention(q, k, v, key_mask, block):
+    """What the reference computes: one [T, S] additive float mask, every score evaluated."""
+    S, T = k.shape[2], q.shape[2]
+    i = torch.arange(S - T, S)[:, None]
+    j = torch.arange(S)[None, :]
+    allowed = ((j <= i) | (i // block == j // block))[None, None] & key_mask[:, None, None, :]
+    bias = (~allowed).to(q.dtype) * torch.finfo(q.dtype).min
+    out = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=bias)  # [B, H, T, hd]
+    return out.transpose(1, 2).reshape(q.shape[0], T, -1)
+
+
 def worker(kind: str, batch: int, seconds: float, device: str) -> dict:
     """One configuration, in its own process so its peak memory is its own."""
     model = full_size_model()
+    if kind == "ref":  # our fp32 network with the reference's attention: a same-machine baseline
+        import glm4voice.tokenizer as tokenizer_module
+
+        tokenizer_module.block_causal_attention = reference_style_attention
     if kind == "int8":
         model = quantize_int8(model)
     else:
-        model = model.to(device=device, dtype={"fp32": torch.float32, "bf16": torch.bfloat16}[kind])
+        model = model.to(device=device, dtype=torch.bfloat16 if kind == "bf16" else torch.float32)
     tok = SpeechTokenizer(model, device=device, batch_size=8)
     audio = speech(seconds)
     tok.tokenize(audio[:16000 * 4])  # warm-up
@@ -167,7 +185,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=float, default=60.0)
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--configs", default=None, help="comma list of kind:batch (kinds: fp32, bf16, int8)")
+    ap.add_argument("--configs", default=None,
+                    help="comma list of kind:batch (kinds: ref = fp32 with the reference's full-mask attention, "
+                    "fp32, bf16, int8)")
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
@@ -175,14 +195,14 @@ def main() -> None:
         print(json.dumps(worker(kind, int(batch), args.seconds, args.device)))
         return
     on_gpu = args.device.startswith("cuda")
-    default = "fp32:1,fp32:8,bf16:1,bf16:8" if on_gpu else "fp32:1,fp32:8,int8:1,int8:8,bf16:1"
+    default = "ref:1,fp32:1,fp32:8,bf16:1,bf16:8" if on_gpu else "ref:1,fp32:1,fp32:8,int8:1,int8:8,bf16:1"
     configs = (args.configs or default).split(",")
     peaks = {"fp32": matmul_peak(args.device, torch.float32),
              "bf16": matmul_peak(args.device, torch.bfloat16, n=2048 if not on_gpu else 8192)}
     if not on_gpu:
         peaks["int8"] = int8_peak()
     print(f"device {args.device}, torch threads {torch.get_num_threads()}, audio {args.seconds:.0f} s per input")
-    print("matmul peak here: " + ", ".join(f"{k} {v / 1e9:.0f} GFLOP/s" for k, v in peaks.items()))
+    print("matmul peak here: " + ", ".join(f"{k} {v / 1e9:.1f} GFLOP/s" for k, v in peaks.items()))
     print(f"encoder work: {encoder_flops(TokenizerConfig(), int(args.seconds * 16000)) / 1e12:.2f} TFLOP "
           f"per {args.seconds:.0f} s input")
     print(f"{'config':<10}{'RTF wall':>10}{'RTF cpu':>10}{'peak MB':>10}{'GFLOP/s':>10}{'of peak':>9}")
@@ -193,7 +213,7 @@ def main() -> None:
             print(f"{config:<10} failed: {out.stderr.strip().splitlines()[-1]}")
             continue
         r = json.loads(out.stdout.strip().splitlines()[-1])
-        frac = r["flops_per_s"] / peaks[r["kind"]]
+        frac = r["flops_per_s"] / peaks["fp32" if r["kind"] == "ref" else r["kind"]]
         print(f"{config:<10}{r['rtf']:>10.3f}{r['cpu_rtf']:>10.3f}{r['peak_mb']:>10.0f}"
               f"{r['flops_per_s'] / 1e9:>10.0f}{frac:>9.0%}")
     if not on_gpu:

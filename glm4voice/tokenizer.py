@@ -135,8 +135,7 @@ class Attention(nn.Module):
         q, k, v = heads(self.q_proj(x)), heads(self.k_proj(x)), heads(self.v_proj(x))
         if past is not None:
             k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
-        out = block_causal_attention(q, k, v, key_mask, block)
-        return self.out_proj(out.transpose(1, 2).reshape(B, T, D)), (k, v)
+        return self.out_proj(block_causal_attention(q, k, v, key_mask, block)), (k, v)
 
 
 def block_causal_attention(q, k, v, key_mask, block: int | None):
@@ -145,20 +144,22 @@ def block_causal_attention(q, k, v, key_mask, block: int | None):
     [T, S] mask is built and the masked-out half of the scores is never computed.
 
     q [B, H, T, hd] are the last T of S positions (T starts on a block boundary);
-    k, v [B, H, S, hd]; key_mask [B, S] bool. Returns [B, H, T, hd].
+    k, v [B, H, S, hd]; key_mask [B, S] bool. Returns [B, T, H * hd].
     """
-    S, T = k.shape[2], q.shape[2]
+    B, H, T, hd = q.shape
+    S = k.shape[2]
     step = block or S
     if (S - T) % step:
         raise ValueError("queries must start on an attention block boundary")
-    outs = []
+    out = q.new_empty(B, T, H, hd)
     for start in range(S - T, S, step):
         end = min(start + step, S)
         visible = key_mask[:, :end]
         mask = None if bool(visible.all()) else visible[:, None, None, :]
-        q_block = q[:, :, start - (S - T) : end - (S - T)]
-        outs.append(F.scaled_dot_product_attention(q_block, k[:, :, :end], v[:, :, :end], attn_mask=mask))
-    return torch.cat(outs, dim=2) if len(outs) > 1 else outs[0]
+        rows = slice(start - (S - T), end - (S - T))
+        block_out = F.scaled_dot_product_attention(q[:, :, rows], k[:, :, :end], v[:, :, :end], attn_mask=mask)
+        out[:, rows] = block_out.transpose(1, 2)
+    return out.view(B, T, H * hd)
 
 
 class EncoderLayer(nn.Module):
