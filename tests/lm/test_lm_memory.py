@@ -1,7 +1,8 @@
 """Loading never holds two copies of the weights (a 9B bf16 model must load in < 24 GB).
 
 Peak resident memory of a fresh process over load + one forward pass (which
-touches every weight) must stay near one copy of the weights.
+touches every weight) must stay near one copy of the weights. One-time costs
+(imports, kernel set-up) are paid by a warm-up load before the peak is reset.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from safetensors.torch import save_file
 from glm4voice.lm.tiny import write_tiny_lm
 
 PROBE = r"""
-import sys, torch
+import gc, sys, torch
 from glm4voice.lm import load_lm
 import transformers.models.glm.modeling_glm  # imports first: they are not part of the load
 
@@ -25,6 +26,15 @@ def rss_kb(field):
         if line.startswith(field):
             return int(line.split()[1])
 
+# A first load pays one-time costs (lazy imports, kernel set-up) that are not weights;
+# then the peak is reset (clear_refs 5) and the second load is measured.
+warm = load_lm(sys.argv[1])
+with torch.inference_mode():
+    warm(torch.tensor([[1, 2, 3]]))
+del warm
+gc.collect()
+with open("/proc/self/clear_refs", "w") as f:
+    f.write("5")
 before = rss_kb("VmRSS:")
 model = load_lm(sys.argv[1])
 with torch.inference_mode():
@@ -52,4 +62,5 @@ def test_load_peak_memory_is_about_one_copy(tmp_path):
     before_kb, peak_kb, weight_bytes = map(int, out.stdout.split())
     growth = (peak_kb - before_kb) * 1024
     assert weight_bytes > 45e6
+    print(f"load + forward peak growth: {growth / 1e6:.0f} MB for {weight_bytes / 1e6:.0f} MB of weights")
     assert growth < 1.4 * weight_bytes, f"peak grew {growth / 1e6:.0f} MB for {weight_bytes / 1e6:.0f} MB of weights"
