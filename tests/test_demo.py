@@ -1,10 +1,16 @@
 import json
 
+import soundfile as sf
+
 from glm4voice import demo
 
 
-def test_demo_tokenizes_a_spoken_sentence(tmp_path, capsys):
+def test_demo_round_trip_speech_to_ids_to_speech(tmp_path, capsys):
     assert demo.main(tmp_path) == 0
-    line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert line["file"].endswith("question.wav")
-    assert abs(len(line["tokens"]) - line["seconds"] * 12.5) <= 1
+    ids = json.loads((tmp_path / "ids.jsonl").read_text())
+    assert abs(len(ids["tokens"]) - ids["seconds"] * 12.5) <= 1
+    audio, rate = sf.read(tmp_path / "reply.wav")
+    assert rate == 22050
+    # the decoder makes int(n / 12.5 * 22050 / 256) mel frames of 256 samples
+    assert len(audio) == int(len(ids["tokens"]) / 12.5 * 22050 / 256) * 256
+    assert "wrote" in capsys.readouterr().out
