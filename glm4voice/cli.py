@@ -35,7 +35,11 @@ def _run_tokenize(args) -> int:
     from .audio import WHISPER_RATE, load_audio
     from .tokenizer import SpeechTokenizer
 
-    tok = SpeechTokenizer.from_pretrained(args.tokenizer, device=args.device, dtype=args.dtype, int8=args.int8)
+    if args.batch_size < 1:
+        raise Glm4VoiceError(f"--batch-size must be at least 1, got {args.batch_size}")
+    tok = SpeechTokenizer.from_pretrained(
+        args.tokenizer, device=args.device, dtype=args.dtype, int8=args.int8, batch_size=args.batch_size
+    )
     failed = 0
     # Read every file first so one bad file costs only its own line; then tokenize in batches.
     good: list[tuple[str, object]] = []

@@ -97,10 +97,6 @@ class TokenizerConfig:
             raise CheckpointError(f"{source}: quantize_causal_block_size must be a multiple of the pooling kernel")
         return config
 
-    @property
-    def samples_per_token(self) -> int:
-        return WHISPER_HOP * 2 * self.pooling_kernel
-
 
 # ----------------------------------------------------------------------------- network
 
@@ -299,7 +295,10 @@ class SpeechTokenizer:
         self.batch_size = batch_size
 
     @classmethod
-    def from_pretrained(cls, path_or_id: str | os.PathLike, device="cpu", dtype="float32", int8: bool = False):
+    def from_pretrained(
+        cls, path_or_id: str | os.PathLike, device="cpu", dtype="float32", int8: bool = False, batch_size: int = 8
+    ):
+        """Load a tokenizer folder or hub id; `batch_size` is 30 s pieces per forward pass."""
         folder = resolve_checkpoint(path_or_id, ["config.json", "preprocessor_config.json"], "tokenizer")
         cfg = TokenizerConfig.from_dict(_read_json(folder / "config.json"), str(folder / "config.json"))
         _check_preprocessor(_read_json(folder / "preprocessor_config.json"), cfg, folder)
@@ -316,7 +315,7 @@ class SpeechTokenizer:
             if torch.device(device).type != "cpu":
                 raise CheckpointError("int8 tokenization runs on the CPU only")
             model = quantize_int8(model)
-        return cls(model, device=device)
+        return cls(model, device=device, batch_size=batch_size)
 
     # -- offline -------------------------------------------------------------------------------
 

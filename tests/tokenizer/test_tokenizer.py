@@ -161,6 +161,10 @@ def test_cli_tokenize(golden, tmp_path, speech_clips, expected):
     assert "not readable as audio" in by_file[str(bad)]["error"]
     assert len(by_file[str(good)]["tokens"]) == math.ceil(len(speech_clips[0]) / 1280)
     assert "1 of 3 files failed" in run.stderr and "Traceback" not in run.stderr
+    one_by_one = subprocess.run([*cmd, "--batch-size", "1"], capture_output=True, text=True)
+    assert one_by_one.stdout == run.stdout  # pieces per forward pass never change the ids
+    zero = subprocess.run([*cmd, "--batch-size", "0"], capture_output=True, text=True)
+    assert zero.returncode == 2 and "--batch-size must be at least 1" in zero.stderr
     missing = subprocess.run([*cmd[:5], str(tmp_path / "none"), str(good)], capture_output=True, text=True)
     assert missing.returncode == 2 and "error: tokenizer checkpoint" in missing.stderr
     assert "Traceback" not in missing.stderr
