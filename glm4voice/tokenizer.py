@@ -37,11 +37,11 @@ from .audio import (
     whisper_log_mel,
     whisper_normalize,
 )
+from .dtypes import as_dtype
 from .errors import CheckpointError
 from .hub import resolve_checkpoint
 
 PIECE_SAMPLES = 30 * WHISPER_RATE  # the encoder's 1500 positions: 30 s per pass
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 @dataclass(frozen=True)
@@ -309,8 +309,7 @@ class SpeechTokenizer:
             model.load_state_dict(state, strict=True, assign=True)
         except RuntimeError as exc:
             raise CheckpointError(f"tokenizer checkpoint {folder}: weights do not match config.json: {exc}") from None
-        torch_dtype = _DTYPES[dtype] if isinstance(dtype, str) else dtype
-        model = model.to(device=device, dtype=torch_dtype).eval()
+        model = model.to(device=device, dtype=as_dtype(dtype)).eval()
         if int8:
             if torch.device(device).type != "cpu":
                 raise CheckpointError("int8 tokenization runs on the CPU only")

@@ -12,6 +12,7 @@ from fractions import Fraction
 
 import torch
 
+from ..dtypes import as_dtype
 from ..errors import CheckpointError, Glm4VoiceError
 from ..hub import resolve_checkpoint
 from .config import DecoderConfig, read_config
@@ -19,7 +20,6 @@ from .flow import FlowModel
 from .hift import HiFT, fold_weight_norm
 
 DECODER_FILES = ["config.yaml", "flow.pt", "hift.pt"]
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 class TokenError(Glm4VoiceError, ValueError):
@@ -54,12 +54,6 @@ def _fill(module: torch.nn.Module, state: dict, path) -> None:
     module.load_state_dict(state, strict=True)
 
 
-def as_dtype(dtype) -> torch.dtype:
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    if dtype not in _DTYPES:
-        raise Glm4VoiceError(f"dtype {dtype!r}: expected one of {', '.join(_DTYPES)}")
-    return _DTYPES[dtype]
 
 
 class SpeechDecoder:

@@ -38,10 +38,10 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from ..dtypes import as_dtype
 from ..errors import CheckpointError
 from ..hub import resolve_checkpoint
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 _SAFE_DTYPES = {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16}
 TOKENIZER_FILES = (
     "tokenizer.model",
@@ -64,17 +64,6 @@ _TOP_RENAMES = {
     "transformer.output_layer.weight": "lm_head.weight",
 }
 _DROPPED = ("transformer.rotary_pos_emb.inv_freq",)
-
-
-def resolve_dtype(dtype) -> torch.dtype | None:
-    """`None`/"auto" -> None (keep the checkpoint's dtype); a name or torch.dtype -> torch.dtype."""
-    if dtype is None or dtype == "auto":
-        return None
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    if dtype not in DTYPES:
-        raise CheckpointError(f"dtype {dtype!r}: expected one of auto, {', '.join(DTYPES)}")
-    return DTYPES[dtype]
 
 
 # --- config -----------------------------------------------------------------------------------
@@ -253,7 +242,7 @@ def load_lm(path_or_id: str | os.PathLike, device="cpu", dtype="auto", attn_impl
     folder = resolve_checkpoint(path_or_id, ["config.json"], "LM")
     raw = read_config(folder)
     config = glm_config(folder, raw)
-    target = resolve_dtype(dtype) or checkpoint_dtype(folder)
+    target = as_dtype(dtype, allow_auto=True) or checkpoint_dtype(folder)
     config._attn_implementation = attn_implementation
     with torch.device("meta"):
         model = GlmForCausalLM(config)
@@ -317,7 +306,7 @@ def convert_lm(
     if raw.get("model_type") != "chatglm":
         raise CheckpointError(f"{folder}: model_type {raw.get('model_type')!r}; convert-lm expects 'chatglm'")
     config = glm_config(folder, raw)
-    target = resolve_dtype(dtype) or checkpoint_dtype(folder)
+    target = as_dtype(dtype, allow_auto=True) or checkpoint_dtype(folder)
     out = Path(dst).expanduser()
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise CheckpointError(f"{out}: exists and is not an empty folder; pick a new destination")

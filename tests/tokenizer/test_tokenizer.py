@@ -118,6 +118,8 @@ def test_stream_returns_final_blocks_early(tok, speech_clips):
 def test_bad_checkpoints(golden, tmp_path):
     with pytest.raises(CheckpointError, match="no such folder"):
         SpeechTokenizer.from_pretrained(tmp_path / "nope")
+    with pytest.raises(CheckpointError, match="dtype 'fp8': expected one of float32"):
+        SpeechTokenizer.from_pretrained(golden / "tokenizer", dtype="fp8")
     folder = tmp_path / "tok"
     shutil.copytree(golden / "tokenizer", folder)
     (folder / "preprocessor_config.json").unlink()
