@@ -36,7 +36,8 @@ warnings.filterwarnings("ignore", category=DeprecationWarning)
 warnings.filterwarnings("ignore", message=".*quantize_per_tensor.*")
 
 from glm4voice.audio import load_audio  # noqa: E402
-from glm4voice.tokenizer import SpeechTokenizer, TokenizerConfig, WhisperVQEncoder, quantize_int8  # noqa: E402
+from glm4voice.quant import quantize_linear_int8  # noqa: E402
+from glm4voice.tokenizer import SpeechTokenizer, TokenizerConfig, WhisperVQEncoder  # noqa: E402
 
 SENTENCES = [
     ("The quick brown fox jumps over the lazy dog near the river bank.", "en"),
@@ -91,6 +92,13 @@ def encoder_flops(cfg: TokenizerConfig, samples: int) -> float:
         code = (t // cfg.pooling_kernel) * cfg.codebook_size * d
         total += 2 * (conv + layers + code)
     return total
+
+
+def linear_flops(cfg: TokenizerConfig, samples: int) -> float:
+    """The linear layers' share of encoder_flops: what int8 quantization speeds up."""
+    frames = sum(-(-min(480000, samples - s) // 1280) * 4 for s in range(0, samples, 480000))  # after conv2
+    d, f = cfg.d_model, cfg.ffn_dim
+    return 2 * cfg.n_layers * frames * (4 * d * d + 2 * d * f)
 
 
 def matmul_peak(device: str, dtype: torch.dtype, n: int = 4096, reps: int = 5) -> float:
@@ -148,7 +156,7 @@ def worker(kind: str, batch: int, seconds: float, device: str) -> dict:
 
         tokenizer_module.block_causal_attention = reference_style_attention
     if kind == "int8":
-        model = quantize_int8(model)
+        model = quantize_linear_int8(model, "tokenization")
     else:
         model = model.to(device=device, dtype=torch.bfloat16 if kind == "bf16" else torch.float32)
     tok = SpeechTokenizer(model, device=device, batch_size=8)
@@ -176,7 +184,8 @@ def agreement(seconds: float) -> None:
     pairs = [("golden checkpoint", SpeechTokenizer.from_pretrained(golden),
               SpeechTokenizer.from_pretrained(golden, int8=True))]
     fp32 = full_size_model()
-    pairs.append(("full-size random", SpeechTokenizer(fp32), SpeechTokenizer(quantize_int8(full_size_model()))))
+    int8 = quantize_linear_int8(full_size_model(), "tokenization")
+    pairs.append(("full-size random", SpeechTokenizer(fp32), SpeechTokenizer(int8)))
     for name, a, b in pairs:
         x, y = a.tokenize(audio), b.tokenize(audio)
         same = sum(i == j for i, j in zip(x, y))
@@ -208,6 +217,10 @@ def main() -> None:
     print("matmul peak here: " + ", ".join(f"{k} {v / 1e9:.1f} GFLOP/s" for k, v in peaks.items()))
     print(f"encoder work: {encoder_flops(TokenizerConfig(), int(args.seconds * 16000)) / 1e12:.2f} TFLOP "
           f"per {args.seconds:.0f} s input")
+    if "int8" in peaks:
+        bound = linear_flops(TokenizerConfig(), int(args.seconds * 16000)) / peaks["int8"] / args.seconds
+        print(f"int8 bound: the linear layers alone, at the int8 peak, need RTF {bound:.3f} "
+              "(attention, convolutions, norms and GELU stay in fp32 and come on top)")
     print(f"{'config':<10}{'RTF wall':>10}{'RTF cpu':>10}{'peak MB':>10}{'GFLOP/s':>10}{'of peak':>9}")
     for config in configs:
         out = subprocess.run([sys.executable, __file__, "--worker", config, "--seconds", str(args.seconds),

@@ -127,12 +127,14 @@ class VoiceChat:
         device="cpu",
         dtype="float32",
         lm_dtype="auto",
+        int8: bool = False,
         **options,
     ) -> VoiceChat:
         """Load the three parts (folders or hub ids); `model_dir` holds `tokenizer/`, `lm/`, `decoder/`.
 
         Explicit paths win over `model_dir`. `dtype` is for the tokenizer and decoder,
         `lm_dtype` for the LM ("auto": the checkpoint's, bf16 for the release).
+        `int8`: dynamic int8 linear layers in the tokenizer and decoder (CPU only).
         """
         if model_dir is not None:
             root = Path(model_dir).expanduser()
@@ -149,14 +151,14 @@ class VoiceChat:
         if tokenizer is not None:
             from .tokenizer import SpeechTokenizer
 
-            speech_tok = SpeechTokenizer.from_pretrained(tokenizer, device=device, dtype=dtype)
+            speech_tok = SpeechTokenizer.from_pretrained(tokenizer, device=device, dtype=dtype, int8=int8)
         model = load_lm(lm, device=device, dtype=lm_dtype)
         text_tok = TextTokenizer.from_pretrained(model.name_or_path)
         speech_dec = None
         if decoder is not None:
             from .decoder import SpeechDecoder
 
-            speech_dec = SpeechDecoder.from_pretrained(decoder, device=device, dtype=dtype)
+            speech_dec = SpeechDecoder.from_pretrained(decoder, device=device, dtype=dtype, int8=int8)
         return cls(speech_tok, model, speech_dec, text_tok, **options)
 
     # --- turns ------------------------------------------------------------------------------

@@ -74,6 +74,7 @@ def _add_decode(sub) -> None:
     )
     p.add_argument("--out", required=True, help="output wav path")
     p.add_argument("--stream", action="store_true", help="decode as a stream, feeding ids one by one")
+    p.add_argument("--int8", action="store_true", help="dynamic int8 linear layers in the flow (CPU only, faster)")
     _device_args(p)
     p.set_defaults(run=_run_decode)
 
@@ -86,7 +87,7 @@ def _run_decode(args) -> int:
     from .decoder.token_file import read_token_file
 
     ids = read_token_file(args.tokens)
-    dec = SpeechDecoder.from_pretrained(args.decoder, device=args.device, dtype=args.dtype)
+    dec = SpeechDecoder.from_pretrained(args.decoder, device=args.device, dtype=args.dtype, int8=args.int8)
     dec.ids(ids)  # validate before any work
     start = time.perf_counter()
     summary = {"out": args.out, "ids": len(ids), "mode": "stream" if args.stream else "offline"}
@@ -159,6 +160,7 @@ def _add_chat(sub) -> None:
     p.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:1, ...)")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
                    help="tokenizer and decoder dtype")  # fmt: skip
+    p.add_argument("--int8", action="store_true", help="dynamic int8 linear layers in tokenizer and decoder (CPU)")
     p.add_argument("--lm-dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
                    help="LM dtype; auto = the checkpoint's (bf16 for the release)")  # fmt: skip
     p.set_defaults(run=_run_chat)
@@ -197,6 +199,7 @@ def _run_chat(args) -> int:
         device=args.device,
         dtype=args.dtype,
         lm_dtype=args.lm_dtype,
+        int8=args.int8,
         system=args.system,
         sampling=sampling,
         stream_options={"n_steps": args.flow_steps},

@@ -40,6 +40,7 @@ from .audio import (
 from .dtypes import as_dtype
 from .errors import CheckpointError
 from .hub import resolve_checkpoint
+from .quant import quantize_linear_int8
 
 PIECE_SAMPLES = 30 * WHISPER_RATE  # the encoder's 1500 positions: 30 s per pass
 
@@ -311,9 +312,7 @@ class SpeechTokenizer:
             raise CheckpointError(f"tokenizer checkpoint {folder}: weights do not match config.json: {exc}") from None
         model = model.to(device=device, dtype=as_dtype(dtype)).eval()
         if int8:
-            if torch.device(device).type != "cpu":
-                raise CheckpointError("int8 tokenization runs on the CPU only")
-            model = quantize_int8(model)
+            quantize_linear_int8(model, "tokenization")
         return cls(model, device=device, batch_size=batch_size)
 
     # -- offline -------------------------------------------------------------------------------
@@ -352,23 +351,6 @@ class SpeechTokenizer:
     def stream(self) -> TokenizerStream:
         """A stream that tokenizes 16 kHz audio as it arrives (see TokenizerStream)."""
         return TokenizerStream(self)
-
-
-def quantize_int8(model: WhisperVQEncoder) -> WhisperVQEncoder:
-    """Dynamic int8 linear layers (int8 weights, activations quantized per call), in place.
-
-    Uses torch.ao's fbgemm kernels: they are deprecated in favour of torchao, but
-    still ship with torch 2.13 and need no extra package.
-    """
-    import warnings
-
-    from torch.ao.quantization import quantize_dynamic
-
-    if model.conv1.weight.dtype != torch.float32:
-        raise CheckpointError("int8 tokenization starts from float32 weights (use dtype='float32')")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8, inplace=True)
 
 
 def _read_json(path: Path) -> dict:

@@ -15,6 +15,7 @@ import torch
 from ..dtypes import as_dtype
 from ..errors import CheckpointError, Glm4VoiceError
 from ..hub import resolve_checkpoint
+from ..quant import quantize_linear_int8
 from .config import DecoderConfig, read_config
 from .flow import FlowModel
 from .hift import HiFT, fold_weight_norm
@@ -77,13 +78,24 @@ class SpeechDecoder:
     # ------------------------------------------------------------------ loading
 
     @classmethod
-    def from_pretrained(cls, path_or_hub_id: str | os.PathLike, device="cpu", dtype="float32") -> SpeechDecoder:
+    def from_pretrained(
+        cls, path_or_hub_id: str | os.PathLike, device="cpu", dtype="float32", int8: bool = False
+    ) -> SpeechDecoder:
+        """Load a decoder folder or hub id. `int8`: dynamic int8 linear layers in the flow (CPU only).
+
+        HiFT has no linear layers worth quantizing; the flow's (token encoder and
+        estimator) carry most of its FLOPs. The mel moves by far less than the
+        sampling noise does (benchmarks/decoder.py reports both).
+        """
         folder = resolve_checkpoint(path_or_hub_id, DECODER_FILES, "decoder")
         config = read_config(folder / "config.yaml")
         flow, hift = FlowModel(config.flow), HiFT(config.hift)
         _fill(flow, _load_state(folder / "flow.pt", "flow.pt"), folder / "flow.pt")
         _fill(hift, fold_weight_norm(_load_state(folder / "hift.pt", "hift.pt")), folder / "hift.pt")
-        return cls(config, flow, hift, device=device, dtype=dtype)
+        dec = cls(config, flow, hift, device=device, dtype=dtype)
+        if int8:
+            quantize_linear_int8(dec.flow, "decoding")
+        return dec
 
     # ------------------------------------------------------------------ inputs
 

@@ -138,7 +138,8 @@ def test_cli_chat_text(lm_folder, tmp_path, capsys):
     assert "error" in capsys.readouterr().err
 
 
-def test_cli_chat_speech_writes_wav(lm_folder, golden, tmp_path, capsys):
+@pytest.mark.parametrize("int8", [False, True])
+def test_cli_chat_speech_writes_wav(lm_folder, golden, tmp_path, capsys, int8):
     """--model-dir holding tokenizer/, lm/ and decoder/, speech in: text streams out, audio lands in --out."""
     from glm4voice.cli import main
 
@@ -149,7 +150,7 @@ def test_cli_chat_speech_writes_wav(lm_folder, golden, tmp_path, capsys):
     (bundle / "decoder").symlink_to(golden / "decoder")
     out = tmp_path / "reply.wav"
     code = main(["chat", "--model-dir", str(bundle), str(golden / "tokenizer" / "in0.wav"), "--temperature", "0",
-                 "--max-new-tokens", "20", "--flow-steps", "1", "--out", str(out)])  # fmt: skip
+                 "--max-new-tokens", "20", "--flow-steps", "1", "--out", str(out)] + ["--int8"] * int8)  # fmt: skip
     err = capsys.readouterr().err
     assert code == 0, err
     audio, rate = sf.read(out)
