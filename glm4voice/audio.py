@@ -86,6 +86,48 @@ def resample(audio: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:
     return soxr.resample(audio, from_rate, to_rate, quality="HQ").astype(np.float32, copy=False)
 
 
+class StreamResampler:
+    """Resample audio that arrives in pieces (soxr's streaming resampler, same quality as `resample`).
+
+    Resampling each piece on its own would put a filter edge at every seam;
+    this keeps the filter state, so the pieces join as one signal would.
+    """
+
+    def __init__(self, from_rate: int, to_rate: int):
+        if not (isinstance(from_rate, int) and 1000 <= from_rate <= 384000):
+            raise AudioError(f"sample rate {from_rate!r}", "expected an integer between 1000 and 384000 Hz")
+        self.from_rate, self.to_rate = from_rate, to_rate
+        self._soxr = None if from_rate == to_rate else soxr.ResampleStream(from_rate, to_rate, 1, "float32", "HQ")
+
+    def push(self, audio: np.ndarray, last: bool = False) -> np.ndarray:
+        audio = np.ascontiguousarray(audio, dtype=np.float32).reshape(-1)
+        if self._soxr is None:
+            return audio
+        return self._soxr.resample_chunk(audio, last=last).astype(np.float32, copy=False)
+
+    def flush(self) -> np.ndarray:
+        return self.push(np.zeros(0, np.float32), last=True)
+
+
+PCM_FORMATS = {"f32le": np.dtype("<f4"), "s16le": np.dtype("<i2")}
+
+
+def pcm_from_bytes(data: bytes, fmt: str = "f32le") -> np.ndarray:
+    """Raw mono PCM (little-endian float32 or int16) -> float32 samples in [-1, 1]."""
+    if fmt not in PCM_FORMATS:
+        raise AudioError(f"PCM format {fmt!r}", f"expected one of {sorted(PCM_FORMATS)}")
+    dtype = PCM_FORMATS[fmt]
+    if len(data) % dtype.itemsize:
+        raise AudioError(f"{len(data)} bytes of {fmt} PCM", f"not a whole number of {dtype.itemsize}-byte samples")
+    samples = np.frombuffer(data, dtype=dtype)
+    if fmt == "s16le":
+        return samples.astype(np.float32) / 32768.0
+    samples = samples.astype(np.float32)
+    if not np.isfinite(samples).all():
+        raise AudioError("f32le PCM", "contains NaN or infinite samples")
+    return samples
+
+
 def write_wav(path: str | os.PathLike, audio, sample_rate: int) -> None:
     """Write mono 16-bit PCM wav atomically (a crash never leaves half a file)."""
     data = audio.detach().float().cpu().numpy() if isinstance(audio, torch.Tensor) else np.asarray(audio)

@@ -168,20 +168,22 @@ class VoiceChat:
         audio=None,
         *,
         text: str | None = None,
+        codes: list[int] | None = None,
         sample_rate: int | None = None,
         sampling: SamplingConfig | None = None,
     ) -> Iterator[ChatEvent]:
-        """One user turn (speech: a path, bytes or 16 kHz array; or `text=`); streams the reply.
+        """One user turn (speech: a path, bytes or 16 kHz array; `text=`; or `codes=`, speech
+        already tokenized, e.g. by a `TokenizerStream` while the user spoke); streams the reply.
 
         Events, in order: `UserEvent`; then `TextEvent` / `AudioEvent` (speech
         codes) as the LM samples them, `AudioChunk` whenever the decoder has
         audio; finally `Reply` with the whole reply and its timings.
         """
-        if (audio is None) == (text is None):
-            raise Glm4VoiceError("a turn takes speech audio or text=, exactly one of them")
+        if sum(x is not None for x in (audio, text, codes)) != 1:
+            raise Glm4VoiceError("a turn takes speech audio, text= or codes=, exactly one of them")
         start = time.perf_counter()
         timings = Timings()
-        speech = None
+        speech = None if codes is None else [int(c) for c in codes]
         if audio is not None:
             if self.tokenizer is None:
                 raise Glm4VoiceError("speech input needs a speech tokenizer (VoiceChat(tokenizer=...))")

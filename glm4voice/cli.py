@@ -138,18 +138,12 @@ def _run_convert_lm(args) -> int:
     return 0
 
 
-def _add_chat(sub) -> None:
-    p = sub.add_parser("chat", help="spoken or typed turns -> streamed reply text + reply.wav")
-    p.add_argument("audio", nargs="?", help="the user's speech (any audio file); or use --text")
-    p.add_argument("--text", help="a typed user message instead of speech")
-    p.add_argument("--interactive", "-i", action="store_true",
-                   help="a multi-turn conversation: one turn per stdin line (text, or @file for speech)")  # fmt: skip
+def _add_model_args(p) -> None:
+    """The three models and their settings: shared by `chat` and `serve`."""
     p.add_argument("--model-dir", help="folder holding tokenizer/, lm/ and decoder/")
     p.add_argument("--tokenizer", help="speech tokenizer folder or hub id (THUDM/glm-4-voice-tokenizer)")
     p.add_argument("--lm", help="speech LM folder or hub id (THUDM/glm-4-voice-9b)")
     p.add_argument("--decoder", help="speech decoder folder or hub id (THUDM/glm-4-voice-decoder)")
-    p.add_argument("--out", default="reply.wav",
-                   help="where to write the reply audio (22.05 kHz); interactive turns add -1, -2, ...")  # fmt: skip
     p.add_argument("--system", help="replace the default system prompt")
     p.add_argument("--temperature", type=float, default=0.2, help="0 = greedy")
     p.add_argument("--top-p", type=float, default=0.8)
@@ -163,22 +157,14 @@ def _add_chat(sub) -> None:
     p.add_argument("--int8", action="store_true", help="dynamic int8 linear layers in tokenizer and decoder (CPU)")
     p.add_argument("--lm-dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
                    help="LM dtype; auto = the checkpoint's (bf16 for the release)")  # fmt: skip
-    p.set_defaults(run=_run_chat)
 
 
-def _run_chat(args) -> int:
-    from pathlib import Path
-
+def _load_chat(args):
     from .chat import VoiceChat
     from .lm.generate import SamplingConfig
 
-    given = (args.audio is not None) + (args.text is not None) + bool(args.interactive)
-    if given != 1:
-        raise Glm4VoiceError("give the user's speech (AUDIO), --text or --interactive, exactly one")
     if args.lm is None and args.model_dir is None:
         raise Glm4VoiceError("give --lm (and --tokenizer, --decoder) or --model-dir")
-    if args.audio is not None and args.tokenizer is None and args.model_dir is None:
-        raise Glm4VoiceError("speech input needs --tokenizer (or --model-dir)")
     sampling = SamplingConfig(
         temperature=args.temperature,
         top_p=args.top_p,
@@ -186,12 +172,7 @@ def _run_chat(args) -> int:
         max_new_tokens=args.max_new_tokens,
         seed=args.seed,
     )
-    audio = None
-    if args.audio is not None:
-        from .audio import load_audio
-
-        audio = load_audio(args.audio)  # fail on a bad file before loading 9B parameters
-    chat = VoiceChat.from_pretrained(
+    return VoiceChat.from_pretrained(
         args.tokenizer,
         args.lm,
         args.decoder,
@@ -204,6 +185,36 @@ def _run_chat(args) -> int:
         sampling=sampling,
         stream_options={"n_steps": args.flow_steps},
     )
+
+
+def _add_chat(sub) -> None:
+    p = sub.add_parser("chat", help="spoken or typed turns -> streamed reply text + reply.wav")
+    p.add_argument("audio", nargs="?", help="the user's speech (any audio file); or use --text")
+    p.add_argument("--text", help="a typed user message instead of speech")
+    p.add_argument("--interactive", "-i", action="store_true",
+                   help="a multi-turn conversation: one turn per stdin line (text, or @file for speech)")  # fmt: skip
+    p.add_argument("--out", default="reply.wav",
+                   help="where to write the reply audio (22.05 kHz); interactive turns add -1, -2, ...")  # fmt: skip
+    _add_model_args(p)
+    p.set_defaults(run=_run_chat)
+
+
+def _run_chat(args) -> int:
+    from pathlib import Path
+
+    given = (args.audio is not None) + (args.text is not None) + bool(args.interactive)
+    if given != 1:
+        raise Glm4VoiceError("give the user's speech (AUDIO), --text or --interactive, exactly one")
+    if args.lm is None and args.model_dir is None:
+        raise Glm4VoiceError("give --lm (and --tokenizer, --decoder) or --model-dir")
+    if args.audio is not None and args.tokenizer is None and args.model_dir is None:
+        raise Glm4VoiceError("speech input needs --tokenizer (or --model-dir)")
+    audio = None
+    if args.audio is not None:
+        from .audio import load_audio
+
+        audio = load_audio(args.audio)  # fail on a bad file before loading 9B parameters
+    chat = _load_chat(args)
     if not args.interactive:
         _chat_turn(chat, audio, args.text, args.out)
         return 0
@@ -263,6 +274,36 @@ def _chat_turn(chat, audio, text, out) -> None:
     print(summary, file=sys.stderr)
 
 
+# --- serve: the WebSocket server and web page ---------------------------------------------------
+
+
+def _add_serve(sub) -> None:
+    p = sub.add_parser("serve", help="spoken chat server: web page at /, streaming WebSocket at /v1/chat")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--max-user-seconds", type=float, default=300.0, help="longest spoken turn accepted")
+    _add_model_args(p)
+    p.set_defaults(run=_run_serve)
+
+
+def _run_serve(args) -> int:
+    try:
+        import uvicorn
+
+        from .serve import ChatServer, create_app
+    except ImportError as exc:
+        raise Glm4VoiceError(f"serving needs the serve extra: pip install 'glm4voice[serve]' ({exc})") from None
+    if not 0 < args.port < 65536:
+        raise Glm4VoiceError(f"--port must be 1..65535, got {args.port}")
+    if args.max_user_seconds <= 0:
+        raise Glm4VoiceError("--max-user-seconds must be positive")
+    server = ChatServer(_load_chat(args), max_user_seconds=args.max_user_seconds,
+                        max_new_tokens_limit=max(args.max_new_tokens, 1))  # fmt: skip
+    print(f"glm4voice: serving on http://{args.host}:{args.port}/ (WebSocket /v1/chat)", file=sys.stderr)
+    uvicorn.run(create_app(server), host=args.host, port=args.port, log_level="info")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="glm4voice", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -271,7 +312,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-_COMMANDS = [_add_tokenize, _add_decode, _add_convert_lm, _add_chat]
+_COMMANDS = [_add_tokenize, _add_decode, _add_convert_lm, _add_chat, _add_serve]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,155 @@
+"""The FastAPI app: `/` (web page), `/health`, and the `/v1/chat` WebSocket (protocol.py, docs/protocol.md).
+
+Each connection has a receive loop (this coroutine), a send loop fed by a
+queue, and at most one reply running in a worker thread. The receive loop
+stays live during a reply, so `stop` takes effect at the reply's next event.
+Model work (tokenizing pushed audio, replies) runs in threads under the
+server's lock: the event loop never blocks, and one connection at a time
+computes on the shared models.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from pathlib import Path
+
+from fastapi import FastAPI, WebSocket, WebSocketDisconnect
+from fastapi.responses import HTMLResponse
+
+from ..errors import Glm4VoiceError
+from .protocol import ClientMessage, ProtocolError, parse_client
+from .session import ChatServer, Session
+
+log = logging.getLogger("glm4voice.serve")
+PAGE = Path(__file__).parent / "static" / "index.html"
+
+
+def create_app(server: ChatServer) -> FastAPI:
+    app = FastAPI(title="glm4voice", summary="GLM-4-Voice spoken chat over a WebSocket")
+    page = PAGE.read_text(encoding="utf-8")
+
+    @app.get("/", response_class=HTMLResponse)
+    def index() -> str:
+        return page
+
+    @app.get("/health")
+    def health() -> dict:
+        info = server.ready_message()
+        info.pop("type")
+        return {"status": "ok", **info}
+
+    @app.websocket("/v1/chat")
+    async def chat_socket(ws: WebSocket) -> None:
+        await ws.accept()
+        await _Connection(ws, server).run()
+
+    return app
+
+
+class _Connection:
+    def __init__(self, ws: WebSocket, server: ChatServer):
+        self.ws, self.server = ws, server
+        self.session = Session(server)
+        self.out: asyncio.Queue = asyncio.Queue()
+        self.reply_task: asyncio.Future | None = None
+        self.stop = threading.Event()
+        self.input_tokens = 0
+
+    @property
+    def replying(self) -> bool:
+        return self.reply_task is not None and not self.reply_task.done()
+
+    async def run(self) -> None:
+        sender = asyncio.create_task(self._send_loop())
+        self.out.put_nowait(self.server.ready_message())
+        try:
+            while True:
+                message = await self.ws.receive()
+                if message["type"] == "websocket.disconnect":
+                    break
+                try:
+                    if message.get("bytes") is not None:
+                        await self._on_audio(message["bytes"])
+                    elif message.get("text") is not None:
+                        await self._on_message(
+                            parse_client(message["text"], self.server.template.sampling,
+                                         self.server.max_new_tokens_limit))  # fmt: skip
+                except Glm4VoiceError as exc:  # bad input costs only that message
+                    self.out.put_nowait({"type": "error", "message": str(exc)})
+        except (WebSocketDisconnect, RuntimeError):
+            pass
+        finally:
+            self.stop.set()
+            if self.reply_task is not None:
+                await asyncio.wait([self.reply_task])
+            sender.cancel()
+
+    async def _send_loop(self) -> None:
+        try:
+            while True:
+                item = await self.out.get()
+                if isinstance(item, bytes):
+                    await self.ws.send_bytes(item)
+                else:
+                    await self.ws.send_json(item)
+        except (WebSocketDisconnect, RuntimeError):  # the client went away
+            self.stop.set()
+
+    async def _locked(self, fn, *args):
+        def work():
+            with self.server.lock:
+                return fn(*args)
+
+        return await asyncio.to_thread(work)
+
+    async def _on_audio(self, data: bytes) -> None:
+        if self.replying:
+            raise ProtocolError("audio arrived while a reply is in progress: send stop first")
+        n = await self._locked(self.session.push_audio, data)
+        if n != self.input_tokens:
+            self.input_tokens = n
+            self.out.put_nowait({"type": "input", "tokens": n})
+
+    async def _on_message(self, m: ClientMessage) -> None:
+        if m.type == "stop":  # racy by nature: with nothing running it is a no-op
+            self.stop.set()
+            self.session.cancel_audio()
+            return
+        if self.replying:
+            raise ProtocolError(f"{m.type} while a reply is in progress: send stop first, then wait for done")
+        if m.type == "reset":
+            self.session.reset()
+            self.out.put_nowait({"type": "reset"})
+        elif m.type == "audio.start":
+            self.session.start_audio(m.sample_rate, m.format, m.sampling)
+            self.input_tokens = 0
+        elif m.type == "audio.end":
+            codes, sampling = await self._locked(self.session.end_audio)
+            self._start_reply(codes=codes, sampling=sampling)
+        elif m.type == "text":
+            if self.session.listening is not None:
+                raise ProtocolError("text while receiving audio: send audio.end (or stop) first")
+            self._start_reply(text=m.text, sampling=m.sampling)
+
+    def _start_reply(self, **turn) -> None:
+        loop = asyncio.get_running_loop()
+        self.stop = stop = threading.Event()
+
+        def emit(item) -> None:
+            loop.call_soon_threadsafe(self.out.put_nowait, item)
+
+        def work() -> None:
+            with self.server.lock:
+                try:
+                    self.session.reply(emit, stop, **turn)
+                except Glm4VoiceError as exc:
+                    emit({"type": "error", "message": str(exc)})
+                    emit({"type": "done", "text": "", "reason": "error"})
+                except Exception as exc:  # a bug: log it, tell the client, keep serving
+                    log.exception("reply failed")
+                    emit({"type": "error", "message": f"internal error: {type(exc).__name__}: {exc}"})
+                    emit({"type": "done", "text": "", "reason": "error"})
+
+        self.reply_task = asyncio.ensure_future(asyncio.to_thread(work))

@@ -1,0 +1,145 @@
+"""One WebSocket connection's conversation, in plain synchronous code (the app runs it in worker threads).
+
+Listening: `start_audio` opens a streaming resampler (any client rate -> 16
+kHz) and a `TokenizerStream`, so the user's speech is tokenized while it
+arrives and the reply can start as soon as `audio.end` comes. Replying:
+`reply` runs one `VoiceChat` turn and hands each event to `emit`, checking
+`stop` between events (barge-in). The models are shared by all connections;
+`lock` makes one connection at a time compute on them.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+
+import numpy as np
+
+from ..audio import WHISPER_RATE, StreamResampler, pcm_from_bytes
+from ..chat import AudioChunk, Reply, UserEvent, VoiceChat
+from ..lm.generate import SamplingConfig, TextEvent
+from .protocol import ProtocolError
+
+
+class ChatServer:
+    """The loaded models (as one template `VoiceChat`), shared by every connection."""
+
+    def __init__(self, template: VoiceChat, max_user_seconds: float = 300.0, max_new_tokens_limit: int = 4000):
+        self.template = template
+        self.lock = threading.Lock()
+        self.max_user_seconds = max_user_seconds
+        self.max_new_tokens_limit = max_new_tokens_limit
+
+    def new_chat(self) -> VoiceChat:
+        t = self.template
+        return VoiceChat(t.tokenizer, t.lm, t.decoder, t.text_tokenizer, system=t.conversation.system,
+                         sampling=t.sampling, stream_options=t.stream_options)  # fmt: skip
+
+    @property
+    def output_sample_rate(self) -> int:
+        return int(self.template.decoder.sample_rate) if self.template.decoder is not None else 0
+
+    def ready_message(self) -> dict:
+        return {
+            "type": "ready",
+            "input_sample_rate": WHISPER_RATE,
+            "output_sample_rate": self.output_sample_rate,
+            "audio_format": "f32le",
+            "speech_input": self.template.tokenizer is not None,
+            "speech_output": self.template.decoder is not None,
+        }
+
+
+class _Listening:
+    def __init__(self, server: ChatServer, sample_rate: int, fmt: str, sampling: SamplingConfig):
+        self.resampler = StreamResampler(sample_rate, WHISPER_RATE)
+        self.stream = server.template.tokenizer.stream()
+        self.format, self.sampling = fmt, sampling
+        self.codes: list[int] = []
+        self.samples = 0  # 16 kHz samples received
+
+
+class Session:
+    def __init__(self, server: ChatServer):
+        self.server = server
+        self.chat = server.new_chat()
+        self.listening: _Listening | None = None
+
+    # ---------------------------------------------------------------- listening
+
+    def start_audio(self, sample_rate: int, fmt: str, sampling: SamplingConfig) -> None:
+        if self.listening is not None:
+            raise ProtocolError("audio.start while already receiving audio: send audio.end first")
+        if self.server.template.tokenizer is None:
+            raise ProtocolError("this server has no speech tokenizer: send text")
+        self.listening = _Listening(self.server, sample_rate, fmt, sampling)
+
+    def push_audio(self, data: bytes) -> int:
+        """Add PCM bytes to the user's turn; returns the speech ids final so far."""
+        lis = self._need_listening("binary audio")
+        audio = lis.resampler.push(pcm_from_bytes(data, lis.format))
+        self._add(lis, audio)
+        return len(lis.codes)
+
+    def end_audio(self) -> tuple[list[int], SamplingConfig]:
+        """Close the user's turn: its speech ids (the stream flushed) and its sampling settings."""
+        lis = self._need_listening("audio.end")
+        self.listening = None
+        self._add(lis, lis.resampler.flush())
+        lis.codes += lis.stream.flush()
+        if not lis.codes:
+            raise ProtocolError("no audio arrived between audio.start and audio.end")
+        return lis.codes, lis.sampling
+
+    def cancel_audio(self) -> None:
+        self.listening = None
+
+    def _need_listening(self, what: str) -> _Listening:
+        if self.listening is None:
+            raise ProtocolError(f"{what} without audio.start")
+        return self.listening
+
+    def _add(self, lis: _Listening, audio: np.ndarray) -> None:
+        lis.samples += len(audio)
+        if lis.samples > self.server.max_user_seconds * WHISPER_RATE:
+            self.listening = None
+            raise ProtocolError(f"the user's turn is longer than {self.server.max_user_seconds:.0f} s: dropped")
+        if len(audio):
+            lis.codes += lis.stream.push(audio)
+
+    # ---------------------------------------------------------------- replying
+
+    def reply(self, emit: Callable[[object], None], stop: threading.Event, *, text: str | None = None,
+              codes: list[int] | None = None, sampling: SamplingConfig | None = None) -> None:  # fmt: skip
+        """Run one turn, handing `emit` dict messages (JSON) and bytes (audio); ends with a `done` message."""
+        rate = self.server.output_sample_rate
+        pieces: list[str] = []
+        samples = 0
+        turn = self.chat.turn(text=text, codes=codes, sampling=sampling)
+        try:
+            for event in turn:
+                if stop.is_set():
+                    emit({"type": "done", "text": "".join(pieces), "reason": "interrupted",
+                          "audio_seconds": samples / rate if rate else 0.0})  # fmt: skip
+                    return
+                if isinstance(event, UserEvent):
+                    emit({"type": "user", "text": text} if text is not None
+                         else {"type": "user", "speech_tokens": len(event.speech)})  # fmt: skip
+                elif isinstance(event, TextEvent) and event.text:
+                    pieces.append(event.text)
+                    emit({"type": "text", "delta": event.text})
+                elif isinstance(event, AudioChunk):
+                    samples += event.audio.numel()
+                    emit(event.audio.numpy().astype("<f4").tobytes())
+                elif isinstance(event, Reply):
+                    t = event.timings
+                    emit({"type": "done", "text": event.text, "reason": event.reason, "tokens": event.n_tokens,
+                          "speech_tokens": len(event.codes), "audio_seconds": event.seconds,
+                          "timings": {"first_text": t.first_text, "first_audio": t.first_audio,
+                                      "total": t.total, "tokens_per_second": t.tokens_per_second}})  # fmt: skip
+        finally:
+            turn.close()
+
+    def reset(self) -> None:
+        self.listening = None
+        self.chat.reset()

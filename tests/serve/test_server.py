@@ -1,0 +1,211 @@
+"""The WebSocket server on a tiny random LM with the golden tokenizer and decoder: the protocol end to end."""
+
+from __future__ import annotations
+
+import json
+from contextlib import contextmanager
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from glm4voice.audio import resample
+from glm4voice.chat import VoiceChat
+from glm4voice.cli import main
+from glm4voice.lm import load_lm
+from glm4voice.lm.generate import SamplingConfig
+from glm4voice.lm.tiny import write_tiny_lm
+from glm4voice.serve import ChatServer, create_app
+
+GREEDY = SamplingConfig(temperature=0, stop_ids=(), max_new_tokens=30)
+
+
+@pytest.fixture(scope="module")
+def lm_folder(tmp_path_factory):
+    return write_tiny_lm(tmp_path_factory.mktemp("serve_lm"), n_audio=512, seed=3)
+
+
+@pytest.fixture(scope="module")
+def template(golden, lm_folder):
+    from glm4voice.decoder import SpeechDecoder
+    from glm4voice.tokenizer import SpeechTokenizer
+
+    tok = SpeechTokenizer.from_pretrained(golden / "tokenizer")
+    dec = SpeechDecoder.from_pretrained(golden / "decoder")
+    return VoiceChat(tok, load_lm(lm_folder), dec, sampling=GREEDY, stream_options={"n_steps": 1})
+
+
+@pytest.fixture
+def client(template):
+    with TestClient(create_app(ChatServer(template, max_user_seconds=20))) as c:
+        yield c
+
+
+def recv(ws):
+    message = ws.receive()
+    if message.get("bytes") is not None:
+        return message["bytes"]
+    return json.loads(message["text"])
+
+
+def until_done(ws) -> list:
+    out = []
+    while True:
+        item = recv(ws)
+        out.append(item)
+        if isinstance(item, dict) and item["type"] == "done":
+            return out
+
+
+@contextmanager
+def connect(client):
+    with client.websocket_connect("/v1/chat") as ws:
+        ready = recv(ws)
+        assert ready["type"] == "ready" and ready["output_sample_rate"] == 22050 and ready["speech_input"]
+        yield ws
+
+
+def test_page_and_health(client):
+    page = client.get("/")
+    assert page.status_code == 200 and "/v1/chat" in page.text and "<script>" in page.text
+    health = client.get("/health").json()
+    assert health["status"] == "ok" and health["speech_output"] and health["input_sample_rate"] == 16000
+
+
+def test_text_turn_streams_text_then_audio(client):
+    with connect(client) as ws:
+        ws.send_json({"type": "text", "text": "hello there"})
+        events = until_done(ws)
+        assert events[0] == {"type": "user", "text": "hello there"}
+        done = events[-1]
+        deltas = "".join(e["delta"] for e in events if isinstance(e, dict) and e["type"] == "text")
+        audio = [np.frombuffer(e, "<f4") for e in events if isinstance(e, bytes)]
+        assert done["reason"] == "length" and done["tokens"] == 30 and done["text"] == deltas
+        assert audio and sum(len(a) for a in audio) == round(done["audio_seconds"] * 22050)
+        first_audio = next(i for i, e in enumerate(events) if isinstance(e, bytes))
+        assert first_audio < len(events) - 2, "audio must stream during the reply, not only at its end"
+        assert done["timings"]["first_audio"] < done["timings"]["total"]
+
+
+def test_spoken_turn_is_tokenized_while_it_arrives(client, template, speech_clips):
+    speech16 = np.concatenate(speech_clips[:2])  # > 4 s: at least one tokenizer block completes early
+    speech = resample(speech16, 16000, 44100)
+    pcm = (np.clip(speech, -1, 1) * 32767).astype("<i2").tobytes()
+    with connect(client) as ws:
+        ws.send_json({"type": "audio.start", "sample_rate": 44100, "format": "s16le", "max_new_tokens": 12})
+        progress = []
+        step = 2 * 4410  # 0.1 s of 16-bit samples
+        for i in range(0, len(pcm), step):
+            ws.send_bytes(pcm[i : i + step])
+        ws.send_json({"type": "audio.end"})
+        events = until_done(ws)
+        progress = [e["tokens"] for e in events if isinstance(e, dict) and e["type"] == "input"]
+        user = next(e for e in events if isinstance(e, dict) and e["type"] == "user")
+        expected = len(template.tokenizer.tokenize(resample(speech, 44100, 16000)))
+        assert progress and progress[0] >= 50 and progress == sorted(progress)  # ids came before audio.end
+        assert user["speech_tokens"] == expected
+        assert events[-1]["tokens"] == 12
+
+
+def test_bad_messages_are_answered_and_the_connection_survives(client):
+    with connect(client) as ws:
+        bad = [
+            ("text", "not json", "not JSON"),
+            ("json", {"type": "shout"}, "unknown message type"),
+            ("json", [1, 2], "JSON object"),
+            ("bytes", b"\x00\x00\x00\x00", "without audio.start"),
+            ("json", {"type": "audio.end"}, "without audio.start"),
+            ("json", {"type": "text", "text": "  "}, "non-empty"),
+            ("json", {"type": "text", "text": "hi", "temperature": -1}, "temperature"),
+            ("json", {"type": "text", "text": "hi", "max_new_tokens": 10**9}, "max_new_tokens"),
+            ("json", {"type": "audio.start", "sample_rate": "fast"}, "sample_rate"),
+        ("json", {"type": "audio.end", "max_new_tokens": 5}, "go with 'text' or 'audio.start'"),
+            ("json", {"type": "audio.start", "sample_rate": 16000, "format": "mp3"}, "format"),
+        ]
+        for kind, payload, message in bad:
+            {"text": ws.send_text, "json": ws.send_json, "bytes": ws.send_bytes}[kind](payload)
+            reply = recv(ws)
+            assert reply["type"] == "error" and message in reply["message"], (payload, reply)
+        ws.send_json({"type": "audio.start", "sample_rate": 16000, "format": "s16le"})
+        ws.send_bytes(b"\x00\x00\x00")  # half a sample
+        assert "whole number" in recv(ws)["message"]
+        ws.send_json({"type": "text", "text": "hi"})  # still listening: refused
+        assert "audio.end" in recv(ws)["message"]
+        ws.send_json({"type": "audio.end"})  # nothing usable arrived
+        assert "no audio" in recv(ws)["message"]
+        ws.send_json({"type": "text", "text": "still there?"})
+        assert until_done(ws)[-1]["reason"] == "length"
+
+
+def test_stop_interrupts_and_turns_wait_for_done(client):
+    with connect(client) as ws:
+        ws.send_json({"type": "text", "text": "tell me everything", "max_new_tokens": 4000})
+        assert recv(ws)["type"] == "user"
+        ws.send_json({"type": "text", "text": "and another thing"})
+        ws.send_json({"type": "stop"})
+        events = until_done(ws)
+        errors = [e for e in events if isinstance(e, dict) and e["type"] == "error"]
+        assert errors and "in progress" in errors[0]["message"]
+        assert events[-1]["reason"] == "interrupted"
+        ws.send_json({"type": "reset"})
+        assert recv(ws) == {"type": "reset"}
+        ws.send_json({"type": "text", "text": "again"})
+        assert until_done(ws)[-1]["reason"] == "length"
+
+
+def test_text_only_server_refuses_speech(template):
+    text_only = VoiceChat(None, template.lm, None, template.text_tokenizer, sampling=GREEDY)
+    with TestClient(create_app(ChatServer(text_only))) as c:
+        with c.websocket_connect("/v1/chat") as ws:
+            ready = recv(ws)
+            assert not ready["speech_input"] and not ready["speech_output"]
+            ws.send_json({"type": "audio.start", "sample_rate": 16000})
+            assert "no speech tokenizer" in recv(ws)["message"]
+            ws.send_json({"type": "text", "text": "hi"})
+            events = until_done(ws)
+            assert not any(isinstance(e, bytes) for e in events) and events[-1]["audio_seconds"] == 0
+
+
+def test_serve_cli_errors(capsys, tmp_path):
+    assert main(["serve", "--port", "0", "--lm", str(tmp_path)]) == 2
+    assert "--port" in capsys.readouterr().err
+    assert main(["serve"]) == 2
+    assert "--model-dir" in capsys.readouterr().err
+
+
+def test_real_server_over_tcp(template):
+    """uvicorn on a free port, a real WebSocket client: the protocol over the wire, not only in-process."""
+    import socket
+    import threading
+    import time
+
+    import uvicorn
+    from websockets.sync.client import connect as ws_connect
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    config = uvicorn.Config(create_app(ChatServer(template)), host="127.0.0.1", port=port, log_level="warning")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 20
+        while not server.started and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert server.started
+        with ws_connect(f"ws://127.0.0.1:{port}/v1/chat", open_timeout=10) as ws:
+            assert json.loads(ws.recv(timeout=10))["type"] == "ready"
+            ws.send(json.dumps({"type": "text", "text": "over the wire", "max_new_tokens": 20}))
+            frames = []
+            while True:
+                frame = ws.recv(timeout=60)
+                frames.append(frame)
+                if isinstance(frame, str) and json.loads(frame)["type"] == "done":
+                    break
+        done = json.loads(frames[-1])
+        audio = sum(len(f) // 4 for f in frames if isinstance(f, bytes))
+        assert done["tokens"] == 20 and audio == round(done["audio_seconds"] * 22050)
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
