@@ -53,13 +53,10 @@ class _Connection:
         self.ws, self.server = ws, server
         self.session = Session(server)
         self.out: asyncio.Queue = asyncio.Queue()
-        self.reply_task: asyncio.Future | None = None
+        self.reply_tasks: set[asyncio.Future] = set()  # reply threads not yet finished
+        self.replying = False  # from a turn's start until its `done` is queued (the client may go on then)
         self.stop = threading.Event()
         self.input_tokens = 0
-
-    @property
-    def replying(self) -> bool:
-        return self.reply_task is not None and not self.reply_task.done()
 
     async def run(self) -> None:
         sender = asyncio.create_task(self._send_loop())
@@ -82,8 +79,8 @@ class _Connection:
             pass
         finally:
             self.stop.set()
-            if self.reply_task is not None:
-                await asyncio.wait([self.reply_task])
+            if self.reply_tasks:
+                await asyncio.wait(self.reply_tasks)
             sender.cancel()
 
     async def _send_loop(self) -> None:
@@ -137,8 +134,13 @@ class _Connection:
         loop = asyncio.get_running_loop()
         self.stop = stop = threading.Event()
 
+        def deliver(item) -> None:  # on the event loop, in emit order
+            if isinstance(item, dict) and item["type"] == "done":
+                self.replying = False
+            self.out.put_nowait(item)
+
         def emit(item) -> None:
-            loop.call_soon_threadsafe(self.out.put_nowait, item)
+            loop.call_soon_threadsafe(deliver, item)
 
         def work() -> None:
             with self.server.lock:
@@ -152,4 +154,7 @@ class _Connection:
                     emit({"type": "error", "message": f"internal error: {type(exc).__name__}: {exc}"})
                     emit({"type": "done", "text": "", "reason": "error"})
 
-        self.reply_task = asyncio.ensure_future(asyncio.to_thread(work))
+        self.replying = True
+        task = asyncio.ensure_future(asyncio.to_thread(work))
+        self.reply_tasks.add(task)
+        task.add_done_callback(self.reply_tasks.discard)

@@ -209,3 +209,41 @@ def test_real_server_over_tcp(template):
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+def test_two_connections_share_the_models(client):
+    """Turns from two conversations interleave safely (one computes at a time) and keep separate histories."""
+    with connect(client) as a, connect(client) as b:
+        a.send_json({"type": "text", "text": "first conversation", "max_new_tokens": 15})
+        b.send_json({"type": "text", "text": "second conversation", "max_new_tokens": 15})
+        done_a, done_b = until_done(a)[-1], until_done(b)[-1]
+        assert done_a["tokens"] == done_b["tokens"] == 15
+        b.send_json({"type": "reset"})
+        assert recv(b) == {"type": "reset"}
+        a.send_json({"type": "text", "text": "first conversation", "max_new_tokens": 15})
+        b.send_json({"type": "text", "text": "first conversation", "max_new_tokens": 15})
+        # Greedy: b starts over with the same words as a's first turn, so it must repeat a's first reply;
+        # a continues its own conversation, so its prompt (and reply) differ from b's.
+        again_a, again_b = until_done(a)[-1], until_done(b)[-1]
+        assert again_b["text"] == done_a["text"]
+        assert again_a["tokens"] == 15
+
+
+def test_disconnect_mid_reply_stops_it(template):
+    """A client that goes away mid-reply frees the models at the next token, not at the end of 4000 tokens."""
+    import time
+
+    server = ChatServer(template)
+    with TestClient(create_app(server)) as c:
+        with connect(c) as ws:
+            ws.send_json({"type": "text", "text": "a very long answer please", "max_new_tokens": 4000})
+            assert recv(ws)["type"] == "user"
+            assert recv(ws)["type"] == "text"
+        deadline, freed = time.monotonic() + 15, False
+        while not freed and time.monotonic() < deadline:
+            freed = server.lock.acquire(timeout=0.1)
+        assert freed, "the reply kept running after its client disconnected"
+        server.lock.release()
+        with connect(c) as ws:
+            ws.send_json({"type": "text", "text": "next user", "max_new_tokens": 5})
+            assert until_done(ws)[-1]["tokens"] == 5
