@@ -243,6 +243,11 @@ def _run_chat(args) -> int:
     return 0
 
 
+def _terminal_safe(text: str) -> str:
+    """Model text for a terminal: control characters (an escape sequence could rewrite the screen) shown as U+FFFD."""
+    return "".join(c if c in "\n\t" or not (ord(c) < 32 or 127 <= ord(c) < 160) else "\ufffd" for c in text)
+
+
 def _chat_turn(chat, audio, text, out) -> None:
     """Run one turn: stream its text to stdout, write its audio to `out`, summary to stderr."""
     from .chat import Reply
@@ -251,7 +256,7 @@ def _chat_turn(chat, audio, text, out) -> None:
     reply = None
     for event in chat.turn(audio, text=text):
         if isinstance(event, TextEvent) and event.text:
-            print(event.text, end="", flush=True)
+            print(_terminal_safe(event.text), end="", flush=True)
         elif isinstance(event, Reply):
             reply = event
     print(flush=True)

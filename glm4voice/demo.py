@@ -1,10 +1,15 @@
 """`make demo`: the main job on the embedded default.
 
-Until the tiny trained bundle exists, the demo runs the speech round trip on
-the small golden checkpoints in tests/golden (random weights: the ids and the
-audio prove the pipeline runs end to end, they carry no meaning):
-espeak-ng speaks a sentence -> `glm4voice tokenize` -> 12.5 Hz ids ->
-`glm4voice decode --stream` -> a 22.05 kHz wav. Nothing is downloaded.
+Until the tiny trained bundle exists, the demo runs on the small golden
+checkpoints in tests/golden and a tiny random LM written on the spot (random
+weights: the ids, text and audio prove the pipeline runs end to end, they
+carry no meaning). Nothing is downloaded.
+
+1. espeak-ng speaks a sentence -> `glm4voice tokenize` -> 12.5 Hz ids ->
+   `glm4voice decode --stream` -> a 22.05 kHz wav (the speech round trip);
+2. `glm4voice chat` on a bundle (golden tokenizer, tiny LM, golden decoder):
+   the spoken question in, the reply's text and speech streamed out. The same
+   bundle serves the web page: `glm4voice serve --model-dir out/demo/bundle`.
 """
 
 from __future__ import annotations
@@ -41,9 +46,33 @@ def main(out_dir: Path = ROOT / "out" / "demo") -> int:
     print(f"demo: glm4voice decode --decoder tests/golden/decoder --tokens {ids} --out {reply} --stream")
     decode = ["decode", "--decoder", str(GOLDEN / "decoder"), "--tokens", str(ids), "--out", str(reply), "--stream"]
     status = cli(decode)
+    if status:
+        return status
+    print(f"demo: wrote {reply}")
+
+    bundle = make_bundle(out_dir / "bundle")
+    chat_reply = out_dir / "chat-reply.wav"
+    chat = ["chat", "--model-dir", str(bundle), str(question), "--out", str(chat_reply),
+            "--temperature", "0", "--max-new-tokens", "60", "--flow-steps", "4"]  # fmt: skip
+    print(f"demo: glm4voice {' '.join(chat)}   (tiny random LM: the reply is noise, its timing is real)")
+    status = cli(chat)
     if status == 0:
-        print(f"demo: wrote {reply}")
+        print(f"demo: serve the same bundle with: glm4voice serve --model-dir {bundle}  (then open http://127.0.0.1:8000/)")
     return status
+
+
+def make_bundle(folder: Path) -> Path:
+    """tokenizer/ and decoder/ link to the golden checkpoints; lm/ is a tiny random LM in the release format."""
+    from .lm.tiny import write_tiny_lm
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for part in ("tokenizer", "decoder"):
+        link = folder / part
+        if not link.exists():
+            link.symlink_to(GOLDEN / part, target_is_directory=True)
+    if not (folder / "lm" / "config.json").exists():
+        write_tiny_lm(folder / "lm", n_audio=512, seed=3)
+    return folder
 
 
 if __name__ == "__main__":

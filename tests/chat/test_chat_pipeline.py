@@ -171,3 +171,9 @@ def test_cli_interactive_multi_turn(lm_folder, golden, tmp_path, capsys, monkeyp
     assert code == 0, err
     assert err.count("5 tokens") == 2 and err.count("error:") == 1  # the bad line costs only itself
     assert main(["chat", "--lm", str(lm_folder), "-i", "--text", "hi"]) == 2
+
+
+def test_cli_text_is_terminal_safe():
+    from glm4voice.cli import _terminal_safe
+
+    assert _terminal_safe("ok\x1b[2J\x9bxy\n\tz\x07 你好") == "ok\ufffd[2J\ufffdxy\n\tz\ufffd 你好"
