@@ -302,11 +302,28 @@ def _run_serve(args) -> int:
         raise Glm4VoiceError(f"--port must be 1..65535, got {args.port}")
     if args.max_user_seconds <= 0:
         raise Glm4VoiceError("--max-user-seconds must be positive")
+    _check_can_listen(args.host, args.port)  # before minutes of model loading, not after
     server = ChatServer(_load_chat(args), max_user_seconds=args.max_user_seconds,
                         max_new_tokens_limit=max(args.max_new_tokens, 1))  # fmt: skip
     print(f"glm4voice: serving on http://{args.host}:{args.port}/ (WebSocket /v1/chat)", file=sys.stderr)
     uvicorn.run(create_app(server), host=args.host, port=args.port, log_level="info")
     return 0
+
+
+def _check_can_listen(host: str, port: int) -> None:
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise Glm4VoiceError(f"--host {host}: {exc.strerror}") from None
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            raise Glm4VoiceError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
 
 
 def build_parser() -> argparse.ArgumentParser:

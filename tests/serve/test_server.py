@@ -171,6 +171,14 @@ def test_serve_cli_errors(capsys, tmp_path):
     assert "--port" in capsys.readouterr().err
     assert main(["serve"]) == 2
     assert "--model-dir" in capsys.readouterr().err
+    import socket
+
+    with socket.socket() as busy:  # a port already taken fails before any model is loaded
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        assert main(["serve", "--port", str(port), "--lm", str(tmp_path / "missing")]) == 2
+        assert f"cannot listen on 127.0.0.1:{port}" in capsys.readouterr().err
 
 
 def test_real_server_over_tcp(template):
