@@ -255,3 +255,14 @@ def test_disconnect_mid_reply_stops_it(template):
         with connect(c) as ws:
             ws.send_json({"type": "text", "text": "next user", "max_new_tokens": 5})
             assert until_done(ws)[-1]["tokens"] == 5
+
+
+def test_turn_that_fails_ends_with_error_and_done(client):
+    """A turn the LM cannot take (here: longer than its 8192-id context) gets error + done/error, then life goes on."""
+    with connect(client) as ws:
+        ws.send_json({"type": "text", "text": "語音" * 3000})  # 6000 characters: more ids than the context holds
+        first, second = recv(ws), recv(ws)
+        assert first["type"] == "error" and "context" in first["message"]
+        assert second == {"type": "done", "text": "", "reason": "error"}
+        ws.send_json({"type": "text", "text": "short", "max_new_tokens": 3})
+        assert until_done(ws)[-1]["tokens"] == 3
