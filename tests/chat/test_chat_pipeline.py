@@ -177,3 +177,14 @@ def test_cli_text_is_terminal_safe():
     from glm4voice.cli import _terminal_safe
 
     assert _terminal_safe("ok\x1b[2J\x9bxy\n\tz\x07 你好") == "ok\ufffd[2J\ufffdxy\n\tz\ufffd 你好"
+
+
+def test_turn_from_codes_equals_turn_from_audio(chat, speech_tokenizer, golden):
+    """codes= (speech tokenized elsewhere, e.g. while the user spoke) gives the same turn as the audio itself."""
+    wav = golden / "tokenizer" / "in0.wav"
+    from_audio = chat.reply(wav)
+    chat.reset()
+    from_codes = chat.reply(codes=speech_tokenizer.tokenize(wav))
+    assert from_codes.codes == from_audio.codes and from_codes.text == from_audio.text
+    with pytest.raises(Glm4VoiceError, match="exactly one"):
+        chat.reply(wav, codes=[1, 2])
