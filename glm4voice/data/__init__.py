@@ -1,0 +1,1 @@
+"""Training data: samples in the exact layouts the model reads at inference."""

@@ -1,0 +1,107 @@
+"""Streaming-thoughts fine-tuning samples (SPEC §4), laid out exactly as the chat decodes at inference.
+
+The reply interleaves 13 text ids and 26 speech ids. When the text runs out,
+the rest of the speech follows (and when the speech runs out first, the rest
+of the text). Then comes `<|user|>`, the stop id the chat ends on. The prompt
+is `PromptBuilder`'s, the one inference feeds, so train and serve cannot drift.
+
+Each (question, text answer, speech answer) gives two samples, as in the
+paper: one where the loss falls on the reply's text ids (speech ids masked),
+one where it falls on the speech ids (text masked). The prompt never carries
+loss. The stop id carries it in both: each copy must learn to end its reply.
+
+    ids = text_tokenizer.encode("Sure, ...")              # the answer's text ids
+    codes = speech_tokenizer.tokenize("answer.wav")       # its 12.5 Hz speech codes
+    text_copy, speech_copy = sft_samples(text_tokenizer, UserInput(speech=question_codes), ids, codes)
+    batch = collate([text_copy, speech_copy], pad_id=text_tokenizer.token_id("<|endoftext|>"))
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from ..errors import Glm4VoiceError
+from ..lm.prompt import PromptBuilder, UserInput
+from ..lm.text import TextTokenizer
+
+TEXT_RUN, SPEECH_RUN = 13, 26  # the system prompt's "13 text token followed by 26 audio tokens"
+IGNORE = -100  # label of ids without loss (torch's cross_entropy ignore_index)
+
+
+@dataclass
+class TrainingSample:
+    """One causal-LM sample. `labels[i]` is `input_ids[i]` where that id carries loss, IGNORE elsewhere
+    (not pre-shifted: transformers' causal-LM loss shifts them itself)."""
+
+    input_ids: list[int]
+    labels: list[int]
+
+    def __post_init__(self):
+        if len(self.input_ids) != len(self.labels):
+            raise Glm4VoiceError(f"{len(self.input_ids)} input ids but {len(self.labels)} labels")
+
+
+def interleave_reply(text_ids: Sequence[int], speech_ids: Sequence[int],
+                     text_run: int = TEXT_RUN, speech_run: int = SPEECH_RUN) -> list[int]:  # fmt: skip
+    """text[0:13] speech[0:26] text[13:26] speech[26:52] ...; whichever is left over follows at the end."""
+    if text_run < 1 or speech_run < 1:
+        raise Glm4VoiceError("text_run and speech_run must be positive")
+    out: list[int] = []
+    t = s = 0
+    while t < len(text_ids) or s < len(speech_ids):
+        out += text_ids[t : t + text_run]
+        t += text_run
+        out += speech_ids[s : s + speech_run]
+        s += speech_run
+    return out
+
+
+def sft_samples(
+    tokenizer: TextTokenizer,
+    question: UserInput,
+    answer_text_ids: Sequence[int],
+    answer_codes: Sequence[int],
+    system: str | None = None,
+    history: Sequence[tuple[UserInput, Sequence[int]]] = (),
+) -> tuple[TrainingSample, TrainingSample]:
+    """(text-loss copy, speech-loss copy) of one turn; `history` = earlier (user, reply ids) pairs, no loss."""
+    if not answer_text_ids or not answer_codes:
+        raise Glm4VoiceError("a streaming-thoughts sample needs both a text answer and a speech answer")
+    if any(tokenizer.is_audio(i) or tokenizer.is_special(i) for i in answer_text_ids):
+        raise Glm4VoiceError("answer_text_ids must be plain text ids (encode the text with TextTokenizer.encode)")
+    builder = PromptBuilder(tokenizer)
+    prompt: list[int] = []
+    for i, (user, reply) in enumerate(history):
+        prompt += builder.turn(user, first=i == 0, system=system) + list(reply)
+    prompt += builder.turn(question, first=not history, system=system)
+    reply = interleave_reply(list(answer_text_ids), tokenizer.audio_ids(answer_codes)) + [builder.user_id]
+    ids = prompt + reply
+    text_labels = [IGNORE] * len(prompt) + [IGNORE if tokenizer.is_audio(i) else i for i in reply]
+    speech_labels = [IGNORE] * len(prompt) + [i if tokenizer.is_audio(i) or i == builder.user_id else IGNORE
+                                              for i in reply]  # fmt: skip
+    return TrainingSample(ids, text_labels), TrainingSample(list(ids), speech_labels)
+
+
+def collate(samples: Sequence[TrainingSample], pad_id: int, max_length: int | None = None) -> dict[str, torch.Tensor]:
+    """Right-padded batch: input_ids, labels (IGNORE on padding), attention_mask; [B, T] each.
+
+    A sample longer than `max_length` is an error rather than silently cut:
+    cutting would drop the reply's end (and its stop id) without a trace.
+    """
+    if not samples:
+        raise Glm4VoiceError("collate: no samples")
+    longest = max(len(s.input_ids) for s in samples)
+    if max_length is not None and longest > max_length:
+        raise Glm4VoiceError(f"collate: a sample has {longest} ids, more than max_length {max_length}")
+    ids = torch.full((len(samples), longest), pad_id, dtype=torch.long)
+    labels = torch.full((len(samples), longest), IGNORE, dtype=torch.long)
+    mask = torch.zeros((len(samples), longest), dtype=torch.long)
+    for row, s in enumerate(samples):
+        n = len(s.input_ids)
+        ids[row, :n] = torch.tensor(s.input_ids)
+        labels[row, :n] = torch.tensor(s.labels)
+        mask[row, :n] = 1
+    return {"input_ids": ids, "labels": labels, "attention_mask": mask}

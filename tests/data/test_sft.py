@@ -1,0 +1,101 @@
+"""Streaming-thoughts samples: inference's exact layout, the paper's two loss masks, a batch the LM trains on."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from glm4voice.data.sft import IGNORE, TrainingSample, collate, interleave_reply, sft_samples
+from glm4voice.errors import Glm4VoiceError
+from glm4voice.lm import load_lm
+from glm4voice.lm.prompt import UserInput, build_prompt
+from glm4voice.lm.text import TextTokenizer
+from glm4voice.lm.tiny import write_tiny_lm
+
+
+@pytest.fixture(scope="module")
+def lm_folder(tmp_path_factory):
+    return write_tiny_lm(tmp_path_factory.mktemp("sft_lm"), n_audio=512, seed=1)
+
+
+@pytest.fixture(scope="module")
+def tok(lm_folder):
+    return TextTokenizer.from_pretrained(lm_folder)
+
+
+def test_interleave_runs_of_13_and_26():
+    text, speech = list(range(30)), list(range(100, 160))
+    out = interleave_reply(text, speech)
+    assert out == text[:13] + speech[:26] + text[13:26] + speech[26:52] + text[26:] + speech[52:]
+    long_text = list(range(50))  # text outlasts the speech: the rest of the text follows
+    assert interleave_reply(long_text, speech[:30]) == long_text[:13] + speech[:26] + long_text[13:26] + speech[
+        26:30
+    ] + long_text[26:39] + long_text[39:]
+    with pytest.raises(Glm4VoiceError):
+        interleave_reply(text, speech, text_run=0)
+
+
+def test_samples_follow_the_inference_layout(tok):
+    question = UserInput(speech=[5, 6, 7, 8])
+    text_ids = tok.encode("Sure, here is the answer to your question about speech.")
+    codes = list(range(40))
+    text_copy, speech_copy = sft_samples(tok, question, text_ids, codes)
+    prompt = build_prompt(tok, question)  # exactly what the chat feeds the LM
+    assert text_copy.input_ids == speech_copy.input_ids
+    assert text_copy.input_ids[: len(prompt)] == prompt
+    reply = text_copy.input_ids[len(prompt) :]
+    assert reply[-1] == tok.token_id("<|user|>")  # the stop id the chat ends on
+    assert [i for i in reply[:-1] if not tok.is_audio(i)] == text_ids
+    assert [i - tok.audio_offset for i in reply[:-1] if tok.is_audio(i)] == codes
+    assert tok.is_audio(reply[len(text_ids[:13])]) and not tok.is_audio(reply[12])  # 13 text, then speech
+    rendered = tok.decode(text_copy.input_ids)
+    assert rendered.startswith("[gMASK]<sop><|system|>\nUser will provide you with a speech instruction.")
+    assert "<|end_of_audio|><|assistant|>streaming_transcription\nSure" in rendered
+
+    # Loss: never on the prompt; text copy on text ids + stop, speech copy on speech ids + stop.
+    assert set(text_copy.labels[: len(prompt)]) == set(speech_copy.labels[: len(prompt)]) == {IGNORE}
+    text_loss = [i for i in text_copy.labels if i != IGNORE]
+    speech_loss = [i for i in speech_copy.labels if i != IGNORE]
+    assert text_loss == text_ids + [tok.token_id("<|user|>")]
+    assert speech_loss == tok.audio_ids(codes) + [tok.token_id("<|user|>")]
+
+
+def test_history_is_context_without_loss(tok):
+    first = UserInput(text="hello")
+    earlier = tok.encode("hi!") + tok.audio_ids([1, 2, 3])
+    text_copy, _ = sft_samples(tok, UserInput(text="and then?"), tok.encode("then this."), [9, 9],
+                               history=[(first, earlier)])  # fmt: skip
+    prompt = build_prompt(tok, UserInput(text="and then?"), history=[(first, earlier)])
+    assert text_copy.input_ids[: len(prompt)] == prompt
+    assert set(text_copy.labels[: len(prompt)]) == {IGNORE}
+
+
+def test_bad_inputs(tok):
+    q = UserInput(text="q")
+    with pytest.raises(Glm4VoiceError, match="both"):
+        sft_samples(tok, q, [], [1])
+    with pytest.raises(Glm4VoiceError, match="plain text"):
+        sft_samples(tok, q, tok.audio_ids([3]), [1])
+    with pytest.raises(Glm4VoiceError):
+        TrainingSample([1, 2], [1])
+    with pytest.raises(Glm4VoiceError, match="max_length"):
+        collate([TrainingSample([1, 2, 3], [1, 2, 3])], pad_id=0, max_length=2)
+
+
+def test_batch_trains_the_lm_on_exactly_the_unmasked_ids(tok, lm_folder):
+    """transformers' loss on the collated batch equals cross-entropy over the labelled positions only."""
+    lm = load_lm(lm_folder).train()
+    for p in lm.parameters():
+        p.requires_grad_(True)
+    samples = sft_samples(tok, UserInput(speech=[1, 2, 3]), tok.encode("a short answer"), list(range(30)))
+    short = sft_samples(tok, UserInput(text="hi"), tok.encode("ok"), [4, 5])[1]
+    batch = collate([*samples, short], pad_id=tok.token_id("<|endoftext|>"))
+    assert batch["input_ids"].shape[0] == 3 and batch["attention_mask"][2].sum() == len(short.input_ids)
+    out = lm(**batch)
+    logits = out.logits[:, :-1].float()
+    target = batch["labels"][:, 1:]
+    manual = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1),
+                                               ignore_index=IGNORE)  # fmt: skip
+    assert torch.isfinite(out.loss) and torch.allclose(out.loss, manual, atol=1e-5)
+    out.loss.backward()  # the batch is trainable as it is
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in lm.parameters())
