@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from .errors import Glm4VoiceError
@@ -279,6 +280,37 @@ def _chat_turn(chat, audio, text, out) -> None:
     print(summary, file=sys.stderr)
 
 
+# --- train-sft: streaming-thoughts fine-tuning ---------------------------------------------------
+
+
+def _add_train_sft(sub) -> None:
+    from .train.sft import TrainConfig
+
+    d = TrainConfig()
+    p = sub.add_parser("train-sft", help="streaming-thoughts fine-tuning of the speech LM (torchrun: FSDP)")
+    p.add_argument("--lm", required=True, help="LM folder to start from (either layout)")
+    p.add_argument("--data", required=True, help="JSONL manifest: question, answer_text, answer_codes per line")
+    p.add_argument("--out", required=True, help="run folder: checkpoints land in OUT/step-N/")
+    p.add_argument("--resume", help="continue from OUT/step-N (its weights, optimizer and step)")
+    for name in ("steps", "batch_size", "warmup_steps", "save_every", "log_every", "seed", "max_length"):
+        p.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(d, name))
+    for name in ("lr", "min_lr", "weight_decay", "beta1", "beta2", "grad_clip"):
+        p.add_argument("--" + name.replace("_", "-"), type=float, default=getattr(d, name))
+    p.set_defaults(run=_run_train_sft)
+
+
+def _run_train_sft(args) -> int:
+    from dataclasses import fields
+
+    from .train.sft import TrainConfig, finished, train_sft
+
+    cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig)})
+    records = train_sft(args.lm, args.data, args.out, cfg, resume=args.resume)
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"glm4voice train-sft: {finished(records)}; checkpoint {args.out}/step-{cfg.steps}", file=sys.stderr)
+    return 0
+
+
 # --- serve: the WebSocket server and web page ---------------------------------------------------
 
 
@@ -334,7 +366,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-_COMMANDS = [_add_tokenize, _add_decode, _add_convert_lm, _add_chat, _add_serve]
+_COMMANDS = [_add_tokenize, _add_decode, _add_convert_lm, _add_chat, _add_serve, _add_train_sft]
 
 
 def main(argv: list[str] | None = None) -> int:

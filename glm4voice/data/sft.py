@@ -105,3 +105,59 @@ def collate(samples: Sequence[TrainingSample], pad_id: int, max_length: int | No
         labels[row, :n] = torch.tensor(s.labels)
         mask[row, :n] = 1
     return {"input_ids": ids, "labels": labels, "attention_mask": mask}
+
+
+def read_sft_manifest(path, tokenizer: TextTokenizer) -> list[TrainingSample]:
+    """A JSONL file, one turn per line -> its two samples per line (text-loss, speech-loss copies).
+
+        {"question": {"codes": [12, 907, ...]} | {"text": "..."},
+         "answer_text": "...", "answer_codes": [33, 1021, ...], "system": "..." (optional)}
+
+    Any bad line is an error naming the file and line; nothing is skipped silently.
+    """
+    import json
+    from pathlib import Path
+
+    path = Path(path)
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise Glm4VoiceError(f"{path}: cannot read the manifest ({exc})") from None
+    samples: list[TrainingSample] = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        where = f"{path}:{number}"
+        try:
+            row = json.loads(line)
+            question = row["question"]
+            if set(question) == {"codes"}:
+                user = UserInput(speech=_codes(question["codes"], tokenizer))
+            elif set(question) == {"text"} and isinstance(question["text"], str):
+                user = UserInput(text=question["text"])
+            else:
+                raise ValueError('question must be {"codes": [...]} or {"text": "..."}')
+            if not isinstance(row["answer_text"], str):
+                raise ValueError("answer_text must be a string")
+            system = row.get("system")
+            if system is not None and not isinstance(system, str):
+                raise ValueError("system must be a string")
+            samples += sft_samples(tokenizer, user, tokenizer.encode(row["answer_text"]),
+                                   _codes(row["answer_codes"], tokenizer), system=system)  # fmt: skip
+        except json.JSONDecodeError as exc:
+            raise Glm4VoiceError(f"{where}: not JSON ({exc.msg})") from None
+        except KeyError as exc:
+            raise Glm4VoiceError(f"{where}: missing {exc}") from None
+        except (ValueError, TypeError, Glm4VoiceError) as exc:
+            raise Glm4VoiceError(f"{where}: {exc}") from None
+    if not samples:
+        raise Glm4VoiceError(f"{path}: no samples")
+    return samples
+
+
+def _codes(values, tokenizer: TextTokenizer) -> list[int]:
+    if not isinstance(values, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+        raise ValueError("speech codes must be a list of integers")
+    if values and not 0 <= min(values) <= max(values) < tokenizer.n_audio:
+        raise ValueError(f"speech codes must lie in 0..{tokenizer.n_audio - 1}")
+    return values

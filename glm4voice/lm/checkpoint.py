@@ -312,6 +312,20 @@ def convert_lm(
         raise CheckpointError(f"{out}: exists and is not an empty folder; pick a new destination")
     out.mkdir(parents=True, exist_ok=True)
 
+    tensors = ((name, tensor) for _, name, tensor in iter_glm_tensors(folder, config, True, target))
+    write_glm_folder(tensors, config, target, out, tokenizer_from=folder, max_shard_bytes=max_shard_bytes)
+    return out
+
+
+def write_glm_folder(tensors, config, dtype: torch.dtype, out: Path, tokenizer_from: Path,
+                     max_shard_bytes: int = 5 * 1024**3) -> None:  # fmt: skip
+    """Write (name, tensor) pairs as a transformers Glm checkpoint folder `out` (existing, empty).
+
+    Safetensors shards (`model-0000i-of-0000n.safetensors` + index, or one
+    `model.safetensors`), `config.json`, `generation_config.json`, and the
+    tokenizer files copied from `tokenizer_from`. Shards are written one at a
+    time, so memory stays around one shard. Used by `convert_lm` and by training.
+    """
     written: list[tuple[str, list[str]]] = []  # (temporary file name, tensor names)
     shard: dict[str, torch.Tensor] = {}
     size = 0
@@ -326,7 +340,7 @@ def convert_lm(
             size = 0
 
     total = 0
-    for _, name, tensor in iter_glm_tensors(folder, config, True, target):
+    for name, tensor in tensors:
         nbytes = tensor.numel() * tensor.element_size()
         if shard and size + nbytes > max_shard_bytes:
             write()
@@ -347,13 +361,12 @@ def convert_lm(
         (out / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
 
     config.architectures = ["GlmForCausalLM"]
-    config.dtype = target
+    config.dtype = dtype
     config.save_pretrained(out)
     _write_generation_config(out, config)
     for name in TOKENIZER_FILES:
-        if (folder / name).is_file():
-            shutil.copy2(folder / name, out / name)
-    return out
+        if (tokenizer_from / name).is_file():
+            shutil.copy2(tokenizer_from / name, out / name)
 
 
 def _write_generation_config(out: Path, config) -> None:

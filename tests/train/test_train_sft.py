@@ -1,0 +1,103 @@
+"""Streaming-thoughts fine-tuning: it learns, checkpoints load anywhere, resuming is exact, torchrun + FSDP runs."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from glm4voice.cli import main
+from glm4voice.errors import Glm4VoiceError
+from glm4voice.lm import load_lm
+from glm4voice.lm.tiny import write_tiny_lm
+from glm4voice.train.sft import TrainConfig, batch_indices, lr_at, train_sft
+
+FAST = dict(lr=3e-3, min_lr=3e-4, log_every=5)
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("sft")
+    write_tiny_lm(root / "lm", n_audio=512, seed=1)
+    rng = random.Random(0)
+    rows = []
+    for i in range(6):
+        question = {"codes": [rng.randrange(512) for _ in range(20)]} if i % 2 else {"text": f"question {i}"}
+        rows.append({"question": question, "answer_text": f"answer {i} is here.",
+                     "answer_codes": [rng.randrange(512) for _ in range(30)]})  # fmt: skip
+    (root / "data.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    return root
+
+
+def weights(folder):
+    return load_file(folder / "model.safetensors")
+
+
+def test_schedule_and_batches():
+    cfg = TrainConfig(steps=11, lr=1e-5, min_lr=1e-6, warmup_steps=1)
+    assert lr_at(0, cfg) == 1e-5 and lr_at(1, cfg) == 1e-5 and abs(lr_at(10, cfg) - 1e-6) < 1e-18
+    # two ranks of 2 see exactly the samples one rank of 4 sees, and every sample once per epoch
+    one = [batch_indices(s, 0, 1, 4, 6, seed=3) for s in range(3)]
+    two = [batch_indices(s, 0, 2, 2, 6, seed=3) + batch_indices(s, 1, 2, 2, 6, seed=3) for s in range(3)]
+    assert one == two and sorted(sum(one, [])[:6]) == list(range(6))
+    with pytest.raises(Glm4VoiceError):
+        TrainConfig(min_lr=1.0, lr=0.1)
+
+
+def test_learns_saves_and_resumes_exactly(setup, tmp_path):
+    cfg = TrainConfig(steps=20, save_every=10, **FAST)
+    records = train_sft(setup / "lm", setup / "data.jsonl", tmp_path / "a", cfg, log=lambda line: None)
+    assert records[-1]["loss"] < 0.5 * records[0]["loss"]  # it fits the six turns
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["step-10", "step-20"]
+    # a checkpoint is a complete LM folder: the chat's loader and tokenizer take it as it is
+    lm = load_lm(tmp_path / "a" / "step-20")
+    from glm4voice.lm.text import TextTokenizer
+
+    assert TextTokenizer.from_pretrained(tmp_path / "a" / "step-20").n_audio == 512
+    assert not torch.equal(lm.lm_head.weight, load_lm(setup / "lm").lm_head.weight)
+    # resuming from step 10 reproduces step 20 exactly
+    train_sft(setup / "lm", setup / "data.jsonl", tmp_path / "b", TrainConfig(steps=20, **FAST),
+              resume=tmp_path / "a" / "step-10", log=lambda line: None)  # fmt: skip
+    a, b = weights(tmp_path / "a" / "step-20"), weights(tmp_path / "b" / "step-20")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_refuses_to_overwrite_and_bad_data(setup, tmp_path, capsys):
+    run = ["train-sft", "--lm", str(setup / "lm"), "--data", str(setup / "data.jsonl"), "--out", str(tmp_path / "r"),
+           "--steps", "2", "--log-every", "1"]  # fmt: skip
+    assert main(run) == 0 and (tmp_path / "r" / "step-2" / "trainer_state.pt").exists()
+    assert main(run) == 2  # the run folder holds checkpoints: never overwritten
+    assert "already holds checkpoints" in capsys.readouterr().err
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"question": {"text": "hi"}, "answer_text": "ok", "answer_codes": [1, 2]}\n'
+                   '{"question": {"codes": [1, 99999]}, "answer_text": "ok", "answer_codes": [1]}\n')  # fmt: skip
+    assert main(["train-sft", "--lm", str(setup / "lm"), "--data", str(bad), "--out", str(tmp_path / "x")]) == 2
+    assert f"{bad}:2: speech codes must lie in 0..511" in capsys.readouterr().err
+    assert main(["train-sft", "--lm", str(setup / "lm"), "--data", str(setup / "data.jsonl"), "--out",
+                 str(tmp_path / "y"), "--max-length", "10"]) == 2  # fmt: skip
+    assert "more than max_length 10" in capsys.readouterr().err
+
+
+def test_torchrun_fsdp_two_ranks_then_resume_on_one(setup, tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "glm4voice", "train-sft",
+           "--lm", str(setup / "lm"), "--data", str(setup / "data.jsonl"), "--out", str(tmp_path / "f"),
+           "--steps", "8", "--batch-size", "2", "--lr", "3e-3", "--min-lr", "3e-4", "--log-every", "1"]  # fmt: skip
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    logged = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    assert [r["step"] for r in logged] == list(range(1, 9))  # rank 0 logs, once per step
+    assert logged[-1]["loss"] < 0.7 * logged[0]["loss"]
+    sharded = weights(tmp_path / "f" / "step-8")  # gathered from both ranks into one full checkpoint
+    assert sharded.keys() == load_lm(setup / "lm").state_dict().keys()
+    load_lm(tmp_path / "f" / "step-8")
+    cfg = TrainConfig(steps=10, batch_size=4, **FAST)  # the 2-rank run continues on 1 rank
+    records = train_sft(setup / "lm", setup / "data.jsonl", tmp_path / "g", cfg, resume=tmp_path / "f" / "step-8",
+                        log=lambda line: None)  # fmt: skip
+    assert records[0]["step"] == 9 and (tmp_path / "g" / "step-10").is_dir()
