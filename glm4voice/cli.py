@@ -296,6 +296,8 @@ def _add_train_sft(sub) -> None:
         p.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(d, name))
     for name in ("lr", "min_lr", "weight_decay", "beta1", "beta2", "grad_clip"):
         p.add_argument("--" + name.replace("_", "-"), type=float, default=getattr(d, name))
+    p.add_argument("--mixed-precision", choices=["none", "bf16"], default=d.mixed_precision,
+                   help="bf16: FSDP computes in bf16 with fp32 master weights (torchrun runs)")  # fmt: skip
     p.set_defaults(run=_run_train_sft)
 
 

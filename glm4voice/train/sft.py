@@ -51,12 +51,15 @@ class TrainConfig:
     log_every: int = 10
     seed: int = 0
     max_length: int = 8192  # ids per sample: a longer one is an error, never silently cut
+    mixed_precision: str = "none"  # or "bf16": FSDP computes in bf16 (torchrun runs only; fp32 master weights)
 
     def __post_init__(self):
         if self.steps < 1 or self.batch_size < 1 or self.warmup_steps < 0 or self.save_every < 0:
             raise Glm4VoiceError("steps and batch_size must be >= 1, warmup_steps and save_every >= 0")
         if not 0 < self.min_lr <= self.lr or self.grad_clip <= 0 or self.log_every < 1:
             raise Glm4VoiceError("need 0 < min_lr <= lr, grad_clip > 0 and log_every >= 1")
+        if self.mixed_precision not in ("none", "bf16"):
+            raise Glm4VoiceError(f"mixed_precision is none or bf16, got {self.mixed_precision!r}")
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
@@ -136,13 +139,11 @@ def train_sft(lm: str | os.PathLike, data: str | os.PathLike, out: str | os.Path
             raise Glm4VoiceError(f"{source}: no readable trainer_state.pt ({exc})") from None
 
     torch.manual_seed(cfg.seed)
-    model = load_lm(source, device=dist.device, dtype="float32").train().requires_grad_(True)
     if dist.world > 1:
-        from torch.distributed.fsdp import fully_shard
-
-        for layer in model.model.layers:
-            fully_shard(layer)
-        fully_shard(model)
+        model = _sharded_lm(source, dist, cfg)
+    else:
+        model = load_lm(source, device=dist.device, dtype="float32")
+    model.train().requires_grad_(True)
     decay = [p for p in model.parameters() if p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.dim() < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
@@ -182,6 +183,42 @@ def train_sft(lm: str | os.PathLike, data: str | os.PathLike, out: str | os.Path
         if done == cfg.steps or (cfg.save_every and done % cfg.save_every == 0):
             _save(model, opt, tok, source, out, done, cfg, dist)
     return records
+
+
+def _sharded_lm(source: Path, dist: _Dist, cfg: TrainConfig):
+    """The LM with each decoder layer sharded by FSDP, without a full copy on any accelerator.
+
+    Every rank builds the model on the meta device and shards it; only rank 0
+    reads the checkpoint (into CPU memory), and its tensors are broadcast
+    straight into the other ranks' shards. With `mixed_precision` "bf16",
+    compute runs in bf16, while master weights, optimizer state and gradient
+    reduction stay fp32.
+    """
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+    from transformers import GlmForCausalLM
+    from transformers.models.glm.modeling_glm import GlmRotaryEmbedding
+
+    from ..lm import load_lm
+    from ..lm.checkpoint import glm_config
+
+    config = glm_config(source)
+    config._attn_implementation = "sdpa"
+    with torch.device("meta"):
+        model = GlmForCausalLM(config)
+    policy = MixedPrecisionPolicy()
+    if cfg.mixed_precision == "bf16":
+        policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+    for layer in model.model.layers:
+        fully_shard(layer, mp_policy=policy)
+    fully_shard(model, mp_policy=policy)
+    model.to_empty(device=dist.device)
+    model.model.rotary_emb = GlmRotaryEmbedding(config).to(dist.device)  # a buffer the checkpoint lacks
+    full = load_lm(source, device="cpu", dtype="float32").state_dict() if dist.rank == 0 else {}
+    set_model_state_dict(model, full, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
+    del full
+    model.name_or_path = str(source)
+    return model
 
 
 def _save(model, opt, tok, source: Path, out: Path, step: int, cfg: TrainConfig, dist: _Dist) -> None:

@@ -84,16 +84,25 @@ def test_refuses_to_overwrite_and_bad_data(setup, tmp_path, capsys):
     assert "more than max_length 10" in capsys.readouterr().err
 
 
-def test_torchrun_fsdp_two_ranks_then_resume_on_one(setup, tmp_path):
+def torchrun(setup, out, *extra) -> list[dict]:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "glm4voice", "train-sft",
-           "--lm", str(setup / "lm"), "--data", str(setup / "data.jsonl"), "--out", str(tmp_path / "f"),
-           "--steps", "8", "--batch-size", "2", "--lr", "3e-3", "--min-lr", "3e-4", "--log-every", "1"]  # fmt: skip
+           "--lm", str(setup / "lm"), "--data", str(setup / "data.jsonl"), "--out", str(out),
+           "--batch-size", "2", "--lr", "3e-3", "--min-lr", "3e-4", "--log-every", "1", *extra]  # fmt: skip
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
-    logged = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    return [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+
+
+def test_torchrun_fsdp_two_ranks_then_resume_on_one(setup, tmp_path):
+    logged = torchrun(setup, tmp_path / "f", "--steps", "8")
     assert [r["step"] for r in logged] == list(range(1, 9))  # rank 0 logs, once per step
     assert logged[-1]["loss"] < 0.7 * logged[0]["loss"]
+    # Rank 0 read the checkpoint and broadcast it into the shards: the first loss is the one-process loss on the
+    # same four samples (up to the per-rank averaging of the token mean).
+    single = train_sft(setup / "lm", setup / "data.jsonl", tmp_path / "s", TrainConfig(steps=1, batch_size=4, **FAST),
+                       log=lambda line: None)  # fmt: skip
+    assert abs(logged[0]["loss"] - single[0]["loss"]) < 0.01 * single[0]["loss"]
     sharded = weights(tmp_path / "f" / "step-8")  # gathered from both ranks into one full checkpoint
     assert sharded.keys() == load_lm(setup / "lm").state_dict().keys()
     load_lm(tmp_path / "f" / "step-8")
@@ -101,3 +110,11 @@ def test_torchrun_fsdp_two_ranks_then_resume_on_one(setup, tmp_path):
     records = train_sft(setup / "lm", setup / "data.jsonl", tmp_path / "g", cfg, resume=tmp_path / "f" / "step-8",
                         log=lambda line: None)  # fmt: skip
     assert records[0]["step"] == 9 and (tmp_path / "g" / "step-10").is_dir()
+
+
+def test_torchrun_bf16_mixed_precision(setup, tmp_path):
+    fp32 = torchrun(setup, tmp_path / "a", "--steps", "2")
+    bf16 = torchrun(setup, tmp_path / "b", "--steps", "2", "--mixed-precision", "bf16")
+    assert abs(bf16[0]["loss"] - fp32[0]["loss"]) < 0.01 * fp32[0]["loss"]  # bf16 compute, same model
+    assert bf16[0]["loss"] != fp32[0]["loss"]  # ... and it really ran in bf16
+    assert load_file(tmp_path / "b" / "step-2" / "model.safetensors")["lm_head.weight"].dtype == torch.float32
