@@ -298,6 +298,8 @@ def _add_train_sft(sub) -> None:
         p.add_argument("--" + name.replace("_", "-"), type=float, default=getattr(d, name))
     p.add_argument("--mixed-precision", choices=["none", "bf16"], default=d.mixed_precision,
                    help="bf16: FSDP computes in bf16 with fp32 master weights (torchrun runs)")  # fmt: skip
+    p.add_argument("--gradient-checkpointing", action="store_true",
+                   help="recompute activations in backward: less memory, more time")  # fmt: skip
     p.set_defaults(run=_run_train_sft)
 
 

@@ -52,6 +52,7 @@ class TrainConfig:
     seed: int = 0
     max_length: int = 8192  # ids per sample: a longer one is an error, never silently cut
     mixed_precision: str = "none"  # or "bf16": FSDP computes in bf16 (torchrun runs only; fp32 master weights)
+    gradient_checkpointing: bool = False  # recompute each layer's activations in backward: less memory, ~30% more time
 
     def __post_init__(self):
         if self.steps < 1 or self.batch_size < 1 or self.warmup_steps < 0 or self.save_every < 0:
@@ -144,6 +145,8 @@ def train_sft(lm: str | os.PathLike, data: str | os.PathLike, out: str | os.Path
     else:
         model = load_lm(source, device=dist.device, dtype="float32")
     model.train().requires_grad_(True)
+    if cfg.gradient_checkpointing:
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     decay = [p for p in model.parameters() if p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.dim() < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
