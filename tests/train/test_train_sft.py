@@ -120,11 +120,19 @@ def test_torchrun_bf16_mixed_precision(setup, tmp_path):
     assert load_file(tmp_path / "b" / "step-2" / "model.safetensors")["lm_head.weight"].dtype == torch.float32
 
 
-def test_gradient_checkpointing_changes_memory_not_math(setup, tmp_path):
+def test_gradient_checkpointing_changes_memory_not_math(setup, tmp_path, monkeypatch):
+    from transformers import GlmForCausalLM
+
+    from glm4voice.lm.checkpoint import load_lm as real_load
+
+    engaged = []
+    monkeypatch.setattr("glm4voice.lm.load_lm", lambda *a, **k: engaged.append(real_load(*a, **k)) or engaged[-1])
     plain = train_sft(setup / "lm", setup / "data.jsonl", tmp_path / "a", TrainConfig(steps=3, log_every=1, **{
         k: v for k, v in FAST.items() if k != "log_every"}), log=lambda line: None)  # fmt: skip
     ckpt = train_sft(setup / "lm", setup / "data.jsonl", tmp_path / "b", TrainConfig(steps=3, log_every=1,
                      gradient_checkpointing=True, lr=3e-3, min_lr=3e-4), log=lambda line: None)  # fmt: skip
     assert [r["loss"] for r in ckpt] == pytest.approx([r["loss"] for r in plain], rel=1e-5)
+    assert [m.is_activation_checkpointing for m in engaged] == [False, True]  # the flag really engaged
+    assert all(isinstance(m, GlmForCausalLM) for m in engaged)
     a, b = weights(tmp_path / "a" / "step-3"), weights(tmp_path / "b" / "step-3")
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
