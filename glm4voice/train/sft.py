@@ -139,6 +139,15 @@ def train_sft(lm: str | os.PathLike, data: str | os.PathLike, out: str | os.Path
         except (OSError, RuntimeError) as exc:
             raise Glm4VoiceError(f"{source}: no readable trainer_state.pt ({exc})") from None
 
+    start = int(state["step"]) if state is not None else 0
+    if start >= cfg.steps:
+        raise Glm4VoiceError(f"{source} is at step {start}; --steps must be larger to continue")
+    every = cfg.save_every or cfg.steps
+    planned = [s for s in range(start + 1, cfg.steps + 1) if s == cfg.steps or s % every == 0]
+    taken = [out / f"step-{s}" for s in planned if (out / f"step-{s}").exists()]
+    if taken:  # checked before any work, on every rank: never overwrite, never fail mid-run
+        raise Glm4VoiceError(f"{taken[0]} already exists: resume into a new --out, or remove it")
+
     torch.manual_seed(cfg.seed)
     if dist.world > 1:
         model = _sharded_lm(source, dist, cfg)
@@ -152,12 +161,8 @@ def train_sft(lm: str | os.PathLike, data: str | os.PathLike, out: str | os.Path
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
                              {"params": no_decay, "weight_decay": 0.0}],
                             lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))  # fmt: skip
-    start = 0
     if state is not None:
         set_optimizer_state_dict(model, opt, state["optimizer"], options=StateDictOptions(full_state_dict=True))
-        start = int(state["step"])
-        if start >= cfg.steps:
-            raise Glm4VoiceError(f"{source} is at step {start}; --steps must be larger to continue")
 
     records: list[dict] = []
     pad = tok.token_id("<|endoftext|>")
@@ -240,9 +245,7 @@ def _save(model, opt, tok, source: Path, out: Path, step: int, cfg: TrainConfig,
         config = model.config
         write_glm_folder(iter(weights.items()), config, torch.float32, tmp, tokenizer_from=source)
         torch.save({"step": step, "optimizer": optim, "config": asdict(cfg)}, tmp / "trainer_state.pt")
-        if final.exists():
-            raise Glm4VoiceError(f"{final} already exists: not overwritten")
-        os.replace(tmp, final)
+        os.replace(tmp, final)  # `final` was checked free before training started
     dist.barrier()
 
 

@@ -66,6 +66,12 @@ def test_learns_saves_and_resumes_exactly(setup, tmp_path):
               resume=tmp_path / "a" / "step-10", log=lambda line: None)  # fmt: skip
     a, b = weights(tmp_path / "a" / "step-20"), weights(tmp_path / "b" / "step-20")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    # resuming into the run folder whose step-20 exists is refused before any work, and nothing is touched
+    before = (tmp_path / "a" / "step-20" / "model.safetensors").stat().st_mtime_ns
+    with pytest.raises(Glm4VoiceError, match="step-20 already exists"):
+        train_sft(setup / "lm", setup / "data.jsonl", tmp_path / "a", TrainConfig(steps=20, **FAST),
+                  resume=tmp_path / "a" / "step-10", log=lambda line: None)  # fmt: skip
+    assert (tmp_path / "a" / "step-20" / "model.safetensors").stat().st_mtime_ns == before
 
 
 def test_refuses_to_overwrite_and_bad_data(setup, tmp_path, capsys):
