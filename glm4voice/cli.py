@@ -280,6 +280,32 @@ def _chat_turn(chat, audio, text, out) -> None:
     print(summary, file=sys.stderr)
 
 
+# --- tokenize-corpus: the Ray Data pipeline -----------------------------------------------------
+
+
+def _add_tokenize_corpus(sub) -> None:
+    p = sub.add_parser("tokenize-corpus", help="speech corpus (JSONL manifest) -> speech-token Parquet shards (Ray)")
+    p.add_argument("--tokenizer", required=True, help="tokenizer folder or hub id")
+    p.add_argument("--manifest", required=True, help='JSONL: {"id": ..., "audio": path, "text": ... (optional)}')
+    p.add_argument("--out", required=True, help="new folder for the Parquet shards")
+    p.add_argument("--actors", type=int, default=1, help="tokenizer actors (one model each)")
+    p.add_argument("--batch-size", type=int, default=8, help="files per actor call")
+    p.add_argument("--int8", action="store_true", help="dynamic int8 tokenizer (CPU)")
+    p.add_argument("--ray-address", help="a running Ray cluster (auto, or ray://host:port); default: a local one")
+    p.set_defaults(run=_run_tokenize_corpus)
+
+
+def _run_tokenize_corpus(args) -> int:
+    try:
+        from .data.corpus import tokenize_corpus
+    except ImportError as exc:
+        raise Glm4VoiceError(f"the pipeline needs the data extra: pip install 'glm4voice[data]' ({exc})") from None
+    summary = tokenize_corpus(args.tokenizer, args.manifest, args.out, actors=args.actors,
+                              batch_size=args.batch_size, int8=args.int8, ray_address=args.ray_address)  # fmt: skip
+    print(json.dumps(summary), flush=True)
+    return 1 if summary["failed"] else 0
+
+
 # --- train-sft: streaming-thoughts fine-tuning ---------------------------------------------------
 
 
@@ -370,7 +396,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-_COMMANDS = [_add_tokenize, _add_decode, _add_convert_lm, _add_chat, _add_serve, _add_train_sft]
+_COMMANDS = [_add_tokenize, _add_decode, _add_convert_lm, _add_chat, _add_serve, _add_tokenize_corpus,
+             _add_train_sft]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,135 @@
+"""Speech corpus -> 12.5 Hz speech-token shards, with Ray Data: a laptop's cores or a whole Ray cluster.
+
+    glm4voice tokenize-corpus --tokenizer DIR --manifest corpus.jsonl --out shards/ [--actors 2] [--ray-address auto]
+
+The manifest has one utterance per line: `{"id": "...", "audio": "path/or/url-free/file.wav", "text": "..."}`
+(`text` is optional and passes through: ASR/TTS pairs, transcripts for interleaving).
+The output is Parquet shards with the columns id, text, seconds, codes (list of int32) and error.
+
+- Each Ray actor loads the tokenizer once and tokenizes `--batch-size` files per call. Its 30 s pieces are batched
+  through the encoder, exactly as `SpeechTokenizer.tokenize_batch` does, so the codes equal one-by-one tokenization.
+- A file that cannot be read keeps its row, with `error` set and no codes. A corpus with bad files still finishes,
+  and every failure is listed.
+- Shards are written to `OUT.tmp-*` and renamed to OUT at the end, so OUT holds a finished run or nothing. An
+  existing OUT is never touched.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+from ..errors import Glm4VoiceError
+
+
+def read_manifest(path: str | os.PathLike) -> list[dict]:
+    """The manifest's rows, checked: an id, an audio path (relative paths resolve against the manifest's folder)."""
+    path = Path(path)
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise Glm4VoiceError(f"{path}: cannot read the manifest ({exc})") from None
+    rows, seen = [], set()
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise Glm4VoiceError(f"{path}:{number}: not JSON ({exc.msg})") from None
+        if not isinstance(row, dict) or not isinstance(row.get("id"), str) or not isinstance(row.get("audio"), str):
+            raise Glm4VoiceError(f'{path}:{number}: need {{"id": "...", "audio": "path", "text": "..." (optional)}}')
+        if row["id"] in seen:
+            raise Glm4VoiceError(f"{path}:{number}: id {row['id']!r} appears twice")
+        if "text" in row and not isinstance(row["text"], str):
+            raise Glm4VoiceError(f"{path}:{number}: text must be a string")
+        seen.add(row["id"])
+        audio = Path(row["audio"]).expanduser()
+        rows.append({"id": row["id"], "audio": str(audio if audio.is_absolute() else path.parent / audio),
+                     "text": row.get("text", "")})  # fmt: skip
+    if not rows:
+        raise Glm4VoiceError(f"{path}: no rows")
+    return rows
+
+
+class TokenizeBatch:
+    """A Ray Data actor: one tokenizer per actor, a batch of rows per call."""
+
+    def __init__(self, tokenizer: str, int8: bool, batch_size: int):
+        from ..tokenizer import SpeechTokenizer
+
+        self.tok = SpeechTokenizer.from_pretrained(tokenizer, int8=int8, batch_size=batch_size)
+
+    def __call__(self, batch):
+        import pyarrow as pa
+
+        from ..audio import load_audio
+
+        ids, paths, texts = (batch[c].to_pylist() for c in ("id", "audio", "text"))
+        waves, errors = [None] * len(ids), [None] * len(ids)
+        for i, path in enumerate(paths):
+            try:
+                waves[i] = load_audio(path)
+            except Glm4VoiceError as exc:
+                errors[i] = str(exc)
+        good = [i for i, w in enumerate(waves) if w is not None]
+        codes: list[list[int]] = [[] for _ in ids]
+        for i, row in zip(good, self.tok.tokenize_batch([waves[i] for i in good]) if good else []):
+            codes[i] = row
+        return pa.table({
+            "id": pa.array(ids, pa.string()),
+            "text": pa.array(texts, pa.string()),
+            "seconds": pa.array([len(w) / 16000 if w is not None else 0.0 for w in waves], pa.float64()),
+            "codes": pa.array(codes, pa.list_(pa.int32())),
+            "error": pa.array(errors, pa.string()),
+        })
+
+
+def tokenize_corpus(tokenizer: str, manifest: str | os.PathLike, out: str | os.PathLike, *, actors: int = 1,
+                    batch_size: int = 8, int8: bool = False, ray_address: str | None = None,
+                    rows_per_shard: int = 10000) -> dict:  # fmt: skip
+    """Run the pipeline; returns a summary (rows, failed, seconds of audio, wall seconds, failures)."""
+    import ray
+
+    out = Path(out)
+    if out.exists():
+        raise Glm4VoiceError(f"{out} already exists: pick a new --out (finished shards are never overwritten)")
+    if actors < 1 or batch_size < 1 or rows_per_shard < 1:
+        raise Glm4VoiceError("actors, batch_size and rows_per_shard must be >= 1")
+    rows = read_manifest(manifest)
+    from ..tokenizer import SpeechTokenizer
+
+    SpeechTokenizer.from_pretrained(tokenizer)  # a bad tokenizer fails here, once, not in every actor
+    start = time.perf_counter()
+    started_here = not ray.is_initialized()
+    if started_here:
+        import logging
+
+        ray.init(address=ray_address, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING,
+                 num_cpus=None if ray_address else max(actors, os.cpu_count() or 1))  # fmt: skip
+        logging.getLogger("ray.data").setLevel(logging.WARNING)
+    tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
+    try:
+        import ray.data
+
+        ray.data.DataContext.get_current().enable_progress_bars = False
+        ds = ray.data.from_items(rows, override_num_blocks=max(1, min(len(rows), actors * 4)))
+        tokenized = ds.map_batches(TokenizeBatch, fn_constructor_args=(str(tokenizer), int8, batch_size),
+                                   batch_size=batch_size, concurrency=actors, batch_format="pyarrow")  # fmt: skip
+        tokenized.write_parquet(str(tmp), min_rows_per_file=min(rows_per_shard, len(rows)))
+        import pyarrow.parquet as pq
+
+        table = pq.read_table(tmp, columns=["id", "seconds", "error"])
+        errors = [(i, e) for i, e in zip(table["id"].to_pylist(), table["error"].to_pylist()) if e]
+        if table.num_rows != len(rows):
+            raise Glm4VoiceError(f"the pipeline wrote {table.num_rows} rows for {len(rows)} in the manifest")
+        os.replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if started_here:
+            ray.shutdown()
+    return {"rows": len(rows), "failed": len(errors), "audio_seconds": round(sum(table["seconds"].to_pylist()), 2),
+            "wall_seconds": round(time.perf_counter() - start, 2), "failures": errors[:20]}  # fmt: skip
