@@ -96,6 +96,12 @@ class _Dist:
         dist.all_reduce(t)
         return t.item() / self.world
 
+    def close(self) -> None:
+        import torch.distributed as dist
+
+        if self.world > 1 and dist.is_initialized():
+            dist.destroy_process_group()
+
     def barrier(self) -> None:
         if self.world > 1:
             import torch.distributed as dist
@@ -134,10 +140,13 @@ def train_sft(lm: str | os.PathLike, data: str | os.PathLike, out: str | os.Path
         raise Glm4VoiceError(f"{data}: a sample has {longest} ids, more than max_length {cfg.max_length}")
     state = None
     if resume is not None:
+        import pickle
+
         try:
             state = torch.load(source / "trainer_state.pt", weights_only=True, map_location="cpu")
-        except (OSError, RuntimeError) as exc:
-            raise Glm4VoiceError(f"{source}: no readable trainer_state.pt ({exc})") from None
+            state["step"], state["optimizer"]  # noqa: B018 - both must be there
+        except (OSError, RuntimeError, EOFError, pickle.UnpicklingError, KeyError, TypeError) as exc:
+            raise Glm4VoiceError(f"{source}: no readable trainer_state.pt ({type(exc).__name__}: {exc})") from None
 
     start = int(state["step"]) if state is not None else 0
     if start >= cfg.steps:
@@ -148,48 +157,51 @@ def train_sft(lm: str | os.PathLike, data: str | os.PathLike, out: str | os.Path
     if taken:  # checked before any work, on every rank: never overwrite, never fail mid-run
         raise Glm4VoiceError(f"{taken[0]} already exists: resume into a new --out, or remove it")
 
-    torch.manual_seed(cfg.seed)
-    if dist.world > 1:
-        model = _sharded_lm(source, dist, cfg)
-    else:
-        model = load_lm(source, device=dist.device, dtype="float32")
-    model.train().requires_grad_(True)
-    if cfg.gradient_checkpointing:
-        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
-    decay = [p for p in model.parameters() if p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.dim() < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}],
-                            lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))  # fmt: skip
-    if state is not None:
-        set_optimizer_state_dict(model, opt, state["optimizer"], options=StateDictOptions(full_state_dict=True))
+    try:
+        torch.manual_seed(cfg.seed)
+        if dist.world > 1:
+            model = _sharded_lm(source, dist, cfg)
+        else:
+            model = load_lm(source, device=dist.device, dtype="float32")
+        model.train().requires_grad_(True)
+        if cfg.gradient_checkpointing:
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        decay = [p for p in model.parameters() if p.dim() >= 2]
+        no_decay = [p for p in model.parameters() if p.dim() < 2]
+        opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                                 {"params": no_decay, "weight_decay": 0.0}],
+                                lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))  # fmt: skip
+        if state is not None:
+            set_optimizer_state_dict(model, opt, state["optimizer"], options=StateDictOptions(full_state_dict=True))
 
-    records: list[dict] = []
-    pad = tok.token_id("<|endoftext|>")
-    for step in range(start, cfg.steps):
-        t0 = time.perf_counter()
-        for group in opt.param_groups:
-            group["lr"] = lr_at(step, cfg)
-        picked = batch_indices(step, dist.rank, dist.world, cfg.batch_size, len(samples), cfg.seed)
-        batch = {k: v.to(dist.device) for k, v in collate([samples[i] for i in picked], pad).items()}
-        loss = model(**batch).loss
-        if not torch.isfinite(loss):
-            raise Glm4VoiceError(f"step {step + 1}: the loss is {loss.item()}; lower --lr")
-        loss.backward()
-        norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        done = step + 1
-        if done % cfg.log_every == 0 or done == cfg.steps or done == start + 1:
-            record = {"step": done, "loss": round(dist.mean(loss.item()), 5), "lr": lr_at(step, cfg),
-                      "grad_norm": round(float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm), 4),
-                      "ids": int(dist.mean(float(batch["attention_mask"].sum())) * dist.world),
-                      "seconds": round(time.perf_counter() - t0, 3)}  # fmt: skip
-            records.append(record)
-            if dist.rank == 0:
-                log(json.dumps(record))
-        if done == cfg.steps or (cfg.save_every and done % cfg.save_every == 0):
-            _save(model, opt, tok, source, out, done, cfg, dist)
+        records: list[dict] = []
+        pad = tok.token_id("<|endoftext|>")
+        for step in range(start, cfg.steps):
+            t0 = time.perf_counter()
+            for group in opt.param_groups:
+                group["lr"] = lr_at(step, cfg)
+            picked = batch_indices(step, dist.rank, dist.world, cfg.batch_size, len(samples), cfg.seed)
+            batch = {k: v.to(dist.device) for k, v in collate([samples[i] for i in picked], pad).items()}
+            loss = model(**batch).loss
+            if not torch.isfinite(loss):
+                raise Glm4VoiceError(f"step {step + 1}: the loss is {loss.item()}; lower --lr")
+            loss.backward()
+            norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            done = step + 1
+            if done % cfg.log_every == 0 or done == cfg.steps or done == start + 1:
+                record = {"step": done, "loss": round(dist.mean(loss.item()), 5), "lr": lr_at(step, cfg),
+                          "grad_norm": round(float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm), 4),
+                          "ids": int(dist.mean(float(batch["attention_mask"].sum())) * dist.world),
+                          "seconds": round(time.perf_counter() - t0, 3)}  # fmt: skip
+                records.append(record)
+                if dist.rank == 0:
+                    log(json.dumps(record))
+            if done == cfg.steps or (cfg.save_every and done % cfg.save_every == 0):
+                _save(model, opt, tok, source, out, done, cfg, dist)
+    finally:
+        dist.close()
     return records
 
 

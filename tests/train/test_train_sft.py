@@ -80,6 +80,9 @@ def test_refuses_to_overwrite_and_bad_data(setup, tmp_path, capsys):
     assert main(run) == 0 and (tmp_path / "r" / "step-2" / "trainer_state.pt").exists()
     assert main(run) == 2  # the run folder holds checkpoints: never overwritten
     assert "already holds checkpoints" in capsys.readouterr().err
+    (tmp_path / "r" / "step-2" / "trainer_state.pt").write_bytes(b"truncated")
+    resume = run[:5] + ["--out", str(tmp_path / "r2"), "--steps", "4", "--resume", str(tmp_path / "r" / "step-2")]
+    assert main(resume) == 2 and "no readable trainer_state.pt" in capsys.readouterr().err
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"question": {"text": "hi"}, "answer_text": "ok", "answer_codes": [1, 2]}\n'
                    '{"question": {"codes": [1, 99999]}, "answer_text": "ok", "answer_codes": [1]}\n')  # fmt: skip
