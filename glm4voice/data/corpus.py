@@ -16,36 +16,26 @@ The output is Parquet shards with the columns id, text, seconds, codes (list of 
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import time
 from pathlib import Path
 
 from ..errors import Glm4VoiceError
+from ..jsonl import read_jsonl
 
 
 def read_manifest(path: str | os.PathLike) -> list[dict]:
     """The manifest's rows, checked: an id, an audio path (relative paths resolve against the manifest's folder)."""
     path = Path(path)
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise Glm4VoiceError(f"{path}: cannot read the manifest ({exc})") from None
     rows, seen = [], set()
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise Glm4VoiceError(f"{path}:{number}: not JSON ({exc.msg})") from None
+    for where, row in read_jsonl(path, "manifest"):
         if not isinstance(row, dict) or not isinstance(row.get("id"), str) or not isinstance(row.get("audio"), str):
-            raise Glm4VoiceError(f'{path}:{number}: need {{"id": "...", "audio": "path", "text": "..." (optional)}}')
+            raise Glm4VoiceError(f'{where}: need {{"id": "...", "audio": "path", "text": "..." (optional)}}')
         if row["id"] in seen:
-            raise Glm4VoiceError(f"{path}:{number}: id {row['id']!r} appears twice")
+            raise Glm4VoiceError(f"{where}: id {row['id']!r} appears twice")
         if "text" in row and not isinstance(row["text"], str):
-            raise Glm4VoiceError(f"{path}:{number}: text must be a string")
+            raise Glm4VoiceError(f"{where}: text must be a string")
         seen.add(row["id"])
         audio = Path(row["audio"]).expanduser()
         rows.append({"id": row["id"], "audio": str(audio if audio.is_absolute() else path.parent / audio),

@@ -115,25 +115,17 @@ def read_sft_manifest(path, tokenizer: TextTokenizer) -> list[TrainingSample]:
 
     Any bad line is an error naming the file and line; nothing is skipped silently.
     """
-    import json
-    from pathlib import Path
+    from ..jsonl import read_jsonl
 
-    path = Path(path)
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise Glm4VoiceError(f"{path}: cannot read the manifest ({exc})") from None
     samples: list[TrainingSample] = []
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        where = f"{path}:{number}"
+    for where, row in read_jsonl(path, "manifest"):
         try:
-            row = json.loads(line)
+            if not isinstance(row, dict):
+                raise ValueError("each line is a JSON object")
             question = row["question"]
-            if set(question) == {"codes"}:
+            if isinstance(question, dict) and set(question) == {"codes"}:
                 user = UserInput(speech=_codes(question["codes"], tokenizer))
-            elif set(question) == {"text"} and isinstance(question["text"], str):
+            elif isinstance(question, dict) and set(question) == {"text"} and isinstance(question["text"], str):
                 user = UserInput(text=question["text"])
             else:
                 raise ValueError('question must be {"codes": [...]} or {"text": "..."}')
@@ -144,8 +136,6 @@ def read_sft_manifest(path, tokenizer: TextTokenizer) -> list[TrainingSample]:
                 raise ValueError("system must be a string")
             samples += sft_samples(tokenizer, user, tokenizer.encode(row["answer_text"]),
                                    _codes(row["answer_codes"], tokenizer), system=system)  # fmt: skip
-        except json.JSONDecodeError as exc:
-            raise Glm4VoiceError(f"{where}: not JSON ({exc.msg})") from None
         except KeyError as exc:
             raise Glm4VoiceError(f"{where}: missing {exc}") from None
         except (ValueError, TypeError, Glm4VoiceError) as exc:
