@@ -22,6 +22,7 @@ ranks.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -112,12 +113,13 @@ class _Dist:
 def batch_indices(step: int, rank: int, world: int, batch_size: int, n: int, seed: int) -> list[int]:
     """Sample indices of `rank`'s share of global batch `step` (epochs are seeded permutations of range(n))."""
     per_step = batch_size * world
-    out = []
-    for k in range(step * per_step + rank * batch_size, step * per_step + (rank + 1) * batch_size):
-        epoch, i = divmod(k, n)
-        order = torch.randperm(n, generator=torch.Generator().manual_seed(seed + epoch))
-        out.append(int(order[i]))
-    return out
+    first = step * per_step + rank * batch_size
+    return [_epoch_order(n, seed + k // n)[k % n] for k in range(first, first + batch_size)]
+
+
+@functools.lru_cache(maxsize=2)  # a batch spans at most two epochs
+def _epoch_order(n: int, seed: int) -> list[int]:
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
 
 
 def train_sft(lm: str | os.PathLike, data: str | os.PathLike, out: str | os.PathLike, cfg: TrainConfig,
@@ -150,8 +152,8 @@ def train_sft(lm: str | os.PathLike, data: str | os.PathLike, out: str | os.Path
     if start >= cfg.steps:
         raise Glm4VoiceError(f"{source} is at step {start}; --steps must be larger to continue")
     every = cfg.save_every or cfg.steps
-    planned = [s for s in range(start + 1, cfg.steps + 1) if s == cfg.steps or s % every == 0]
-    taken = [out / f"step-{s}" for s in planned if (out / f"step-{s}").exists()]
+    saves = {s for s in range(start + 1, cfg.steps + 1) if s == cfg.steps or s % every == 0}
+    taken = [out / f"step-{s}" for s in sorted(saves) if (out / f"step-{s}").exists()]
     if taken:  # checked before any work, on every rank: never overwrite, never fail mid-run
         raise Glm4VoiceError(f"{taken[0]} already exists: resume into a new --out, or remove it")
 
@@ -196,8 +198,8 @@ def train_sft(lm: str | os.PathLike, data: str | os.PathLike, out: str | os.Path
                 records.append(record)
                 if dist.rank == 0:
                     log(json.dumps(record))
-            if done == cfg.steps or (cfg.save_every and done % cfg.save_every == 0):
-                _save(model, opt, tok, source, out, done, cfg, dist)
+            if done in saves:
+                _save(model, opt, source, out, done, cfg, dist)
     finally:
         dist.close()
     return records
@@ -239,7 +241,7 @@ def _sharded_lm(source: Path, dist: _Dist, cfg: TrainConfig):
     return model
 
 
-def _save(model, opt, tok, source: Path, out: Path, step: int, cfg: TrainConfig, dist: _Dist) -> None:
+def _save(model, opt, source: Path, out: Path, step: int, cfg: TrainConfig, dist: _Dist) -> None:
     """out/step-N: the LM folder + trainer_state.pt, written beside and renamed into place."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_optimizer_state_dict
 
@@ -252,8 +254,7 @@ def _save(model, opt, tok, source: Path, out: Path, step: int, cfg: TrainConfig,
         final, tmp = out / f"step-{step}", out / f".step-{step}.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
-        config = model.config
-        write_glm_folder(iter(weights.items()), config, torch.float32, tmp, tokenizer_from=source)
+        write_glm_folder(weights.items(), model.config, torch.float32, tmp, tokenizer_from=source)
         torch.save({"step": step, "optimizer": optim, "config": asdict(cfg)}, tmp / "trainer_state.pt")
         os.replace(tmp, final)  # `final` was checked free before training started
     dist.barrier()
