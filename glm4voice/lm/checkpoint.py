@@ -228,6 +228,27 @@ def checkpoint_dtype(folder: Path) -> torch.dtype:
 # --- load -------------------------------------------------------------------------------------
 
 
+def meta_lm(folder: Path, raw: dict | None = None, attn_implementation: str = "sdpa"):
+    """The checkpoint's `GlmForCausalLM` on the meta device: its structure, no memory, no values yet.
+
+    Fill it (`load_state_dict(..., assign=True)`, or FSDP's `to_empty` + a broadcast), then call
+    `rebuild_rotary`: the rotary inverse frequencies are a non-persistent buffer, in no checkpoint.
+    """
+    from transformers import GlmForCausalLM
+
+    config = glm_config(folder, raw)
+    config._attn_implementation = attn_implementation
+    with torch.device("meta"):
+        return GlmForCausalLM(config)
+
+
+def rebuild_rotary(model, device) -> None:
+    """Recompute the rotary inverse frequencies (created on meta by `meta_lm`) on `device`."""
+    from transformers.models.glm.modeling_glm import GlmRotaryEmbedding
+
+    model.model.rotary_emb = GlmRotaryEmbedding(model.config).to(device)
+
+
 def load_lm(path_or_id: str | os.PathLike, device="cpu", dtype="auto", attn_implementation: str = "sdpa"):
     """Load the speech LM as a `transformers.GlmForCausalLM` in eval mode.
 
@@ -236,16 +257,11 @@ def load_lm(path_or_id: str | os.PathLike, device="cpu", dtype="auto", attn_impl
     single-file or sharded. `dtype`: "auto" keeps the checkpoint's dtype (bf16
     for the release), or float32 / bfloat16 / float16.
     """
-    from transformers import GlmForCausalLM
-    from transformers.models.glm.modeling_glm import GlmRotaryEmbedding
-
     folder = resolve_checkpoint(path_or_id, ["config.json"], "LM")
     raw = read_config(folder)
-    config = glm_config(folder, raw)
+    model = meta_lm(folder, raw, attn_implementation)  # checks the config first
+    config = model.config
     target = as_dtype(dtype, allow_auto=True) or checkpoint_dtype(folder)
-    config._attn_implementation = attn_implementation
-    with torch.device("meta"):
-        model = GlmForCausalLM(config)
     expected = set(model.state_dict().keys())
     loaded: set[str] = set()
     part: dict[str, torch.Tensor] = {}
@@ -269,8 +285,7 @@ def load_lm(path_or_id: str | os.PathLike, device="cpu", dtype="auto", attn_impl
     if missing:
         shown = ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else "")
         raise CheckpointError(f"LM checkpoint {folder}: missing {len(missing)} tensor(s): {shown}")
-    # Non-persistent buffers (rotary inverse frequencies) were created on meta: rebuild them.
-    model.model.rotary_emb = GlmRotaryEmbedding(config).to(device)
+    rebuild_rotary(model, device)
     model.requires_grad_(False)
     model.eval()
     model.name_or_path = str(folder)

@@ -216,16 +216,11 @@ def _sharded_lm(source: Path, dist: _Dist, cfg: TrainConfig):
     """
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
-    from transformers import GlmForCausalLM
-    from transformers.models.glm.modeling_glm import GlmRotaryEmbedding
 
     from ..lm import load_lm
-    from ..lm.checkpoint import glm_config
+    from ..lm.checkpoint import meta_lm, rebuild_rotary
 
-    config = glm_config(source)
-    config._attn_implementation = "sdpa"
-    with torch.device("meta"):
-        model = GlmForCausalLM(config)
+    model = meta_lm(source)
     policy = MixedPrecisionPolicy()
     if cfg.mixed_precision == "bf16":
         policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
@@ -233,7 +228,7 @@ def _sharded_lm(source: Path, dist: _Dist, cfg: TrainConfig):
         fully_shard(layer, mp_policy=policy)
     fully_shard(model, mp_policy=policy)
     model.to_empty(device=dist.device)
-    model.model.rotary_emb = GlmRotaryEmbedding(config).to(dist.device)  # a buffer the checkpoint lacks
+    rebuild_rotary(model, dist.device)
     full = load_lm(source, device="cpu", dtype="float32").state_dict() if dist.rank == 0 else {}
     set_model_state_dict(model, full, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
     del full
