@@ -150,7 +150,7 @@ class FlopModel:
 def stream_flops(fm: FlopModel, dec: SpeechDecoder, stats, overlap: int, vocoder_context: int) -> float:
     total = 0.0
     for i, c in enumerate(stats):
-        total += fm.flow_flops(c.ids + c.context_ids, c.frames)
+        total += fm.flow_flops(c.codes + c.context_codes, c.frames)
         frames = c.audio_samples // dec.samples_per_frame
         look = min(overlap, vocoder_context) if i < len(stats) - 1 else 0
         total += fm.hift_per_frame * (frames + look + (vocoder_context if i else 0))
@@ -233,7 +233,7 @@ def main() -> None:
     )
     floor = first_flops / peak
     print(
-        f"stream: chunks {[c.ids for c in s.stats]}, context {s.options.context_ids} ids, "
+        f"stream: chunks {[c.codes for c in s.stats]}, context {s.options.context_codes} codes, "
         f"overlap {s.options.overlap_frames} frames"
     )
     firsts = first_chunk_seconds(dec, ids, args.repeats)
@@ -274,7 +274,7 @@ def main() -> None:
     )
     if args.time_reference:
         _, _, ref_first, t_ref = run_stream(
-            dec, ids, chunk_ids=REFERENCE_CHUNKS, context_ids=None, noise="reference", fade="hamming"
+            dec, ids, chunk_codes=REFERENCE_CHUNKS, context_codes=None, noise="reference", fade="hamming"
         )
         print(
             f"  reference schedule run: total {t_ref:.1f} s (RTF {t_ref / audio_s:.2f}), "

@@ -152,7 +152,7 @@ def worker(kind: str, batch: int, seconds: float, device: str) -> dict:
     """One configuration, in its own process so its peak memory is its own."""
     model = full_size_model()
     if kind == "ref":  # our fp32 network with the reference's attention: a same-machine baseline
-        import glm4voice.tokenizer as tokenizer_module
+        import glm4voice.tokenizer.network as tokenizer_module
 
         tokenizer_module.block_causal_attention = reference_style_attention
     if kind == "int8":

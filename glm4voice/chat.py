@@ -2,12 +2,12 @@
 
     chat = VoiceChat.from_pretrained(model_dir="glm-4-voice")   # tokenizer/, lm/, decoder/
     for event in chat.turn("question.wav"):                      # or chat.turn(text="...")
-        ...  # UserEvent, TextEvent, AudioEvent, AudioChunk, then Reply (last)
+        ...  # UserEvent, TextEvent, AudioEvent, AudioChunk, then Reply (last): see glm4voice.events
 
 A `VoiceChat` is one conversation: it keeps the history and the LM's KV cache,
-so each turn only runs its own new ids. Speech ids stream into the decoder as
+so each turn only runs its own new ids. Speech codes stream into the decoder as
 the LM samples them; the decoder returns its first audio after the first 10
-speech ids (its default chunk schedule 10, 20, 40, ...).
+codes (its default chunk schedule 10, 20, 40, ...).
 """
 
 from __future__ import annotations
@@ -15,70 +15,21 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from .errors import CheckpointError, Glm4VoiceError
-from .lm.generate import AudioEvent, Conversation, EndEvent, SamplingConfig, TextEvent
+from .events import AudioChunk, AudioEvent, ChatEvent, EndEvent, Reply, TextEvent, Timings, UserEvent
+from .lm.generate import Conversation, SamplingConfig
 from .lm.prompt import UserInput
 from .lm.text import TextTokenizer
-
-
-@dataclass
-class UserEvent:
-    """The user's turn as the LM sees it: the prompt ids appended, and the speech codes or text."""
-
-    ids: list[int]
-    speech: list[int] | None
-    text: str | None
-
-
-@dataclass
-class AudioChunk:
-    """Reply audio from the streaming decoder (1-D float32 at `sample_rate`)."""
-
-    audio: torch.Tensor
-    sample_rate: int
-
-
-@dataclass
-class Timings:
-    """Seconds from the start of the turn (speech tokenization included), and decode speed."""
-
-    tokenize: float = 0.0  # speech input -> ids
-    first_text: float | None = None  # first visible reply text
-    first_audio: float | None = None  # first audio chunk
-    prefill: float = 0.0  # LM prompt pass
-    total: float = 0.0
-    tokens_per_second: float = 0.0  # LM tokens sampled per second of decode (decoder time included)
-
-
-@dataclass
-class Reply:
-    """The whole reply: text, speech codes, audio, why it ended, timings."""
-
-    text: str
-    codes: list[int]
-    audio: torch.Tensor
-    sample_rate: int
-    reason: str
-    n_tokens: int
-    timings: Timings = field(default_factory=Timings)
-
-    @property
-    def seconds(self) -> float:
-        return self.audio.numel() / self.sample_rate if self.sample_rate else 0.0
-
-
-ChatEvent = UserEvent | TextEvent | AudioEvent | AudioChunk | Reply
 
 
 class VoiceChat:
     """One spoken conversation.
 
-    `tokenizer`: a `SpeechTokenizer` (only needed for speech input), `lm`: the
+    `speech_tokenizer`: a `SpeechTokenizer` (only needed for speech input), `lm`: the
     `GlmForCausalLM` from `load_lm`, `decoder`: a `SpeechDecoder` (None: text
     and speech codes only, no audio), `text_tokenizer`: the LM's
     `TextTokenizer` (default: read from the folder `load_lm` loaded).
@@ -88,7 +39,7 @@ class VoiceChat:
 
     def __init__(
         self,
-        tokenizer,
+        speech_tokenizer,
         lm,
         decoder=None,
         text_tokenizer: TextTokenizer | None = None,
@@ -105,10 +56,10 @@ class VoiceChat:
         dec_vocab = getattr(decoder, "vocab_size", None)
         if dec_vocab is not None and text_tokenizer.n_audio > dec_vocab:
             raise CheckpointError(
-                f"the LM has {text_tokenizer.n_audio} speech tokens but the decoder only {dec_vocab}: "
+                f"the LM has {text_tokenizer.n_audio} speech codes but the decoder only {dec_vocab}: "
                 "they are not from the same release"
             )
-        self.tokenizer = tokenizer
+        self.speech_tokenizer = speech_tokenizer
         self.lm = lm
         self.decoder = decoder
         self.text_tokenizer = text_tokenizer
@@ -119,7 +70,7 @@ class VoiceChat:
     @classmethod
     def from_pretrained(
         cls,
-        tokenizer: str | os.PathLike | None = None,
+        speech_tokenizer: str | os.PathLike | None = None,
         lm: str | os.PathLike | None = None,
         decoder: str | os.PathLike | None = None,
         *,
@@ -132,15 +83,15 @@ class VoiceChat:
     ) -> VoiceChat:
         """Load the three parts (folders or hub ids); `model_dir` holds `tokenizer/`, `lm/`, `decoder/`.
 
-        Explicit paths win over `model_dir`. `dtype` is for the tokenizer and decoder,
+        Explicit paths win over `model_dir`. `dtype` is for the speech tokenizer and decoder,
         `lm_dtype` for the LM ("auto": the checkpoint's, bf16 for the release).
-        `int8`: dynamic int8 linear layers in the tokenizer and decoder (CPU only).
+        `int8`: dynamic int8 linear layers in the speech tokenizer and decoder (CPU only).
         """
         if model_dir is not None:
             root = Path(model_dir).expanduser()
             if not root.is_dir():
                 raise Glm4VoiceError(f"model dir {root}: no such folder")
-            tokenizer = tokenizer or (root / "tokenizer" if (root / "tokenizer").is_dir() else None)
+            speech_tokenizer = speech_tokenizer or (root / "tokenizer" if (root / "tokenizer").is_dir() else None)
             lm = lm or root / "lm"
             decoder = decoder or (root / "decoder" if (root / "decoder").is_dir() else None)
         if lm is None:
@@ -148,10 +99,10 @@ class VoiceChat:
         from .lm import load_lm
 
         speech_tok = None
-        if tokenizer is not None:
+        if speech_tokenizer is not None:
             from .tokenizer import SpeechTokenizer
 
-            speech_tok = SpeechTokenizer.from_pretrained(tokenizer, device=device, dtype=dtype, int8=int8)
+            speech_tok = SpeechTokenizer.from_pretrained(speech_tokenizer, device=device, dtype=dtype, int8=int8)
         model = load_lm(lm, device=device, dtype=lm_dtype)
         text_tok = TextTokenizer.from_pretrained(model.name_or_path)
         speech_dec = None
@@ -185,15 +136,13 @@ class VoiceChat:
         timings = Timings()
         speech = None if codes is None else [int(c) for c in codes]
         if audio is not None:
-            if self.tokenizer is None:
-                raise Glm4VoiceError("speech input needs a speech tokenizer (VoiceChat(tokenizer=...))")
-            speech = list(self.tokenizer.tokenize(audio, sample_rate=sample_rate))
+            if self.speech_tokenizer is None:
+                raise Glm4VoiceError("speech input needs a speech tokenizer (VoiceChat(speech_tokenizer=...))")
+            speech = list(self.speech_tokenizer.tokenize(audio, sample_rate=sample_rate))
             timings.tokenize = time.perf_counter() - start
         conv = self.conversation
         user = UserInput(text=text, speech=speech)  # validates (e.g. no speech tokens)
         ids = conv.add_user(user)
-        reply_ids: list[int] = []
-        conv.turns.append((user, reply_ids))
         yield UserEvent(ids=list(ids), speech=speech, text=text)
 
         stream = self.decoder.stream(**self.stream_options) if self.decoder is not None else None
@@ -210,7 +159,7 @@ class VoiceChat:
             return AudioChunk(audio_piece, rate)
 
         end: EndEvent | None = None
-        for event in conv.generate(sampling or self.sampling, reply_ids):
+        for event in conv.generate(sampling or self.sampling):
             if isinstance(event, EndEvent):
                 end = event
                 break
@@ -227,7 +176,7 @@ class VoiceChat:
                 yield out
         timings.prefill = end.prefill_seconds
         timings.total = time.perf_counter() - start
-        timings.tokens_per_second = end.tokens_per_second
+        timings.ids_per_second = end.ids_per_second
         audio_out = torch.cat(chunks) if chunks else torch.zeros(0)
         yield Reply(
             text=end.text,
@@ -235,7 +184,7 @@ class VoiceChat:
             audio=audio_out,
             sample_rate=rate,
             reason=end.reason,
-            n_tokens=end.n_tokens,
+            n_ids=end.n_ids,
             timings=timings,
         )
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import Glm4VoiceError
-from ..lm.prompt import PromptBuilder, UserInput
+from ..lm.prompt import PromptBuilder, UserInput, build_prompt
 from ..lm.text import TextTokenizer
 
 TEXT_RUN, SPEECH_RUN = 13, 26  # the system prompt's "13 text token followed by 26 audio tokens"
@@ -73,10 +73,7 @@ def sft_samples(
     if any(tokenizer.is_audio(i) or tokenizer.is_special(i) for i in answer_text_ids):
         raise Glm4VoiceError("answer_text_ids must be plain text ids (encode the text with TextTokenizer.encode)")
     builder = PromptBuilder(tokenizer)
-    prompt: list[int] = []
-    for i, (user, reply) in enumerate(history):
-        prompt += builder.turn(user, first=i == 0, system=system) + list(reply)
-    prompt += builder.turn(question, first=not history, system=system)
+    prompt = build_prompt(tokenizer, question, history, system)
     reply = interleave_reply(list(answer_text_ids), tokenizer.audio_ids(answer_codes)) + [builder.user_id]
     ids = prompt + reply
     text_labels = [IGNORE] * len(prompt) + [IGNORE if tokenizer.is_audio(i) else i for i in reply]

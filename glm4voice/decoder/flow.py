@@ -1,6 +1,6 @@
-"""Speech ids -> 80-bin mel by conditional flow matching (CosyVoice `MaskedDiffWithXvec`).
+"""Speech codes -> 80-bin mel by conditional flow matching (CosyVoice `MaskedDiffWithXvec`).
 
-ids -> embedding -> block-causal Conformer -> Linear to 80 -> nearest
+codes -> embedding -> block-causal Conformer -> Linear to 80 -> nearest
 interpolation to the mel frame count + conv stack (`length_regulator`) = mu.
 Then 10 Euler steps of the ODE dx/dt = v(x, mu, spk, cond, t) from Gaussian
 noise over the cosine time grid, with classifier-free guidance
@@ -19,8 +19,6 @@ from torch import nn
 from .config import FlowConfig
 from .conformer import TokenEncoder
 from .estimator import Estimator
-
-MEL_RATE = 22050 / 256  # mel frames per second
 
 
 class LengthRegulator(nn.Module):
@@ -57,19 +55,14 @@ class FlowModel(nn.Module):
         self.length_regulator = LengthRegulator(cfg.output_size, len(cfg.sampling_ratios))
         self.decoder = _CFM(Estimator(cfg.estimator))
 
-    def frames_for(self, n_tokens: int) -> int:
-        """Mel frames for n ids, computed as the reference does (float32, truncated)."""
-        n = torch.tensor(float(n_tokens), dtype=torch.float32)
-        return int((n / self.cfg.input_frame_rate * 22050 / 256).item())
-
-    def encode(self, tokens: torch.Tensor) -> torch.Tensor:
-        """ids [1, N] -> token features [1, N, 80] (before length regulation)."""
-        x = self.input_embedding(tokens.clamp(min=0))
+    def encode(self, codes: torch.Tensor) -> torch.Tensor:
+        """codes [1, N] -> features [1, N, 80] at the code rate (before length regulation)."""
+        x = self.input_embedding(codes.clamp(min=0))
         return self.encoder_proj(self.encoder(x))
 
-    def mu(self, tokens: torch.Tensor, n_frames: int) -> torch.Tensor:
-        """ids [1, N] -> frame-rate condition mu [1, 80, n_frames]."""
-        return self.length_regulator(self.encode(tokens), n_frames)
+    def mu(self, codes: torch.Tensor, n_frames: int) -> torch.Tensor:
+        """codes [1, N] -> frame-rate condition mu [1, 80, n_frames]."""
+        return self.length_regulator(self.encode(codes), n_frames)
 
     def speaker(self, dtype, device) -> torch.Tensor:
         """The fixed voice: affine layer of a zero (hence still zero after L2-normalising) x-vector."""

@@ -11,12 +11,13 @@ Parameter names follow the released `hift.pt`; its weight-norm pairs
 (`fold_weight_norm`), which is exact and costs nothing at inference.
 
 The source is the only random part. `SineSource` keeps its phase between calls,
-so a stream can generate one continuous excitation chunk by chunk.
+so `VocoderStream` generates one continuous excitation chunk by chunk.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -198,3 +199,62 @@ class HiFT(nn.Module):
         spec = torch.complex(magnitude * torch.cos(phase), magnitude * torch.sin(phase))
         audio = torch.istft(spec, cfg.n_fft, cfg.hop_len, cfg.n_fft, window=self.window)
         return audio.clamp(-cfg.audio_limit, cfg.audio_limit)
+
+
+@dataclass
+class VocoderState:
+    """What a vocoder stream carries between pieces of mel."""
+
+    mel_ctx: torch.Tensor | None = None  # [1, 80, <= context] committed frames before the next piece
+    src_ctx: torch.Tensor | None = None  # [1, 1, frames * 256] their excitation
+    phase: torch.Tensor | None = None  # [1, H] running sine phase (cycles) at the end of the committed mel
+
+
+class VocoderStream:
+    """HiFT over committed mel pieces, with mel/source context and a continuous sine phase.
+
+    HiFT is convolutional with a receptive field of about 12 mel frames each
+    side: each piece is vocoded with `context` earlier frames as left context
+    and up to `context` provisional frames (`lookahead`) as right context, so
+    the audio joins without clicks and matches offline vocoding of the same mel.
+    Follows the stream contract (`glm4voice.streaming.Stream`): `flush()` ends
+    the utterance (nothing is held back here) and the next push starts anew.
+    """
+
+    def __init__(self, hift: HiFT, context: int = 12, seed: int = 0):
+        self.hift, self.context, self.seed = hift, context, seed
+        self.spf = hift.samples_per_frame
+        self.generator = torch.Generator().manual_seed(seed)
+        self.state = VocoderState()
+
+    def push(self, mel: torch.Tensor, lookahead: torch.Tensor | None = None) -> torch.Tensor:
+        """Audio [n * 256] (CPU float32) for `mel` [1, 80, n] (committed); `lookahead` = provisional frames after it."""
+        st, n = self.state, mel.shape[2]
+        if n == 0:
+            return torch.zeros(0)
+        if lookahead is not None:  # HiFT sees ~12 frames ahead: more look-ahead is wasted work
+            lookahead = lookahead[:, :, : max(self.context, 1)]
+        window = torch.cat([p for p in (st.mel_ctx, mel, lookahead) if p is not None and p.shape[2]], dim=2)
+        left = 0 if st.mel_ctx is None else st.mel_ctx.shape[2]
+        f0 = self.hift.f0(window)
+        if st.phase is None:
+            st.phase = self.hift.m_source.start_phase(1, self.generator)
+        src_new, st.phase = self.hift.source_from_f0(f0[:, left : left + n], st.phase, self.generator)
+        sources = [s for s in (st.src_ctx, src_new) if s is not None]
+        if window.shape[2] > left + n:  # provisional excitation for the look-ahead frames
+            scratch = torch.Generator().manual_seed(0)
+            src_ahead, _ = self.hift.source_from_f0(f0[:, left + n :], st.phase, scratch)
+            sources.append(src_ahead)
+        audio = self.hift(window, torch.cat(sources, dim=2).to(window.dtype))[0]
+        keep = torch.cat([p for p in (st.mel_ctx, mel) if p is not None], dim=2)
+        src = torch.cat([s for s in (st.src_ctx, src_new) if s is not None], dim=2)
+        k = min(self.context, keep.shape[2])
+        st.mel_ctx = keep[:, :, keep.shape[2] - k :]
+        st.src_ctx = src[:, :, src.shape[2] - k * self.spf :]
+        return audio[left * self.spf : (left + n) * self.spf].float().cpu()
+
+    def flush(self) -> torch.Tensor:
+        """Nothing is held back: end the utterance; the next push starts a new one (same seed)."""
+        self.generator = torch.Generator().manual_seed(self.seed)
+        self.state = VocoderState()
+        return torch.zeros(0)

@@ -1,4 +1,4 @@
-"""`SpeechDecoder`: 12.5 Hz speech ids -> 22.05 kHz audio (flow matching + HiFT).
+"""`SpeechDecoder`: 12.5 Hz speech codes -> 22.05 kHz audio (flow matching + HiFT).
 
 Loads a `glm-4-voice-decoder` folder as released (`config.yaml`, `flow.pt`,
 `hift.pt`): the yaml is read as data, the state dicts with weights_only=True.
@@ -18,13 +18,13 @@ from ..hub import resolve_checkpoint
 from ..quant import quantize_linear_int8
 from .config import DecoderConfig, read_config
 from .flow import FlowModel
-from .hift import HiFT, fold_weight_norm
+from .hift import HiFT, VocoderStream, fold_weight_norm
 
 DECODER_FILES = ["config.yaml", "flow.pt", "hift.pt"]
 
 
-class TokenError(Glm4VoiceError, ValueError):
-    """Speech ids the decoder cannot use: empty, not integers, out of range."""
+class CodeError(Glm4VoiceError, ValueError):
+    """Speech codes the decoder cannot use: empty, not integers, out of range."""
 
 
 def _load_state(path, what: str) -> dict:
@@ -58,7 +58,7 @@ def _fill(module: torch.nn.Module, state: dict, path) -> None:
 
 
 class SpeechDecoder:
-    """ids -> mel (`flow_mel`) -> audio (`vocode`); `decode` does both, `stream()` does it incrementally."""
+    """codes -> mel (`flow_mel`) -> audio (`vocode`); `decode` does both, `stream()` does it incrementally."""
 
     def __init__(self, config: DecoderConfig, flow: FlowModel, hift: HiFT, device="cpu", dtype=torch.float32):
         self.config = config
@@ -70,8 +70,8 @@ class SpeechDecoder:
         self.samples_per_frame = config.hift.samples_per_frame
         self.vocab_size = config.flow.vocab_size
         self.block_size = config.flow.encoder.block_size
-        # Exact mel frames per id (441/64 for 12.5 Hz ids at 22050/256 frames per second).
-        self.frames_per_id = Fraction(config.hift.sampling_rate, self.samples_per_frame) / Fraction(
+        # Exact mel frames per code (441/64 for 12.5 Hz codes at 22050/256 frames per second).
+        self.frames_per_code = Fraction(config.hift.sampling_rate, self.samples_per_frame) / Fraction(
             str(config.flow.input_frame_rate)
         )
 
@@ -99,33 +99,33 @@ class SpeechDecoder:
 
     # ------------------------------------------------------------------ inputs
 
-    def ids(self, tokens, what: str = "tokens", allow_empty: bool = False) -> torch.Tensor:
-        """Validate ids (list, 1-D or [1, N] tensor) -> LongTensor [1, N] on the device."""
-        if isinstance(tokens, torch.Tensor):
-            if tokens.is_floating_point() or tokens.is_complex() or tokens.dtype == torch.bool:
-                raise TokenError(f"{what}: expected integer ids, got a {tokens.dtype} tensor")
-            if tokens.dim() == 2 and tokens.shape[0] == 1:
-                tokens = tokens[0]
-            if tokens.dim() != 1:
-                raise TokenError(f"{what}: expected a list of ids or a [1, N] tensor, got shape {tuple(tokens.shape)}")
-            ids = tokens.to("cpu", torch.long)
+    def check_codes(self, codes, what: str = "codes", allow_empty: bool = False) -> torch.Tensor:
+        """Validate speech codes (list, 1-D or [1, N] tensor) -> LongTensor [1, N] on the device."""
+        if isinstance(codes, torch.Tensor):
+            if codes.is_floating_point() or codes.is_complex() or codes.dtype == torch.bool:
+                raise CodeError(f"{what}: expected integer codes, got a {codes.dtype} tensor")
+            if codes.dim() == 2 and codes.shape[0] == 1:
+                codes = codes[0]
+            if codes.dim() != 1:
+                raise CodeError(f"{what}: expected a list of codes or a [1, N] tensor, got shape {tuple(codes.shape)}")
+            out = codes.to("cpu", torch.long)
         else:
             try:
-                values = list(tokens)
+                values = list(codes)
             except TypeError as exc:
-                raise TokenError(f"{what}: expected a list of ids, got {type(tokens).__name__}") from exc
+                raise CodeError(f"{what}: expected a list of codes, got {type(codes).__name__}") from exc
             try:
-                ids = torch.tensor([_as_int(v) for v in values], dtype=torch.long)
+                out = torch.tensor([_as_int(v) for v in values], dtype=torch.long)
             except (TypeError, OverflowError, RuntimeError) as exc:
-                raise TokenError(f"{what}: every id must be an integer") from exc
-        if ids.numel() == 0 and not allow_empty:
-            raise TokenError(f"{what}: no speech ids to decode")
-        if ids.numel():
-            lo, hi = int(ids.min()), int(ids.max())
+                raise CodeError(f"{what}: every code must be an integer") from exc
+        if out.numel() == 0 and not allow_empty:
+            raise CodeError(f"{what}: no speech codes to decode")
+        if out.numel():
+            lo, hi = int(out.min()), int(out.max())
             if lo < 0 or hi >= self.vocab_size:
                 bad = lo if lo < 0 else hi
-                raise TokenError(f"{what}: id {bad} is out of range (speech ids are 0..{self.vocab_size - 1})")
-        return ids[None].to(self.device)
+                raise CodeError(f"{what}: code {bad} is out of range (speech codes are 0..{self.vocab_size - 1})")
+        return out[None].to(self.device)
 
     def _mel_input(self, mel, what: str) -> torch.Tensor:
         if not isinstance(mel, torch.Tensor):
@@ -139,9 +139,13 @@ class SpeechDecoder:
             raise Glm4VoiceError(f"{what}: contains NaN or infinite values")
         return mel.to(self.device, self.dtype)
 
-    def frames(self, n_ids: int) -> int:
-        """Exact mel frames covering the first n ids (streaming bookkeeping)."""
-        return int(n_ids * self.frames_per_id)
+    def frames(self, n_codes: int) -> int:
+        """Mel frames for n codes: floor(n * 441/64), exactly (the one formula, offline and streamed).
+
+        The reference computes n / 12.5 * 22050 / 256 in floating point, which
+        falls one frame short at some lengths (3,392 codes: 23,372 in float32).
+        """
+        return int(n_codes * self.frames_per_code)
 
     # ------------------------------------------------------------------ flow
 
@@ -164,28 +168,31 @@ class SpeechDecoder:
         return noise[None, :, offset : offset + stop - start].to(self.device, self.dtype)
 
     @torch.inference_mode()
-    def flow_mel(self, tokens, prompt_tokens=None, prompt_mel=None, n_steps: int = 10, noise=None) -> torch.Tensor:
-        """ids -> mel [1, 80, T] for `tokens`, continuing `prompt_tokens`/`prompt_mel` [1, 80, F].
+    def flow_mel(self, codes, prompt_codes=None, prompt_mel=None, n_steps: int = 10, noise=None) -> torch.Tensor:
+        """codes -> mel [1, 80, T] for `codes`, continuing `prompt_codes`/`prompt_mel` [1, 80, F].
 
         With noise=None the initial noise is the reference's: a generator seeded
         42, standard normal over [1, 80, T_total] (prompt frames included).
         """
-        ids = self.ids(tokens)
-        prompt = self.ids(prompt_tokens if prompt_tokens is not None else [], "prompt_tokens", allow_empty=True)
-        all_ids = torch.cat([prompt, ids], dim=1)
-        total = self.flow.frames_for(all_ids.shape[1])
+        new = self.check_codes(codes)
+        prompt = self.check_codes(prompt_codes if prompt_codes is not None else [], "prompt_codes", allow_empty=True)
+        all_codes = torch.cat([prompt, new], dim=1)
+        total = self.frames(all_codes.shape[1])
         mel_prompt = None if prompt_mel is None else self._mel_input(prompt_mel, "prompt_mel")
         n_prompt = 0 if mel_prompt is None else mel_prompt.shape[2]
         if n_prompt >= total:
             raise Glm4VoiceError(
-                f"prompt_mel has {n_prompt} frames but prompt + tokens cover only {total}; "
-                "pass the mel of prompt_tokens"
+                f"prompt_mel has {n_prompt} frames but prompt + codes cover only {total}; "
+                "pass the mel of prompt_codes"
             )
         if int(n_steps) < 1:
             raise Glm4VoiceError(f"n_steps must be >= 1, got {n_steps}")
-        return self._solve(all_ids, total, mel_prompt, n_steps, noise)
+        return self.solve(all_codes, total, mel_prompt, n_steps, noise)
 
-    def _solve(self, all_ids, total, mel_prompt, n_steps, noise) -> torch.Tensor:
+    def solve(self, codes: torch.Tensor, total: int, mel_prompt, n_steps: int, noise) -> torch.Tensor:
+        """The flow for checked codes [1, N] over `total` mel frames, the first ones given by `mel_prompt`
+        [1, 80, F] (or None): returns the new frames [1, 80, total - F] (float32). `noise` [1, 80, total] or None
+        (the reference's seed-42 draw). `flow_mel` and the stream's chunks both come here."""
         n_mels = self.config.flow.output_size
         n_prompt = 0 if mel_prompt is None else mel_prompt.shape[2]
         if noise is None:
@@ -194,7 +201,7 @@ class SpeechDecoder:
         elif tuple(noise.shape) != (1, n_mels, total):
             raise Glm4VoiceError(f"noise: expected shape [1, {n_mels}, {total}], got {tuple(noise.shape)}")
         noise = noise.to(self.device, self.dtype)
-        mu = self.flow.mu(all_ids, total)
+        mu = self.flow.mu(codes, total)
         cond = torch.zeros_like(mu)
         if n_prompt:
             cond[:, :, :n_prompt] = mel_prompt
@@ -228,12 +235,16 @@ class SpeechDecoder:
                 raise Glm4VoiceError(f"source: expected shape [1, 1, {need}], got {tuple(source.shape)}")
         return self.hift(mel, source.to(self.device, self.dtype))[0].float().cpu()
 
-    def decode(self, tokens, n_steps: int = 10) -> torch.Tensor:
-        """ids -> audio (1-D float32 tensor at `sample_rate`), offline, whole utterance."""
-        return self.vocode(self.flow_mel(tokens, n_steps=n_steps))
+    def vocoder_stream(self, context: int = 12, seed: int = 0) -> VocoderStream:
+        """HiFT over mel that arrives in pieces, joined without seams (see hift.VocoderStream)."""
+        return VocoderStream(self.hift, context=context, seed=seed)
+
+    def decode(self, codes, n_steps: int = 10) -> torch.Tensor:
+        """codes -> audio (1-D float32 tensor at `sample_rate`), offline, whole utterance."""
+        return self.vocode(self.flow_mel(codes, n_steps=n_steps))
 
     def stream(self, **options):
-        """A `DecoderStream`: push ids as they come, get audio chunks back (see streaming.py)."""
+        """A `DecoderStream`: push codes as they come, get audio chunks back (see streaming.py)."""
         from .streaming import DecoderStream
 
         return DecoderStream(self, **options)

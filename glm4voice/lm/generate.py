@@ -3,11 +3,13 @@
 `Conversation` holds the ids of the whole dialogue and a `DynamicCache` with
 the keys/values of every id already run through the model. A turn appends the
 new prompt ids, runs only the ids the cache lacks (turn n never re-encodes
-turns 1..n-1), then samples one token at a time:
+turns 1..n-1), then samples one id at a time:
 
-    TextEvent(text=" Hel", ids=[...])   a text token, with the decoded delta (UTF-8 safe)
-    AudioEvent(codes=[907])             a speech token (code = id - <|audio_0|> id)
+    TextEvent(text=" Hel", ids=[...])   a text id, with the decoded delta (UTF-8 safe)
+    AudioEvent(codes=[907])             a speech id, as its code (code = id - <|audio_0|> id)
     EndEvent(reason="stop"|"length")    the reply is over
+
+(The event types live in `glm4voice.events`, beside the chat's.)
 
 The decode loop is a plain loop over `model(...)` calls (no `generate`): only the
 last position's logits are computed, no logits processors or stopping
@@ -23,47 +25,9 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import Glm4VoiceError
+from ..events import AudioEvent, EndEvent, LMEvent, TextEvent
 from .prompt import PromptBuilder, UserInput
 from .text import TextDecoder, TextTokenizer
-
-
-@dataclass
-class TextEvent:
-    """A sampled text token; `text` is what it adds to the reply (may be "" mid-character)."""
-
-    text: str
-    ids: list[int]
-
-
-@dataclass
-class AudioEvent:
-    """Sampled speech token(s), as codes 0..16383 for the speech decoder."""
-
-    codes: list[int]
-
-
-@dataclass
-class EndEvent:
-    """The reply is over: `reason` is "stop" (a stop id was sampled) or "length" (max_new_tokens)."""
-
-    reason: str
-    stop_id: int | None
-    n_tokens: int  # generated ids, the stop id excluded
-    text: str
-    codes: list[int]
-    prompt_tokens: int  # ids run in the prefill of this turn
-    prefill_seconds: float  # turn start -> first id sampled
-    decode_seconds: float  # first id sampled -> last id sampled
-    sampled: int = 0  # ids sampled, the stop id included
-
-    @property
-    def tokens_per_second(self) -> float:
-        """Decode rate: ids sampled after the first, per second (each took one model step)."""
-        steps = self.sampled - 1
-        return steps / self.decode_seconds if steps > 0 and self.decode_seconds > 0 else 0.0
-
-
-Event = TextEvent | AudioEvent | EndEvent
 
 
 @dataclass
@@ -178,7 +142,7 @@ class Conversation:
         self.cache = self._cache_cls(config=self.lm.config)
 
     def add_user(self, turn: UserInput) -> list[int]:
-        """Append the prompt ids of one user turn; returns them."""
+        """Append the prompt ids of one user turn and open its entry in `turns`; returns the ids."""
         new = self.prompts.turn(turn, first=not self.ids, system=self.system)
         limit = self.context_length
         if limit and len(self.ids) + len(new) >= limit:
@@ -187,6 +151,7 @@ class Conversation:
                 f"{limit}: start a new conversation (reset())"
             )
         self.ids += new
+        self.turns.append((turn, []))
         return new
 
     @property
@@ -194,16 +159,13 @@ class Conversation:
         """The LM's context (`seq_length` of the checkpoint: 8192 for the release)."""
         return getattr(self.lm.config, "max_position_embeddings", None)
 
-    def turn(self, text: str | None = None, speech: Sequence[int] | None = None, sampling=None) -> Iterator[Event]:
+    def turn(self, text: str | None = None, speech: Sequence[int] | None = None, sampling=None) -> Iterator[LMEvent]:
         """Add a user turn (text, or speech codes) and stream the reply's events."""
-        user = UserInput(text=text, speech=speech)
-        self.add_user(user)
-        reply: list[int] = []
-        self.turns.append((user, reply))
-        yield from self.generate(sampling, reply)
+        self.add_user(UserInput(text=text, speech=speech))
+        yield from self.generate(sampling)
 
-    def generate(self, sampling: SamplingConfig | None = None, reply: list[int] | None = None) -> Iterator[Event]:
-        """Stream a reply to the current `ids` (ending in an assistant header)."""
+    def generate(self, sampling: SamplingConfig | None = None) -> Iterator[LMEvent]:
+        """Stream a reply to the current `ids` (ending in an assistant header); its ids go to the last turn."""
         cfg = sampling or SamplingConfig()
         stop_ids = self.prompts.stop_ids if cfg.stop_ids is None else tuple(cfg.stop_ids)
         if not _cache_consistent(self.cache) or self.cached > len(self.ids):
@@ -216,7 +178,7 @@ class Conversation:
             max_new = max(1, min(max_new, self.context_length - len(self.ids)))
         sampler = Sampler(cfg, device=self.lm.device)
         text = TextDecoder(self.tok)
-        reply = [] if reply is None else reply
+        reply = self.turns[-1][1] if self.turns else []
         pieces: list[str] = []
         codes: list[int] = []
         start = time.perf_counter()
@@ -234,9 +196,10 @@ class Conversation:
                 break
             reply.append(token)
             self.ids.append(token)
-            if self.tok.is_audio(token):
-                codes.append(token - self.tok.audio_offset)
-                yield AudioEvent([codes[-1]])
+            code = self.tok.code_of(token)
+            if code is not None:
+                codes.append(code)
+                yield AudioEvent([code])
             else:
                 delta = text.push(token)
                 pieces.append(delta)
@@ -251,10 +214,10 @@ class Conversation:
         yield EndEvent(
             reason=reason,
             stop_id=stop_id,
-            n_tokens=len(reply),
+            n_ids=len(reply),
             text="".join(pieces),
             codes=codes,
-            prompt_tokens=len(pending),
+            prompt_ids=len(pending),
             prefill_seconds=first_at - start,
             decode_seconds=last_at - first_at,
             sampled=sampled,
@@ -270,30 +233,4 @@ def _cache_consistent(cache) -> bool:
     return len(lengths) <= 1
 
 
-def demux(tokenizer: TextTokenizer, ids: Sequence[int]) -> tuple[list[int], list[int]]:
-    """Split generated ids into (text ids, speech codes): `<|audio_0|>` ... `<|audio_N|>` are speech.
-
-    (Ids past the last audio token are the LM's unused padding rows: they count as
-    text and render as nothing.)
-    """
-    text, codes = [], []
-    for token in ids:
-        if tokenizer.is_audio(token):
-            codes.append(token - tokenizer.audio_offset)
-        else:
-            text.append(token)
-    return text, codes
-
-
-__all__ = [
-    "AudioEvent",
-    "Conversation",
-    "EndEvent",
-    "Event",
-    "Sampler",
-    "SamplingConfig",
-    "TextEvent",
-    "demux",
-    "sample_ids",
-    "step_logits",
-]
+__all__ = ["Conversation", "Sampler", "SamplingConfig", "sample_ids", "step_logits"]

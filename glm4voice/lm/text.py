@@ -118,19 +118,26 @@ class TextTokenizer:
             raise CheckpointError(f"{self.source}: no special token {name!r}") from None
 
     def audio_ids(self, codes) -> list[int]:
-        """Speech token codes (0 .. n_audio-1) -> LM ids."""
+        """Speech codes (0 .. n_audio-1) -> LM ids (`<|audio_N|>`)."""
         out = []
         for c in codes:
             c = int(c)
             if not 0 <= c < self.n_audio:
                 raise Glm4VoiceError(
-                    f"speech token {c} is outside 0..{self.n_audio - 1} (tokenizer and LM from different releases?)"
+                    f"speech code {c} is outside 0..{self.n_audio - 1} (speech tokenizer and LM not from one release?)"
                 )
             out.append(self.audio_offset + c)
         return out
 
     def is_audio(self, token: int) -> bool:
         return self.audio_offset <= token < self.audio_offset + self.n_audio
+
+    def code_of(self, token: int) -> int | None:
+        """The speech code of an `<|audio_N|>` id (N), None for every other id: the one text/speech split.
+
+        (Ids past the last audio token are the LM's unused padding rows: text, rendering as nothing.)
+        """
+        return token - self.audio_offset if self.is_audio(token) else None
 
     def is_known(self, token: int) -> bool:
         """False for ids past the vocabulary (the LM's padding rows)."""

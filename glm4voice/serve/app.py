@@ -56,7 +56,7 @@ class _Connection:
         self.reply_tasks: set[asyncio.Future] = set()  # reply threads not yet finished
         self.replying = False  # from a turn's start until its `done` is queued (the client may go on then)
         self.stop = threading.Event()
-        self.input_tokens = 0
+        self.input_codes = 0
 
     async def run(self) -> None:
         sender = asyncio.create_task(self._send_loop())
@@ -105,9 +105,9 @@ class _Connection:
         if self.replying:
             raise ProtocolError("audio arrived while a reply is in progress: send stop first")
         n = await self._locked(self.session.push_audio, data)
-        if n != self.input_tokens:
-            self.input_tokens = n
-            self.out.put_nowait({"type": "input", "tokens": n})
+        if n != self.input_codes:
+            self.input_codes = n
+            self.out.put_nowait({"type": "input", "codes": n})
 
     async def _on_message(self, m: ClientMessage) -> None:
         if m.type == "stop":  # racy by nature: with nothing running it is a no-op
@@ -121,7 +121,7 @@ class _Connection:
             self.out.put_nowait({"type": "reset"})
         elif m.type == "audio.start":
             self.session.start_audio(m.sample_rate, m.format, m.sampling)
-            self.input_tokens = 0
+            self.input_codes = 0
         elif m.type == "audio.end":
             codes, sampling = await self._locked(self.session.end_audio)
             self._start_reply(codes=codes, sampling=sampling)

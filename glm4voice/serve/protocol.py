@@ -17,11 +17,11 @@ Client -> server
 
 Server -> client
     {"type": "ready", "input_sample_rate", "output_sample_rate", "audio_format", "speech_input", "speech_output"}
-    {"type": "input", "tokens": N}       speech ids final so far in the user's turn
-    {"type": "user", "speech_tokens": N} or {"type": "user", "text": "..."}
+    {"type": "input", "codes": N}        speech codes final so far in the user's turn
+    {"type": "user", "codes": N} or {"type": "user", "text": "..."}
     {"type": "text", "delta": "..."}     reply text as it is sampled
     <binary frame>                       reply audio
-    {"type": "done", "text", "reason", "tokens", "speech_tokens", "audio_seconds", "timings"}
+    {"type": "done", "text", "reason", "ids", "codes", "audio_seconds", "timings"}
     {"type": "reset"}
     {"type": "error", "message": "..."}  the connection stays usable
 """

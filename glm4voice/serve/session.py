@@ -16,7 +16,8 @@ from collections.abc import Callable
 import numpy as np
 
 from ..audio import WHISPER_RATE, StreamResampler, pcm_from_bytes
-from ..chat import AudioChunk, Reply, UserEvent, VoiceChat
+from ..chat import VoiceChat
+from ..events import AudioChunk, Reply, UserEvent
 from ..lm.generate import SamplingConfig, TextEvent
 from .protocol import ProtocolError
 
@@ -32,7 +33,7 @@ class ChatServer:
 
     def new_chat(self) -> VoiceChat:
         t = self.template
-        return VoiceChat(t.tokenizer, t.lm, t.decoder, t.text_tokenizer, system=t.conversation.system,
+        return VoiceChat(t.speech_tokenizer, t.lm, t.decoder, t.text_tokenizer, system=t.conversation.system,
                          sampling=t.sampling, stream_options=t.stream_options)  # fmt: skip
 
     @property
@@ -45,7 +46,7 @@ class ChatServer:
             "input_sample_rate": WHISPER_RATE,
             "output_sample_rate": self.output_sample_rate,
             "audio_format": "f32le",
-            "speech_input": self.template.tokenizer is not None,
+            "speech_input": self.template.speech_tokenizer is not None,
             "speech_output": self.template.decoder is not None,
         }
 
@@ -53,7 +54,7 @@ class ChatServer:
 class _Listening:
     def __init__(self, server: ChatServer, sample_rate: int, fmt: str, sampling: SamplingConfig):
         self.resampler = StreamResampler(sample_rate, WHISPER_RATE)
-        self.stream = server.template.tokenizer.stream()
+        self.stream = server.template.speech_tokenizer.stream()
         self.format, self.sampling = fmt, sampling
         self.codes: list[int] = []
         self.samples = 0  # 16 kHz samples received
@@ -70,7 +71,7 @@ class Session:
     def start_audio(self, sample_rate: int, fmt: str, sampling: SamplingConfig) -> None:
         if self.listening is not None:
             raise ProtocolError("audio.start while already receiving audio: send audio.end first")
-        if self.server.template.tokenizer is None:
+        if self.server.template.speech_tokenizer is None:
             raise ProtocolError("this server has no speech tokenizer: send text")
         self.listening = _Listening(self.server, sample_rate, fmt, sampling)
 
@@ -124,7 +125,7 @@ class Session:
                     return
                 if isinstance(event, UserEvent):
                     emit({"type": "user", "text": text} if text is not None
-                         else {"type": "user", "speech_tokens": len(event.speech)})  # fmt: skip
+                         else {"type": "user", "codes": len(event.speech)})  # fmt: skip
                 elif isinstance(event, TextEvent) and event.text:
                     pieces.append(event.text)
                     emit({"type": "text", "delta": event.text})
@@ -133,10 +134,10 @@ class Session:
                     emit(event.audio.numpy().astype("<f4").tobytes())
                 elif isinstance(event, Reply):
                     t = event.timings
-                    emit({"type": "done", "text": event.text, "reason": event.reason, "tokens": event.n_tokens,
-                          "speech_tokens": len(event.codes), "audio_seconds": event.seconds,
+                    emit({"type": "done", "text": event.text, "reason": event.reason, "ids": event.n_ids,
+                          "codes": len(event.codes), "audio_seconds": event.seconds,
                           "timings": {"first_text": t.first_text, "first_audio": t.first_audio,
-                                      "total": t.total, "tokens_per_second": t.tokens_per_second}})  # fmt: skip
+                                      "total": t.total, "ids_per_second": t.ids_per_second}})  # fmt: skip
         finally:
             turn.close()
 

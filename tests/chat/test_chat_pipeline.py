@@ -7,8 +7,9 @@ import pytest
 import soundfile as sf
 import torch
 
-from glm4voice.chat import AudioChunk, Reply, UserEvent, VoiceChat
+from glm4voice.chat import VoiceChat
 from glm4voice.errors import Glm4VoiceError
+from glm4voice.events import AudioChunk, Reply, UserEvent
 from glm4voice.lm import load_lm
 from glm4voice.lm.generate import AudioEvent, SamplingConfig, TextEvent
 from glm4voice.lm.tiny import write_tiny_lm
@@ -69,7 +70,7 @@ def test_event_order_and_streaming_audio(chat, speech_tokenizer, golden):
     assert torch.equal(torch.cat([e.audio for e in events if isinstance(e, AudioChunk)]), reply.audio)
     assert reply.text == "".join(e.text for e in events if isinstance(e, TextEvent))
     t = reply.timings
-    assert 0 <= t.first_audio <= t.total and t.tokens_per_second > 0 and reply.n_tokens == 30
+    assert 0 <= t.first_audio <= t.total and t.ids_per_second > 0 and reply.n_ids == 30
     assert chat.history.count("<|begin_of_audio|>") == 1
     # arrays (16 kHz) tokenize the same way, and speech turns follow in the same conversation
     audio, rate = sf.read(wav, dtype="float32")
@@ -129,7 +130,7 @@ def test_cli_chat_text(lm_folder, tmp_path, capsys):
     code = main(["chat", "--lm", str(lm_folder), "--text", "hello", "--temperature", "0",
                  "--max-new-tokens", "12", "--out", str(out)])  # fmt: skip
     captured = capsys.readouterr()
-    assert code == 0 and "12 tokens" in captured.err and "no --decoder" in captured.err
+    assert code == 0 and "12 ids" in captured.err and "no --decoder" in captured.err
     assert main(["chat", "--lm", str(lm_folder)]) == 2
     assert main(["chat", "--lm", str(tmp_path / "missing"), "--text", "hi"]) == 2
     bad = tmp_path / "bad.wav"
@@ -154,7 +155,7 @@ def test_cli_chat_speech_writes_wav(lm_folder, golden, tmp_path, capsys, int8):
     err = capsys.readouterr().err
     assert code == 0, err
     audio, rate = sf.read(out)
-    assert rate == 22050 and len(audio) > 0 and "wrote" in err and "20 tokens" in err
+    assert rate == 22050 and len(audio) > 0 and "wrote" in err and "20 ids" in err
 
 
 def test_cli_interactive_multi_turn(lm_folder, golden, tmp_path, capsys, monkeypatch):
@@ -169,12 +170,12 @@ def test_cli_interactive_multi_turn(lm_folder, golden, tmp_path, capsys, monkeyp
                  "--out", str(out)])  # fmt: skip
     err = capsys.readouterr().err
     assert code == 0, err
-    assert err.count("5 tokens") == 2 and err.count("error:") == 1  # the bad line costs only itself
+    assert err.count("5 ids") == 2 and err.count("error:") == 1  # the bad line costs only itself
     assert main(["chat", "--lm", str(lm_folder), "-i", "--text", "hi"]) == 2
 
 
 def test_cli_text_is_terminal_safe():
-    from glm4voice.cli import _terminal_safe
+    from glm4voice.cli.inference import terminal_safe as _terminal_safe
 
     assert _terminal_safe("ok\x1b[2J\x9bxy\n\tz\x07 你好") == "ok\ufffd[2J\ufffdxy\n\tz\ufffd 你好"
 

@@ -23,7 +23,7 @@ def test_corpus_to_shards(golden, speech_clips, tmp_path, capsys):
     manifest = tmp_path / "corpus.jsonl"
     manifest.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     out = tmp_path / "shards"
-    argv = ["tokenize-corpus", "--tokenizer", str(golden / "tokenizer"), "--manifest", str(manifest),
+    argv = ["tokenize-corpus", "--speech-tokenizer", str(golden / "tokenizer"), "--manifest", str(manifest),
             "--out", str(out), "--batch-size", "2"]  # fmt: skip
     assert main(argv) == 1  # one file failed: reported, and the others are all there
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])

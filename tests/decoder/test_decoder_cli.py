@@ -8,7 +8,7 @@ import pytest
 import soundfile as sf
 
 from glm4voice.cli import main
-from glm4voice.decoder.token_file import TokenFileError, read_token_file
+from glm4voice.decoder.codes_file import CodesFileError, read_codes_file
 
 IDS = [5, 17, 300, 42, 8, 8, 120, 511, 0, 33, 71, 9]
 
@@ -21,13 +21,14 @@ def _frames(n):
     "content",
     [
         json.dumps(IDS),
-        json.dumps({"tokens": IDS}),
+        json.dumps({"codes": IDS}),
+        json.dumps({"tokens": IDS}),  # what earlier versions wrote stays readable
         # `glm4voice tokenize` output: lines are concatenated, error lines skipped.
         "\n".join(
             [
-                json.dumps({"file": "a.wav", "seconds": 0.5, "tokens": IDS[:7]}),
+                json.dumps({"file": "a.wav", "seconds": 0.5, "codes": IDS[:7]}),
                 json.dumps({"file": "bad.wav", "error": "bad.wav: no such file"}),
-                json.dumps({"file": "b.wav", "seconds": 0.4, "tokens": IDS[7:]}),
+                json.dumps({"file": "b.wav", "seconds": 0.4, "codes": IDS[7:]}),
             ]
         ),
     ],
@@ -35,25 +36,25 @@ def _frames(n):
 def test_token_file_formats(tmp_path, content):
     path = tmp_path / "ids.json"
     path.write_text(content)
-    assert read_token_file(path) == IDS
+    assert read_codes_file(path) == IDS
 
 
 @pytest.mark.parametrize("content", ["", "[1, 2.5]", '{"ids": [1]}', "{nope", '{"file": "x", "error": "e"}'])
 def test_bad_token_files(tmp_path, content):
     path = tmp_path / "ids.json"
     path.write_text(content)
-    with pytest.raises(TokenFileError):
-        read_token_file(path)
+    with pytest.raises(CodesFileError):
+        read_codes_file(path)
 
 
 @pytest.mark.parametrize("stream", [False, True])
 def test_decode_round_trip(golden, tmp_path, capsys, stream):
     tokens, out = tmp_path / "ids.json", tmp_path / "reply.wav"
     tokens.write_text(json.dumps(IDS))
-    argv = ["decode", "--decoder", str(golden / "decoder"), "--tokens", str(tokens), "--out", str(out)]
+    argv = ["decode", "--decoder", str(golden / "decoder"), "--codes", str(tokens), "--out", str(out)]
     assert main(argv + (["--stream"] if stream else [])) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert summary["ids"] == len(IDS) and summary["mode"] == ("stream" if stream else "offline")
+    assert summary["codes"] == len(IDS) and summary["mode"] == ("stream" if stream else "offline")
     audio, rate = sf.read(out)
     assert rate == 22050 and audio.shape == (_frames(len(IDS)) * 256,)
 
@@ -62,7 +63,7 @@ def test_decode_round_trip(golden, tmp_path, capsys, stream):
     "content, decoder, message",
     [
         (json.dumps([1, 2, 99999]), None, "out of range"),
-        (json.dumps([]), None, "no speech ids"),
+        (json.dumps([]), None, "no speech codes"),
         (json.dumps(IDS), "missing", "no such folder"),
         (None, None, "no such file"),
     ],
@@ -73,7 +74,7 @@ def test_decode_errors(golden, tmp_path, capsys, content, decoder, message):
         tokens.write_text(content)
     folder = tmp_path / "nowhere" if decoder == "missing" else golden / "decoder"
     code = main(
-        ["decode", "--decoder", str(folder), "--tokens", str(tokens), "--out", str(tmp_path / "x.wav")]
+        ["decode", "--decoder", str(folder), "--codes", str(tokens), "--out", str(tmp_path / "x.wav")]
     )
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("glm4voice decode: error:") and message in err

@@ -24,7 +24,7 @@ def test_flow_cases(decoder, cases, index):
     prompt_mel = case["prompt_feat"].transpose(1, 2)  # golden stores [1, F, 80]
     mel = decoder.flow_mel(
         case["token"],
-        prompt_tokens=case["prompt_token"],
+        prompt_codes=case["prompt_token"],
         prompt_mel=prompt_mel if prompt_mel.shape[2] else None,
     )
     assert mel.shape == case["mel"].shape

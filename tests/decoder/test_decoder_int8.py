@@ -34,5 +34,5 @@ def test_int8_needs_float32(golden):
 def test_decode_cli_int8(golden, tmp_path, capsys):
     tokens, out = tmp_path / "ids.json", tmp_path / "reply.wav"
     tokens.write_text("[1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12]")
-    argv = ["decode", "--decoder", str(golden / "decoder"), "--tokens", str(tokens), "--out", str(out), "--int8"]
+    argv = ["decode", "--decoder", str(golden / "decoder"), "--codes", str(tokens), "--out", str(out), "--int8"]
     assert main(argv) == 0 and out.stat().st_size > 0

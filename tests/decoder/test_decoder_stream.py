@@ -16,7 +16,6 @@ import torch
 
 from glm4voice.audio import decoder_log_mel
 from glm4voice.decoder import SpeechDecoder
-from glm4voice.decoder.streaming import _VocoderStream
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +57,7 @@ def test_stream_close_to_offline(decoder):
         decoder.hift.m_source.noise_scale = 1.0
     streamed = torch.cat(s.mel, dim=2)
     assert streamed.shape == offline.shape
-    assert [c.ids for c in s.stats] == [10, 20, 40]
+    assert [c.codes for c in s.stats] == [10, 20, 40]
     d_stream = (streamed - offline).abs().mean().item()
     d_noise = (resampled - offline).abs().mean().item()
     assert d_stream < 0.5 * d_noise, (d_stream, d_noise)
@@ -80,13 +79,13 @@ def test_push_pattern_does_not_matter(decoder):
 
 def test_context_is_bounded(decoder):
     ids = _ids(330, seed=5)
-    s = decoder.stream(n_steps=1, context_ids=20, chunk_ids=(10, 20, 40))
+    s = decoder.stream(n_steps=1, context_codes=20, chunk_codes=(10, 20, 40))
     _run(s, ids, step=7)
     # Every chunk after the first sees 20-29 ids of history, never the whole reply.
-    assert all(c.context_ids <= 29 for c in s.stats)
+    assert all(c.context_codes <= 29 for c in s.stats)
     assert max(c.frames for c in s.stats) <= decoder.frames(29 + 40) + 1
-    assert s._ids.shape[1] <= 20 + 10 + 40 and s._mel.shape[2] <= decoder.frames(20 + 10 + 40)
-    assert sum(c.ids for c in s.stats) == 330
+    assert s.state.codes.shape[1] <= 20 + 10 + 40 and s.state.mel.shape[2] <= decoder.frames(20 + 10 + 40)
+    assert sum(c.codes for c in s.stats) == 330
 
 
 def test_vocoder_stream_matches_offline(decoder, golden):
@@ -95,7 +94,7 @@ def test_vocoder_stream_matches_offline(decoder, golden):
     decoder.hift.m_source.noise_scale = 0.0  # the sine source is then a function of F0 and phase
     try:
         offline = decoder.vocode(mel)
-        voc = _VocoderStream(decoder, context=12, seed=0)
+        voc = decoder.vocoder_stream(context=12, seed=0)
         cuts = [0, 34, 100, 181, 250, mel.shape[2]]
         with torch.inference_mode():
             pieces = [
@@ -105,3 +104,29 @@ def test_vocoder_stream_matches_offline(decoder, golden):
     finally:
         decoder.hift.m_source.noise_scale = 1.0
     assert (torch.cat(pieces) - offline).abs().max() < 1e-5
+
+
+def test_one_frame_formula_offline_and_streamed(decoder, monkeypatch):
+    """3,392 codes: n / 12.5 * 22050 / 256 in float32 gives 23,372 frames, exactly it is 23,373; both paths agree."""
+    n = 3392
+    assert decoder.frames(n) == 23373
+
+    def solve(codes, total, mel_prompt, n_steps, noise):  # the bookkeeping is under test, not the flow
+        return torch.zeros(1, 80, total - (0 if mel_prompt is None else mel_prompt.shape[2]))
+
+    monkeypatch.setattr(decoder, "solve", solve)
+    offline = decoder.flow_mel([1] * n)
+    s = decoder.stream(keep_mel=True)
+    monkeypatch.setattr(s.vocoder, "push", lambda mel, lookahead=None: torch.zeros(mel.shape[2] * 256))
+    audio = torch.cat([s.push([1] * n), s.flush()])
+    assert offline.shape[2] == sum(m.shape[2] for m in s.mel) == 23373 and audio.numel() == 23373 * 256
+
+
+def test_flush_starts_a_new_utterance(decoder):
+    """The stream contract: after flush the stream is as good as new."""
+    codes = _ids(25, seed=4)
+    s = decoder.stream(n_steps=2)
+    first = torch.cat([s.push(codes), s.flush()])
+    again = torch.cat([s.push(codes), s.flush()])
+    fresh = decoder.stream(n_steps=2)
+    assert torch.equal(first, again) and torch.equal(again, torch.cat([fresh.push(codes), fresh.flush()]))

@@ -1,4 +1,4 @@
-"""Streaming generation: sampler, events and demux, stop handling, KV cache reuse across turns."""
+"""Streaming generation: sampler, events and the text/speech split, stop handling, KV cache reuse across turns."""
 
 from __future__ import annotations
 
@@ -12,17 +12,9 @@ from transformers.generation.logits_process import (
 )
 
 from glm4voice.errors import Glm4VoiceError
+from glm4voice.events import AudioEvent, EndEvent, TextEvent
 from glm4voice.lm import load_lm
-from glm4voice.lm.generate import (
-    AudioEvent,
-    Conversation,
-    EndEvent,
-    Sampler,
-    SamplingConfig,
-    TextEvent,
-    demux,
-    sample_ids,
-)
+from glm4voice.lm.generate import Conversation, Sampler, SamplingConfig, sample_ids
 from glm4voice.lm.prompt import UserInput, build_prompt
 from glm4voice.lm.text import TextTokenizer
 from glm4voice.lm.tiny import write_tiny_lm
@@ -42,11 +34,11 @@ def _run(conv, **kw):
     return events
 
 
-def test_demux(bundle):
+def test_code_of(bundle):
     _, tok = bundle
     off = tok.audio_offset
-    assert demux(tok, [5, off, off + 511, 286, off - 1, off + 3]) == ([5, 286, off - 1], [0, 511, 3])
-    assert demux(tok, [off + 512]) == ([off + 512], [])  # a padding row past <|audio_511|>
+    ids = [5, off, off + 511, 286, off - 1, off + 3, off + 512]  # off + 512: a padding row past <|audio_511|>
+    assert [tok.code_of(i) for i in ids] == [None, 0, 511, None, None, 3, None]
 
 
 def test_sampler_matches_transformers_filtering():
@@ -76,24 +68,25 @@ def test_seeded_sampling_is_reproducible(bundle):
     for _ in range(2):
         conv = Conversation(lm, tok)
         cfg = SamplingConfig(temperature=1.0, top_p=0.9, max_new_tokens=15, stop_ids=(), seed=7)
-        runs.append(_run(conv, text="hello", sampling=cfg)[-1].n_tokens and conv.ids)
+        runs.append(_run(conv, text="hello", sampling=cfg)[-1].n_ids and conv.ids)
     assert runs[0] == runs[1]
 
 
-def test_events_and_demux(bundle):
+def test_events_split_text_and_speech(bundle):
     lm, tok = bundle
     conv = Conversation(lm, tok)
     events = _run(conv, speech=[1, 2, 3], sampling=SamplingConfig(max_new_tokens=40, **GREEDY))
     end = events[-1]
-    assert (end.reason, end.stop_id, end.n_tokens) == ("length", None, 40)
+    assert (end.reason, end.stop_id, end.n_ids) == ("length", None, 40)
     reply = conv.turns[0][1]
-    text_ids, codes = demux(tok, reply)
+    text_ids = [i for i in reply if tok.code_of(i) is None]
+    codes = [tok.code_of(i) for i in reply if tok.code_of(i) is not None]
     assert [c for e in events if isinstance(e, AudioEvent) for c in e.codes] == codes == end.codes
     assert [i for e in events if isinstance(e, TextEvent) for i in e.ids] == text_ids
     assert "".join(e.text for e in events if isinstance(e, TextEvent)) == end.text
     assert end.text == tok.decode(text_ids, skip_special=True)
     assert codes and text_ids  # a random LM over this vocabulary emits both kinds
-    assert end.tokens_per_second > 0 and end.prompt_tokens == len(conv.ids) - 40
+    assert end.ids_per_second > 0 and end.prompt_ids == len(conv.ids) - 40
 
 
 def test_stop_handling(bundle):
@@ -105,7 +98,7 @@ def test_stop_handling(bundle):
     cut = reply.index(stop)
     conv2 = Conversation(lm, tok)
     end = _run(conv2, text="hello world", sampling=SamplingConfig(temperature=0, stop_ids=[stop]))[-1]
-    assert (end.reason, end.stop_id, end.n_tokens) == ("stop", stop, cut)
+    assert (end.reason, end.stop_id, end.n_ids) == ("stop", stop, cut)
     assert conv2.turns[0][1] == reply[:cut]  # the stop id is not part of the reply or the history
     assert conv2.ids[-1] != stop and conv2.cached == len(conv2.ids)
 
@@ -127,7 +120,7 @@ def test_cache_reuse_equals_recomputation(bundle):
     second_prompt = build_prompt(tok, UserInput(text="hello"), history=[conv.turns[0]])
     assert conv.ids[: len(second_prompt)] == second_prompt
     # turn 2 ran only its own prompt (+ the last id of turn 1, never fed: it ended on length)
-    assert events[-1].prompt_tokens == len(second_prompt) - after_first + 1
+    assert events[-1].prompt_ids == len(second_prompt) - after_first + 1
     # recomputation from scratch gives the same reply ...
     fresh = list(sample_ids(lm, second_prompt, DynamicCache(config=lm.config), Sampler(greedy), 12, ()))
     assert fresh == conv.turns[1][1]
@@ -149,7 +142,7 @@ def test_interrupted_reply_keeps_history_consistent(bundle):
     stream.close()  # the consumer stops early (user pressed stop)
     assert conv.cached == len(conv.ids) - 1
     end = _run(conv, text="world", sampling=SamplingConfig(max_new_tokens=3, **GREEDY))[-1]
-    assert end.n_tokens == 3 and conv.cached == len(conv.ids) - 1
+    assert end.n_ids == 3 and conv.cached == len(conv.ids) - 1
 
 
 def test_reset_and_errors(bundle):
@@ -176,7 +169,7 @@ def test_context_length(bundle):
     try:
         lm.config.max_position_embeddings = len(conv.prompts.turn(UserInput(text="hello"), first=True)) + 5
         end = _run(conv, text="hello", sampling=SamplingConfig(max_new_tokens=50, **GREEDY))[-1]
-        assert (end.reason, end.n_tokens) == ("length", 5)  # clamped to the context
+        assert (end.reason, end.n_ids) == ("length", 5)  # clamped to the context
         n = len(conv.ids)
         with pytest.raises(Glm4VoiceError, match="context"):
             list(conv.turn(text="again"))

@@ -80,7 +80,7 @@ def test_text_turn_streams_text_then_audio(client):
         done = events[-1]
         deltas = "".join(e["delta"] for e in events if isinstance(e, dict) and e["type"] == "text")
         audio = [np.frombuffer(e, "<f4") for e in events if isinstance(e, bytes)]
-        assert done["reason"] == "length" and done["tokens"] == 30 and done["text"] == deltas
+        assert done["reason"] == "length" and done["ids"] == 30 and done["text"] == deltas
         assert audio and sum(len(a) for a in audio) == round(done["audio_seconds"] * 22050)
         first_audio = next(i for i, e in enumerate(events) if isinstance(e, bytes))
         assert first_audio < len(events) - 2, "audio must stream during the reply, not only at its end"
@@ -99,12 +99,12 @@ def test_spoken_turn_is_tokenized_while_it_arrives(client, template, speech_clip
             ws.send_bytes(pcm[i : i + step])
         ws.send_json({"type": "audio.end"})
         events = until_done(ws)
-        progress = [e["tokens"] for e in events if isinstance(e, dict) and e["type"] == "input"]
+        progress = [e["codes"] for e in events if isinstance(e, dict) and e["type"] == "input"]
         user = next(e for e in events if isinstance(e, dict) and e["type"] == "user")
-        expected = len(template.tokenizer.tokenize(resample(speech, 44100, 16000)))
+        expected = len(template.speech_tokenizer.tokenize(resample(speech, 44100, 16000)))
         assert progress and progress[0] >= 50 and progress == sorted(progress)  # ids came before audio.end
-        assert user["speech_tokens"] == expected
-        assert events[-1]["tokens"] == 12
+        assert user["codes"] == expected
+        assert events[-1]["ids"] == 12
 
 
 def test_bad_messages_are_answered_and_the_connection_survives(client):
@@ -213,7 +213,7 @@ def test_real_server_over_tcp(template):
                     break
         done = json.loads(frames[-1])
         audio = sum(len(f) // 4 for f in frames if isinstance(f, bytes))
-        assert done["tokens"] == 20 and audio == round(done["audio_seconds"] * 22050)
+        assert done["ids"] == 20 and audio == round(done["audio_seconds"] * 22050)
     finally:
         server.should_exit = True
         thread.join(timeout=10)
@@ -225,7 +225,7 @@ def test_two_connections_share_the_models(client):
         a.send_json({"type": "text", "text": "first conversation", "max_new_tokens": 15})
         b.send_json({"type": "text", "text": "second conversation", "max_new_tokens": 15})
         done_a, done_b = until_done(a)[-1], until_done(b)[-1]
-        assert done_a["tokens"] == done_b["tokens"] == 15
+        assert done_a["ids"] == done_b["ids"] == 15
         b.send_json({"type": "reset"})
         assert recv(b) == {"type": "reset"}
         a.send_json({"type": "text", "text": "first conversation", "max_new_tokens": 15})
@@ -234,7 +234,7 @@ def test_two_connections_share_the_models(client):
         # a continues its own conversation, so its prompt (and reply) differ from b's.
         again_a, again_b = until_done(a)[-1], until_done(b)[-1]
         assert again_b["text"] == done_a["text"]
-        assert again_a["tokens"] == 15
+        assert again_a["ids"] == 15
 
 
 def test_disconnect_mid_reply_stops_it(template):
@@ -254,7 +254,7 @@ def test_disconnect_mid_reply_stops_it(template):
         server.lock.release()
         with connect(c) as ws:
             ws.send_json({"type": "text", "text": "next user", "max_new_tokens": 5})
-            assert until_done(ws)[-1]["tokens"] == 5
+            assert until_done(ws)[-1]["ids"] == 5
 
 
 def test_turn_that_fails_ends_with_error_and_done(client):
@@ -265,4 +265,4 @@ def test_turn_that_fails_ends_with_error_and_done(client):
         assert first["type"] == "error" and "context" in first["message"]
         assert second == {"type": "done", "text": "", "reason": "error"}
         ws.send_json({"type": "text", "text": "short", "max_new_tokens": 3})
-        assert until_done(ws)[-1]["tokens"] == 3
+        assert until_done(ws)[-1]["ids"] == 3

@@ -152,21 +152,21 @@ def test_cli_tokenize(golden, tmp_path, speech_clips, expected):
     bad = tmp_path / "bad.wav"
     bad.write_text("not audio")
     good = write_wav16(tmp_path / "good.wav", speech_clips[0])
-    cmd = [sys.executable, "-m", "glm4voice", "tokenize", "--tokenizer", str(golden / "tokenizer"),
+    cmd = [sys.executable, "-m", "glm4voice", "tokenize", "--speech-tokenizer", str(golden / "tokenizer"),
            str(files[0]), str(bad), str(good)]
     run = subprocess.run(cmd, capture_output=True, text=True)
     assert run.returncode == 1, run.stderr
     lines = [json.loads(line) for line in run.stdout.splitlines()]
     by_file = {line["file"]: line for line in lines}
-    assert by_file[str(files[0])]["tokens"] == tokens[0]
+    assert by_file[str(files[0])]["codes"] == tokens[0]
     assert by_file[str(files[0])]["seconds"] == pytest.approx(60680 / 16000, abs=1e-3)
     assert "not readable as audio" in by_file[str(bad)]["error"]
-    assert len(by_file[str(good)]["tokens"]) == math.ceil(len(speech_clips[0]) / 1280)
+    assert len(by_file[str(good)]["codes"]) == math.ceil(len(speech_clips[0]) / 1280)
     assert "1 of 3 files failed" in run.stderr and "Traceback" not in run.stderr
     one_by_one = subprocess.run([*cmd, "--batch-size", "1"], capture_output=True, text=True)
     assert one_by_one.stdout == run.stdout  # pieces per forward pass never change the ids
     zero = subprocess.run([*cmd, "--batch-size", "0"], capture_output=True, text=True)
     assert zero.returncode == 2 and "--batch-size must be at least 1" in zero.stderr
     missing = subprocess.run([*cmd[:5], str(tmp_path / "none"), str(good)], capture_output=True, text=True)
-    assert missing.returncode == 2 and "error: tokenizer checkpoint" in missing.stderr
+    assert missing.returncode == 2 and "error: speech tokenizer checkpoint" in missing.stderr
     assert "Traceback" not in missing.stderr

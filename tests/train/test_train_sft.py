@@ -16,7 +16,9 @@ from glm4voice.cli import main
 from glm4voice.errors import Glm4VoiceError
 from glm4voice.lm import load_lm
 from glm4voice.lm.tiny import write_tiny_lm
-from glm4voice.train.sft import TrainConfig, batch_indices, lr_at, train_sft
+from glm4voice.train.config import RunConfig
+from glm4voice.train.schedule import batch_indices, lr_at
+from glm4voice.train.sft import train_sft
 
 FAST = dict(lr=3e-3, min_lr=3e-4, log_every=5)
 
@@ -40,21 +42,23 @@ def weights(folder):
 
 
 def test_schedule_and_batches():
-    cfg = TrainConfig(steps=11, lr=1e-5, min_lr=1e-6, warmup_steps=1)
+    cfg = RunConfig(steps=11, lr=1e-5, min_lr=1e-6, warmup_steps=1)
     assert lr_at(0, cfg) == 1e-5 and lr_at(1, cfg) == 1e-5 and abs(lr_at(10, cfg) - 1e-6) < 1e-18
     # two ranks of 2 see exactly the samples one rank of 4 sees, and every sample once per epoch
     one = [batch_indices(s, 0, 1, 4, 6, seed=3) for s in range(3)]
     two = [batch_indices(s, 0, 2, 2, 6, seed=3) + batch_indices(s, 1, 2, 2, 6, seed=3) for s in range(3)]
     assert one == two and sorted(sum(one, [])[:6]) == list(range(6))
     with pytest.raises(Glm4VoiceError):
-        TrainConfig(min_lr=1.0, lr=0.1)
+        RunConfig(min_lr=1.0, lr=0.1)
 
 
 def test_learns_saves_and_resumes_exactly(setup, tmp_path):
-    cfg = TrainConfig(steps=20, save_every=10, **FAST)
+    cfg = RunConfig(steps=20, save_every=10, **FAST)
     records = train_sft(setup / "lm", setup / "data.jsonl", tmp_path / "a", cfg, log=lambda line: None)
     assert records[-1]["loss"] < 0.5 * records[0]["loss"]  # it fits the six turns
-    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["step-10", "step-20"]
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["metrics.jsonl", "step-10", "step-20"]
+    logged = [json.loads(line) for line in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
+    assert logged == records  # the JSONL metrics are the records the run returned
     # a checkpoint is a complete LM folder: the chat's loader and tokenizer take it as it is
     lm = load_lm(tmp_path / "a" / "step-20")
     from glm4voice.lm.text import TextTokenizer
@@ -62,14 +66,14 @@ def test_learns_saves_and_resumes_exactly(setup, tmp_path):
     assert TextTokenizer.from_pretrained(tmp_path / "a" / "step-20").n_audio == 512
     assert not torch.equal(lm.lm_head.weight, load_lm(setup / "lm").lm_head.weight)
     # resuming from step 10 reproduces step 20 exactly
-    train_sft(setup / "lm", setup / "data.jsonl", tmp_path / "b", TrainConfig(steps=20, **FAST),
+    train_sft(setup / "lm", setup / "data.jsonl", tmp_path / "b", RunConfig(steps=20, **FAST),
               resume=tmp_path / "a" / "step-10", log=lambda line: None)  # fmt: skip
     a, b = weights(tmp_path / "a" / "step-20"), weights(tmp_path / "b" / "step-20")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     # resuming into the run folder whose step-20 exists is refused before any work, and nothing is touched
     before = (tmp_path / "a" / "step-20" / "model.safetensors").stat().st_mtime_ns
     with pytest.raises(Glm4VoiceError, match="step-20 already exists"):
-        train_sft(setup / "lm", setup / "data.jsonl", tmp_path / "a", TrainConfig(steps=20, **FAST),
+        train_sft(setup / "lm", setup / "data.jsonl", tmp_path / "a", RunConfig(steps=20, **FAST),
                   resume=tmp_path / "a" / "step-10", log=lambda line: None)  # fmt: skip
     assert (tmp_path / "a" / "step-20" / "model.safetensors").stat().st_mtime_ns == before
 
@@ -109,13 +113,13 @@ def test_torchrun_fsdp_two_ranks_then_resume_on_one(setup, tmp_path):
     assert logged[-1]["loss"] < 0.7 * logged[0]["loss"]
     # Rank 0 read the checkpoint and broadcast it into the shards: the first loss is the one-process loss on the
     # same four samples (up to the per-rank averaging of the token mean).
-    single = train_sft(setup / "lm", setup / "data.jsonl", tmp_path / "s", TrainConfig(steps=1, batch_size=4, **FAST),
+    single = train_sft(setup / "lm", setup / "data.jsonl", tmp_path / "s", RunConfig(steps=1, batch_size=4, **FAST),
                        log=lambda line: None)  # fmt: skip
     assert abs(logged[0]["loss"] - single[0]["loss"]) < 0.01 * single[0]["loss"]
     sharded = weights(tmp_path / "f" / "step-8")  # gathered from both ranks into one full checkpoint
     assert sharded.keys() == load_lm(setup / "lm").state_dict().keys()
     load_lm(tmp_path / "f" / "step-8")
-    cfg = TrainConfig(steps=10, batch_size=4, **FAST)  # the 2-rank run continues on 1 rank
+    cfg = RunConfig(steps=10, batch_size=4, **FAST)  # the 2-rank run continues on 1 rank
     records = train_sft(setup / "lm", setup / "data.jsonl", tmp_path / "g", cfg, resume=tmp_path / "f" / "step-8",
                         log=lambda line: None)  # fmt: skip
     assert records[0]["step"] == 9 and (tmp_path / "g" / "step-10").is_dir()
@@ -136,9 +140,9 @@ def test_gradient_checkpointing_changes_memory_not_math(setup, tmp_path, monkeyp
 
     engaged = []
     monkeypatch.setattr("glm4voice.lm.load_lm", lambda *a, **k: engaged.append(real_load(*a, **k)) or engaged[-1])
-    plain = train_sft(setup / "lm", setup / "data.jsonl", tmp_path / "a", TrainConfig(steps=3, log_every=1, **{
+    plain = train_sft(setup / "lm", setup / "data.jsonl", tmp_path / "a", RunConfig(steps=3, log_every=1, **{
         k: v for k, v in FAST.items() if k != "log_every"}), log=lambda line: None)  # fmt: skip
-    ckpt = train_sft(setup / "lm", setup / "data.jsonl", tmp_path / "b", TrainConfig(steps=3, log_every=1,
+    ckpt = train_sft(setup / "lm", setup / "data.jsonl", tmp_path / "b", RunConfig(steps=3, log_every=1,
                      gradient_checkpointing=True, lr=3e-3, min_lr=3e-4), log=lambda line: None)  # fmt: skip
     assert [r["loss"] for r in ckpt] == pytest.approx([r["loss"] for r in plain], rel=1e-5)
     assert [m.is_activation_checkpointing for m in engaged] == [False, True]  # the flag really engaged

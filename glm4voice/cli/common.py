@@ -1,0 +1,83 @@
+"""What every command shares: device and dtype options, the three model folders, sampling, optional extras.
+
+Defined once here so `chat`, `serve` and the trainers spell an option the same
+way, with the same default and help text.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from ..errors import Glm4VoiceError
+
+DTYPES = ["float32", "bfloat16", "float16"]
+
+
+class Formatter(argparse.ArgumentDefaultsHelpFormatter):
+    """`--help` shows every option's default."""
+
+
+def add_command(sub, name: str, help: str, run) -> argparse.ArgumentParser:
+    """A subcommand whose `--help` shows defaults; `run(args) -> exit code`."""
+    p = sub.add_parser(name, help=help, description=help, formatter_class=Formatter)
+    p.set_defaults(run=run)
+    return p
+
+
+def add_device(p: argparse.ArgumentParser, dtype_help: str = "weights dtype") -> None:
+    p.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:1, ...)")
+    p.add_argument("--dtype", default="float32", choices=DTYPES, help=dtype_help)
+
+
+def add_speech_tokenizer(p: argparse.ArgumentParser, required: bool = False) -> None:
+    """--speech-tokenizer (the old spelling --tokenizer still works)."""
+    p.add_argument("--speech-tokenizer", "--tokenizer", dest="speech_tokenizer", required=required,
+                   help="speech tokenizer folder or hub id (THUDM/glm-4-voice-tokenizer)")  # fmt: skip
+
+
+def add_models(p: argparse.ArgumentParser) -> None:
+    """The three models and their settings: shared by `chat` and `serve`."""
+    p.add_argument("--model-dir", help="folder holding tokenizer/, lm/ and decoder/")
+    add_speech_tokenizer(p)
+    p.add_argument("--lm", help="speech LM folder or hub id (THUDM/glm-4-voice-9b)")
+    p.add_argument("--decoder", help="speech decoder folder or hub id (THUDM/glm-4-voice-decoder)")
+    p.add_argument("--system", help="replace the default system prompt")
+    p.add_argument("--temperature", type=float, default=0.2, help="0 = greedy")
+    p.add_argument("--top-p", type=float, default=0.8)
+    p.add_argument("--top-k", type=int, default=50)
+    p.add_argument("--max-new-tokens", type=int, default=2000, help="LM ids per reply, text and speech")
+    p.add_argument("--seed", type=int, help="seed the sampler (reproducible replies)")
+    p.add_argument("--flow-steps", type=int, default=10, help="decoder flow-matching steps (fewer: faster)")
+    add_device(p, dtype_help="speech tokenizer and decoder dtype")
+    p.add_argument("--int8", action="store_true",
+                   help="dynamic int8 linear layers in the speech tokenizer and decoder (CPU)")  # fmt: skip
+    p.add_argument("--lm-dtype", default="auto", choices=["auto", *DTYPES],
+                   help="LM dtype; auto = the checkpoint's (bf16 for the release)")  # fmt: skip
+
+
+def check_models(args, speech_input: bool = False) -> None:
+    """The model folders a command needs, named before anything loads."""
+    if args.lm is None and args.model_dir is None:
+        raise Glm4VoiceError("give --lm (and --speech-tokenizer, --decoder) or --model-dir")
+    if speech_input and args.speech_tokenizer is None and args.model_dir is None:
+        raise Glm4VoiceError("speech input needs --speech-tokenizer (or --model-dir)")
+
+
+def load_chat(args):
+    """A `VoiceChat` from the `add_models` options."""
+    from ..chat import VoiceChat
+    from ..lm.generate import SamplingConfig
+
+    check_models(args)
+    sampling = SamplingConfig(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
+                              max_new_tokens=args.max_new_tokens, seed=args.seed)  # fmt: skip
+    return VoiceChat.from_pretrained(
+        args.speech_tokenizer, args.lm, args.decoder, model_dir=args.model_dir, device=args.device, dtype=args.dtype,
+        lm_dtype=args.lm_dtype, int8=args.int8, system=args.system, sampling=sampling,
+        stream_options={"n_steps": args.flow_steps},
+    )  # fmt: skip
+
+
+def missing_extra(extra: str, what: str, exc: ImportError) -> Glm4VoiceError:
+    """The one error for an optional dependency that is not installed."""
+    return Glm4VoiceError(f"{what} needs the {extra} extra: pip install 'glm4voice[{extra}]' ({exc})")

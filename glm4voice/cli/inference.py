@@ -1,0 +1,255 @@
+"""Inference commands: tokenize, decode, convert-lm, chat, serve."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+from ..errors import Glm4VoiceError
+from .common import DTYPES, add_command, add_device, add_models, add_speech_tokenizer, check_models, load_chat
+from .common import missing_extra as _missing_extra
+
+# --- tokenize (speech -> 12.5 Hz codes) --------------------------------------------------------
+
+
+def _add_tokenize(sub) -> None:
+    p = add_command(sub, "tokenize", "audio files -> speech codes (one JSON line per file)", _run_tokenize)
+    add_speech_tokenizer(p, required=True)
+    p.add_argument("files", nargs="+", help="audio files (anything soundfile reads)")
+    p.add_argument("--int8", action="store_true", help="dynamic int8 linear layers (CPU only, faster)")
+    p.add_argument("--batch-size", type=int, default=8, help="30 s pieces per forward pass")
+    add_device(p)
+
+
+def _run_tokenize(args) -> int:
+    from ..audio import WHISPER_RATE, load_audio
+    from ..tokenizer import SpeechTokenizer
+
+    if args.batch_size < 1:
+        raise Glm4VoiceError(f"--batch-size must be at least 1, got {args.batch_size}")
+    tok = SpeechTokenizer.from_pretrained(args.speech_tokenizer, device=args.device, dtype=args.dtype,
+                                          int8=args.int8, batch_size=args.batch_size)  # fmt: skip
+    failed = 0
+    # Read every file first so one bad file costs only its own line; then tokenize in batches.
+    good: list[tuple[str, object]] = []
+    for name in args.files:
+        try:
+            good.append((name, load_audio(name)))
+        except Glm4VoiceError as exc:
+            failed += 1
+            print(json.dumps({"file": name, "error": str(exc)}), flush=True)
+    for start in range(0, len(good), args.batch_size):
+        chunk = good[start : start + args.batch_size]
+        codes = tok.tokenize_batch([audio for _, audio in chunk])
+        for (name, audio), row in zip(chunk, codes):
+            seconds = round(len(audio) / WHISPER_RATE, 3)
+            print(json.dumps({"file": name, "seconds": seconds, "codes": row}), flush=True)
+    if failed:
+        print(f"glm4voice tokenize: {failed} of {len(args.files)} files failed", file=sys.stderr)
+        return 1
+    return 0
+
+
+# --- decode (speech codes -> audio) -------------------------------------------------------------
+
+
+def _add_decode(sub) -> None:
+    p = add_command(sub, "decode", "speech codes (JSON) -> 22.05 kHz wav", _run_decode)
+    p.add_argument("--decoder", required=True, help="decoder folder or hub id (THUDM/glm-4-voice-decoder)")
+    p.add_argument("--codes", "--tokens", dest="codes", required=True,
+                   help='JSON list of codes, {"codes": [...]}, or `glm4voice tokenize` output (lines concatenated)')
+    p.add_argument("--out", required=True, help="output wav path")
+    p.add_argument("--stream", action="store_true", help="decode as a stream, feeding codes one by one")
+    p.add_argument("--int8", action="store_true", help="dynamic int8 linear layers in the flow (CPU only, faster)")
+    add_device(p)
+
+
+def _run_decode(args) -> int:
+    from ..audio import write_wav
+    from ..decoder import SpeechDecoder
+    from ..decoder.codes_file import read_codes_file
+
+    codes = read_codes_file(args.codes)
+    dec = SpeechDecoder.from_pretrained(args.decoder, device=args.device, dtype=args.dtype, int8=args.int8)
+    dec.check_codes(codes)  # validate before any work
+    start = time.perf_counter()
+    summary = {"out": args.out, "codes": len(codes), "mode": "stream" if args.stream else "offline"}
+    if args.stream:
+        import torch
+
+        stream, pieces, first = dec.stream(), [], None
+        for code in codes:
+            piece = stream.push([code])
+            if piece.numel() and first is None:
+                first = time.perf_counter() - start
+            pieces.append(piece)
+        pieces.append(stream.flush())
+        audio = torch.cat(pieces)
+        summary["chunks"] = len(stream.stats)
+        summary["first_audio_s"] = round(first if first is not None else time.perf_counter() - start, 3)
+    else:
+        audio = dec.decode(codes)
+    summary["compute_s"] = round(time.perf_counter() - start, 3)
+    summary["seconds"] = round(audio.numel() / dec.sample_rate, 3)
+    try:
+        write_wav(args.out, audio, dec.sample_rate)
+    except OSError as exc:
+        raise Glm4VoiceError(f"cannot write {args.out}: {exc}") from exc
+    print(json.dumps(summary), flush=True)
+    return 0
+
+
+# --- convert-lm -----------------------------------------------------------------------------------
+
+
+def _add_convert_lm(sub) -> None:
+    p = add_command(sub, "convert-lm", "ChatGLM-format speech LM -> transformers Glm layout (safetensors, sharded)",
+                    _run_convert_lm)  # fmt: skip
+    p.add_argument("src", help="LM folder or hub id in the ChatGLM layout (THUDM/glm-4-voice-9b)")
+    p.add_argument("dst", help="new (or empty) output folder")
+    p.add_argument("--dtype", default="auto", choices=["auto", *DTYPES])
+    p.add_argument("--max-shard-gb", type=float, default=5.0, help="largest safetensors shard, in GB")
+
+
+def _run_convert_lm(args) -> int:
+    from ..lm import convert_lm
+
+    out = convert_lm(args.src, args.dst, dtype=args.dtype, max_shard_bytes=int(args.max_shard_gb * 1e9))
+    print(f"wrote {out}")
+    return 0
+
+
+# --- chat -----------------------------------------------------------------------------------------
+
+
+def _add_chat(sub) -> None:
+    p = add_command(sub, "chat", "spoken or typed turns -> streamed reply text + reply.wav", _run_chat)
+    p.add_argument("audio", nargs="?", help="the user's speech (any audio file); or use --text")
+    p.add_argument("--text", help="a typed user message instead of speech")
+    p.add_argument("--interactive", "-i", action="store_true",
+                   help="a multi-turn conversation: one turn per stdin line (text, or @file for speech)")  # fmt: skip
+    p.add_argument("--out", default="reply.wav",
+                   help="where to write the reply audio (22.05 kHz); interactive turns add -1, -2, ...")  # fmt: skip
+    add_models(p)
+
+
+def _run_chat(args) -> int:
+    from pathlib import Path
+
+    from ..audio import load_audio
+
+    given = (args.audio is not None) + (args.text is not None) + bool(args.interactive)
+    if given != 1:
+        raise Glm4VoiceError("give the user's speech (AUDIO), --text or --interactive, exactly one")
+    check_models(args, speech_input=args.audio is not None)
+    audio = load_audio(args.audio) if args.audio is not None else None  # a bad file fails before 9B load
+    chat = load_chat(args)
+    if not args.interactive:
+        _chat_turn(chat, audio, args.text, args.out)
+        return 0
+    out = Path(args.out)
+    print("one turn per line: text, or @path/to/speech.wav; /reset starts over; an empty line ends",
+          file=sys.stderr)  # fmt: skip
+    turn = 0
+    for line in sys.stdin:
+        line = line.strip()
+        if not line:
+            break
+        if line == "/reset":
+            chat.reset()
+            continue
+        try:
+            speech, text = (load_audio(line[1:].strip()), None) if line.startswith("@") else (None, line)
+            turn += 1
+            _chat_turn(chat, speech, text, out.with_name(f"{out.stem}-{turn}{out.suffix}"))
+        except Glm4VoiceError as exc:  # a bad line costs only that line
+            print(f"glm4voice chat: error: {exc}", file=sys.stderr)
+    return 0
+
+
+def terminal_safe(text: str) -> str:
+    """Model text for a terminal: control characters (an escape sequence could rewrite the screen) shown as U+FFFD."""
+    return "".join(c if c in "\n\t" or not (ord(c) < 32 or 127 <= ord(c) < 160) else "\ufffd" for c in text)
+
+
+def _chat_turn(chat, audio, text, out) -> None:
+    """Run one turn: stream its text to stdout, write its audio to `out`, summary to stderr."""
+    from ..events import Reply, TextEvent
+
+    reply = None
+    for event in chat.turn(audio, text=text):
+        if isinstance(event, TextEvent) and event.text:
+            print(terminal_safe(event.text), end="", flush=True)
+        elif isinstance(event, Reply):
+            reply = event
+    print(flush=True)
+    t = reply.timings
+    first_text = f"{t.first_text:.2f} s" if t.first_text is not None else "-"
+    first_audio = f"{t.first_audio:.2f} s" if t.first_audio is not None else "-"
+    summary = (
+        f"[{reply.n_ids} ids ({len(reply.codes)} speech), {t.ids_per_second:.1f} ids/s, "
+        f"first text {first_text}, first audio {first_audio}, ended on {reply.reason}]"
+    )
+    if chat.decoder is not None and reply.audio.numel():
+        from ..audio import write_wav
+
+        write_wav(out, reply.audio.numpy(), reply.sample_rate)
+        summary += f" wrote {out} ({reply.seconds:.2f} s)"
+    elif chat.decoder is None:
+        summary += " no --decoder: no audio written"
+    else:
+        summary += " the reply has no speech: no audio written"
+    print(summary, file=sys.stderr)
+
+
+# --- serve ----------------------------------------------------------------------------------------
+
+
+def _add_serve(sub) -> None:
+    p = add_command(sub, "serve", "spoken chat server: web page at /, streaming WebSocket at /v1/chat", _run_serve)
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--max-user-seconds", type=float, default=300.0, help="longest spoken turn accepted")
+    add_models(p)
+
+
+def _run_serve(args) -> int:
+    try:
+        import uvicorn
+
+        from ..serve import ChatServer, create_app
+    except ImportError as exc:
+        raise _missing_extra("serve", "serving", exc) from None
+    if not 0 < args.port < 65536:
+        raise Glm4VoiceError(f"--port must be 1..65535, got {args.port}")
+    if args.max_user_seconds <= 0:
+        raise Glm4VoiceError("--max-user-seconds must be positive")
+    check_models(args)
+    _check_can_listen(args.host, args.port)  # before minutes of model loading, not after
+    server = ChatServer(load_chat(args), max_user_seconds=args.max_user_seconds,
+                        max_new_tokens_limit=max(args.max_new_tokens, 1))  # fmt: skip
+    print(f"glm4voice: serving on http://{args.host}:{args.port}/ (WebSocket /v1/chat)", file=sys.stderr)
+    uvicorn.run(create_app(server), host=args.host, port=args.port, log_level="info")
+    return 0
+
+
+def _check_can_listen(host: str, port: int) -> None:
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise Glm4VoiceError(f"--host {host}: {exc.strerror}") from None
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            raise Glm4VoiceError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+
+
+def add(sub) -> None:
+    for add_one in (_add_tokenize, _add_decode, _add_convert_lm, _add_chat, _add_serve):
+        add_one(sub)
