@@ -16,7 +16,6 @@ from __future__ import annotations
 import io
 import math
 import os
-import tempfile
 from functools import lru_cache
 from pathlib import Path
 
@@ -25,6 +24,7 @@ import soundfile as sf
 import soxr
 import torch
 
+from .atomic import atomic_path
 from .errors import AudioError
 
 WHISPER_RATE = 16000
@@ -91,13 +91,19 @@ class StreamResampler:
 
     Resampling each piece on its own would put a filter edge at every seam;
     this keeps the filter state, so the pieces join as one signal would.
+    Follows the stream contract (`glm4voice.streaming`): `flush()` returns the
+    filter's tail and the next push starts a new signal.
     """
 
     def __init__(self, from_rate: int, to_rate: int):
         if not (isinstance(from_rate, int) and 1000 <= from_rate <= 384000):
             raise AudioError(f"sample rate {from_rate!r}", "expected an integer between 1000 and 384000 Hz")
         self.from_rate, self.to_rate = from_rate, to_rate
-        self._soxr = None if from_rate == to_rate else soxr.ResampleStream(from_rate, to_rate, 1, "float32", "HQ")
+        self._soxr = self._new_state()
+
+    def _new_state(self):
+        same = self.from_rate == self.to_rate
+        return None if same else soxr.ResampleStream(self.from_rate, self.to_rate, 1, "float32", "HQ")
 
     def push(self, audio: np.ndarray, last: bool = False) -> np.ndarray:
         audio = np.ascontiguousarray(audio, dtype=np.float32).reshape(-1)
@@ -106,7 +112,9 @@ class StreamResampler:
         return self._soxr.resample_chunk(audio, last=last).astype(np.float32, copy=False)
 
     def flush(self) -> np.ndarray:
-        return self.push(np.zeros(0, np.float32), last=True)
+        tail = self.push(np.zeros(0, np.float32), last=True)
+        self._soxr = self._new_state()
+        return tail
 
 
 PCM_FORMATS = {"f32le": np.dtype("<f4"), "s16le": np.dtype("<i2")}
@@ -132,16 +140,8 @@ def write_wav(path: str | os.PathLike, audio, sample_rate: int) -> None:
     """Write mono 16-bit PCM wav atomically (a crash never leaves half a file)."""
     data = audio.detach().float().cpu().numpy() if isinstance(audio, torch.Tensor) else np.asarray(audio)
     data = np.clip(data.reshape(-1).astype(np.float32), -1.0, 1.0)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         sf.write(tmp, data, sample_rate, subtype="PCM_16", format="WAV")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _describe(source) -> str:

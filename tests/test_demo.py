@@ -5,9 +5,10 @@ import soundfile as sf
 from glm4voice import demo
 
 
-def test_demo_round_trip_speech_to_ids_to_speech(tmp_path, capsys):
-    assert demo.main(tmp_path) == 0
-    ids = json.loads((tmp_path / "ids.jsonl").read_text())
+def test_demo_round_trip_speech_to_codes_to_speech(golden, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the demo must not depend on where the package lies, only on its arguments
+    assert demo.main(tmp_path, golden) == 0
+    ids = json.loads((tmp_path / "codes.jsonl").read_text())
     assert abs(len(ids["codes"]) - ids["seconds"] * 12.5) <= 1
     audio, rate = sf.read(tmp_path / "reply.wav")
     assert rate == 22050
@@ -20,3 +21,8 @@ def test_demo_round_trip_speech_to_ids_to_speech(tmp_path, capsys):
     assert "60 ids" in out.err and "first audio" in out.err
     reply, rate = sf.read(tmp_path / "chat-reply.wav")
     assert rate == 22050 and len(reply) > 0
+
+
+def test_demo_without_golden_checkpoints_says_so(tmp_path, capsys):
+    assert demo.main(tmp_path / "out", tmp_path / "nowhere") == 1
+    assert "no golden checkpoints" in capsys.readouterr().err and not (tmp_path / "out").exists()

@@ -38,6 +38,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from ..atomic import atomic_path
 from ..dtypes import as_dtype
 from ..errors import CheckpointError
 from ..hub import resolve_checkpoint
@@ -313,8 +314,9 @@ def convert_lm(
 
     Writes `config.json`, `generation_config.json`, safetensors shards
     (`model-0000i-of-0000n.safetensors` + index, or one `model.safetensors`)
-    and copies the tokenizer files. Streams tensor by tensor: memory stays
-    around one shard. `dst` must not already hold a checkpoint.
+    and copies the text tokenizer files. Streams tensor by tensor: memory stays
+    around one shard. `dst` must not already hold a checkpoint; it is written
+    beside and renamed into place, so a crash never leaves half a folder.
     """
     folder = resolve_checkpoint(src, ["config.json"], "LM")
     raw = read_config(folder)
@@ -325,10 +327,9 @@ def convert_lm(
     out = Path(dst).expanduser()
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise CheckpointError(f"{out}: exists and is not an empty folder; pick a new destination")
-    out.mkdir(parents=True, exist_ok=True)
-
     tensors = ((name, tensor) for _, name, tensor in iter_glm_tensors(folder, config, True, target))
-    write_glm_folder(tensors, config, target, out, tokenizer_from=folder, max_shard_bytes=max_shard_bytes)
+    with atomic_path(out, folder=True) as tmp:
+        write_glm_folder(tensors, config, target, tmp, tokenizer_from=folder, max_shard_bytes=max_shard_bytes)
     return out
 
 

@@ -75,7 +75,7 @@ class TextTokenizer:
     @classmethod
     def from_pretrained(cls, path_or_id: str | os.PathLike) -> TextTokenizer:
         """Read `tokenizer.model` and `tokenizer_config.json` from an LM folder (or hub id)."""
-        folder = resolve_checkpoint(path_or_id, ["tokenizer.model", "tokenizer_config.json"], "LM tokenizer")
+        folder = resolve_checkpoint(path_or_id, ["tokenizer.model", "tokenizer_config.json"], "text tokenizer")
         ranks = read_ranks(folder / "tokenizer.model")
         try:
             tok_cfg = json.loads((folder / "tokenizer_config.json").read_text())

@@ -141,3 +141,21 @@ def test_convert_lm_copies_tokenizer_files(tmp_path):
     ids = torch.tensor([[1, 2, 3, 300]])
     a, b = _logits(load_lm(src, dtype="bfloat16"), ids), _logits(load_lm(out), ids)
     assert load_lm(out).dtype == torch.bfloat16 and torch.equal(a, b)
+
+
+def test_convert_lm_crash_leaves_nothing(golden, tmp_path, monkeypatch):
+    """A failure mid-write (here: the third shard) leaves no half folder at the destination."""
+    import glm4voice.lm.checkpoint as ckpt
+
+    real, calls = ckpt.save_file, []
+
+    def failing(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise OSError(28, "No space left on device")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(ckpt, "save_file", failing)
+    with pytest.raises(OSError):
+        convert_lm(golden / "lm", tmp_path / "glm", max_shard_bytes=200_000)
+    assert len(calls) == 3 and list(tmp_path.iterdir()) == []

@@ -11,6 +11,7 @@ from safetensors.torch import load_file, save_file
 
 from glm4voice.errors import CheckpointError
 from glm4voice.tokenizer import PIECE_SAMPLES, SpeechTokenizer
+from glm4voice.tokenizer.checkpoint import load_training_tensors
 from tests.conftest import write_wav16
 
 
@@ -56,6 +57,14 @@ def test_training_layout_loads_to_same_ids(tok, golden, tmp_path, expected):
     other = SpeechTokenizer.from_pretrained(folder)
     files, tokens = expected
     assert other.tokenize(files[0]) == tok.tokenize(files[0])
+    # training reads everything inference ignores: layers past the quantizer, the final norm, the ASR decoder
+    parts = load_training_tensors(folder)
+    assert {"layers.2.fc1.weight", "layers.3.self_attn.q_proj.weight", "layer_norm.bias"} <= set(parts["encoder"])
+    assert set(parts["encoder"]) >= set(src)
+    assert torch.equal(parts["encoder"]["codebook.weight"], src["codebook.weight"])
+    assert list(parts["decoder"]) == ["embed_tokens.weight"] and list(parts["other"]) == ["proj_out.weight"]
+    released = load_training_tensors(golden / "tokenizer")  # the released layout: no decoder
+    assert set(released["encoder"]) == set(src) and not released["decoder"]
 
 
 def test_batch_equals_one_by_one_and_counts(tok, speech_clips, expected):
