@@ -200,7 +200,7 @@ def first_chunk_seconds(dec: SpeechDecoder, ids: list[int], repeats: int) -> lis
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=float, default=30.0, help="reply length (12.5 ids per second)")
+    parser.add_argument("--seconds", type=float, default=30.0, help="reply length (12.5 codes per second)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--time-reference", action="store_true", help="also run and time the reference schedule")
     parser.add_argument("--repeats", type=int, default=5, help="fresh streams timed for the first-chunk latency")

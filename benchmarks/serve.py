@@ -113,7 +113,7 @@ def main() -> None:
         local.append(in_process(chat, speech16))
     server.should_exit = True
     print(f"{'seconds after the speech ends':<32}{'WebSocket':>11}{'in-process':>12}")
-    for key, label in [("user", "speech ids ready"), ("first_text", "first reply text"),
+    for key, label in [("user", "speech codes ready"), ("first_text", "first reply text"),
                        ("first_audio", "first reply audio"), ("total", "whole turn")]:  # fmt: skip
         w = statistics.median(r[key] for r in wire)
         p = statistics.median(r[key] for r in local)

@@ -141,7 +141,7 @@ class VoiceChat:
             speech = list(self.speech_tokenizer.tokenize(audio, sample_rate=sample_rate))
             timings.tokenize = time.perf_counter() - start
         conv = self.conversation
-        user = UserInput(text=text, speech=speech)  # validates (e.g. no speech tokens)
+        user = UserInput(text=text, speech=speech)  # validates (e.g. no speech codes)
         ids = conv.add_user(user)
         yield UserEvent(ids=list(ids), speech=speech, text=text)
 

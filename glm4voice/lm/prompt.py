@@ -52,7 +52,7 @@ class UserInput:
         if (self.text is None) == (self.speech is None):
             raise Glm4VoiceError("a user turn is either text or speech codes, exactly one of them")
         if self.speech is not None and len(self.speech) == 0:
-            raise Glm4VoiceError("the speech input has no speech tokens (empty or silent audio?)")
+            raise Glm4VoiceError("the speech input has no speech codes (empty or silent audio?)")
 
     @property
     def is_speech(self) -> bool:

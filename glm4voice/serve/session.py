@@ -76,14 +76,14 @@ class Session:
         self.listening = _Listening(self.server, sample_rate, fmt, sampling)
 
     def push_audio(self, data: bytes) -> int:
-        """Add PCM bytes to the user's turn; returns the speech ids final so far."""
+        """Add PCM bytes to the user's turn; returns the count of speech codes final so far."""
         lis = self._need_listening("binary audio")
         audio = lis.resampler.push(pcm_from_bytes(data, lis.format))
         self._add(lis, audio)
         return len(lis.codes)
 
     def end_audio(self) -> tuple[list[int], SamplingConfig]:
-        """Close the user's turn: its speech ids (the stream flushed) and its sampling settings."""
+        """Close the user's turn: its speech codes (the stream flushed) and its sampling settings."""
         lis = self._need_listening("audio.end")
         self.listening = None
         self._add(lis, lis.resampler.flush())

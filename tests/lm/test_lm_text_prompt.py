@@ -113,7 +113,7 @@ def test_bad_inputs(tok, tmp_path):
         UserInput()
     with pytest.raises(Glm4VoiceError):
         UserInput(text="a", speech=[1])
-    with pytest.raises(Glm4VoiceError, match="no speech tokens"):
+    with pytest.raises(Glm4VoiceError, match="no speech codes"):
         UserInput(speech=[])
     with pytest.raises(CheckpointError, match="missing tokenizer.model"):
         TextTokenizer.from_pretrained(tmp_path)
