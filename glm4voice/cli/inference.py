@@ -51,6 +51,39 @@ def _run_tokenize(args) -> int:
     return 0
 
 
+def _add_transcribe(sub) -> None:
+    p = add_command(sub, "transcribe", "audio files -> text, by the ASR head of an ASR-layout speech tokenizer",
+                    _run_transcribe)  # fmt: skip
+    add_speech_tokenizer(p, required=True)
+    p.add_argument("files", nargs="+", help="audio files (anything soundfile reads)")
+    p.add_argument("--batch-size", type=int, default=8, help="30 s pieces per forward pass")
+    p.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:1, ...)")
+
+
+def _run_transcribe(args) -> int:
+    from ..audio import load_audio
+    from ..tokenizer.asr import load_asr, transcribe
+
+    if args.batch_size < 1:
+        raise Glm4VoiceError(f"--batch-size must be at least 1, got {args.batch_size}")
+    model, codec = load_asr(args.speech_tokenizer)
+    model.to(args.device).eval()
+    failed = 0
+    for name in args.files:  # one line per file, in argument order
+        try:
+            wave = load_audio(name)
+        except Glm4VoiceError as exc:
+            failed += 1
+            print(json.dumps({"file": name, "error": str(exc)}, ensure_ascii=False), flush=True)
+            continue
+        text = transcribe(model, codec, [wave], batch_size=args.batch_size)[0]
+        print(json.dumps({"file": name, "text": text}, ensure_ascii=False), flush=True)
+    if failed:
+        print(f"glm4voice transcribe: {failed} of {len(args.files)} files failed", file=sys.stderr)
+        return 1
+    return 0
+
+
 # --- decode (speech codes -> audio) -------------------------------------------------------------
 
 
@@ -251,5 +284,5 @@ def _check_can_listen(host: str, port: int) -> None:
 
 
 def add(sub) -> None:
-    for add_one in (_add_tokenize, _add_decode, _add_convert_lm, _add_chat, _add_serve):
+    for add_one in (_add_tokenize, _add_transcribe, _add_decode, _add_convert_lm, _add_chat, _add_serve):
         add_one(sub)

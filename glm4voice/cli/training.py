@@ -9,11 +9,14 @@ from dataclasses import fields
 from .common import add_command
 
 
-def add_run_options(p, defaults) -> None:
-    """One flag per `RunConfig` field, with the trainer's defaults."""
+def add_run_options(p, defaults, skip: tuple[str, ...] = ()) -> None:
+    """One flag per `RunConfig` field, with the trainer's defaults (`skip`: fields the trainer sets itself)."""
     from ..train.config import RunConfig
 
     for f in fields(RunConfig):
+        if f.name in skip:
+            p.set_defaults(**{f.name: getattr(defaults, f.name)})
+            continue
         flag, value = "--" + f.name.replace("_", "-"), getattr(defaults, f.name)
         if f.name == "mixed_precision":
             p.add_argument(flag, choices=["none", "bf16"], default=value,
@@ -53,5 +56,38 @@ def _run_sft(args) -> int:
     return 0
 
 
+
+
+def _add_train_tokenizer(sub) -> None:
+    p = add_command(sub, "train-tokenizer", "train the speech tokenizer: Whisper ASR through a 12.5 Hz VQ bottleneck",
+                    _run_tokenizer)  # fmt: skip
+    p.add_argument("--data", required=True, help="corpus manifest (JSONL: id, audio, text, lang en|zh)")
+    p.add_argument("--out", required=True, help="run folder: OUT/step-N (ASR layout), OUT/tokenizer (released)")
+    p.add_argument("--init", help="a transformers Whisper folder, or a checkpoint of this trainer (fine-tuning)")
+    p.add_argument("--config", help="JSON: Whisper config + VQ fields (from scratch; or VQ fields for --init)")
+    p.add_argument("--valid", help="held-out manifest: WER/CER and codebook usage every --eval-every steps")
+    p.add_argument("--eval-every", type=int, default=0, help="steps between validations (0: only at the end)")
+    p.add_argument("--batch-seconds", type=float, default=60.0, help="padded audio seconds per micro-batch")
+    p.add_argument("--vocab-size", type=int, default=1000, help="transcript BPE size when training from scratch")
+    from ..train.config import RunConfig
+
+    add_run_options(p, RunConfig(lr=1e-4, min_lr=1e-5, weight_decay=0.0), skip=("batch_size",))
+
+
+def _run_tokenizer(args) -> int:
+    from ..train.loop import finished
+    from ..train.tokenizer import train_tokenizer
+
+    cfg = run_config(args)
+    records = train_tokenizer(args.data, args.out, cfg, init=args.init, config=args.config, valid=args.valid,
+                              eval_every=args.eval_every, batch_seconds=args.batch_seconds,
+                              vocab_size=args.vocab_size, resume=args.resume)  # fmt: skip
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"glm4voice train-tokenizer: {finished(records)}; {args.out}/tokenizer (released layout), "
+              f"{args.out}/step-{cfg.steps} (ASR layout)", file=sys.stderr)  # fmt: skip
+    return 0
+
+
 def add(sub) -> None:
     _add_train_sft(sub)
+    _add_train_tokenizer(sub)

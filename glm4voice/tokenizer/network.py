@@ -118,6 +118,11 @@ class WhisperVQEncoder(nn.Module):
         With `state`, `features` continue the stream where the last call ended
         (the caller feeds whole attention blocks, except at the very end).
         """
+        h, mask = self.encode(features, mask, state)
+        return self.quantize(h), mask
+
+    def encode(self, features: torch.Tensor, mask: torch.Tensor, state: EncoderState | None = None):
+        """The hidden states the quantizer sees: (h [B, T', D] at 12.5 Hz, mask [B, T']). Training starts here."""
         cfg = self.cfg
         x = features.to(self.conv1.weight.dtype)
         if cfg.causal_conv:
@@ -158,7 +163,7 @@ class WhisperVQEncoder(nn.Module):
                 rate = cfg.pooling_kernel
         if state is not None:
             state.frames += T
-        return self.quantize(h), mask
+        return h, mask
 
     def _pool(self, h, mask):
         k = self.cfg.pooling_kernel

@@ -139,7 +139,7 @@ def train(task: Task, cfg: RunConfig, out: str | Path, dist: Dist, state: dict |
             after = task.after_step(step + 1) if task.after_step is not None else None
             done = step + 1
             bar.update(1)
-            if done % cfg.log_every == 0 or done == cfg.steps or done == start + 1:
+            if done % cfg.log_every == 0 or done == cfg.steps or done == start + 1 or after:
                 record = {"step": done, "loss": round(dist.mean(total_loss), 5), "lr": lr_at(step, cfg),
                           "grad_norm": round(float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm), 4)}
                 for key, value in {**metrics, **(after or {})}.items():

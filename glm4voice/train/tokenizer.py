@@ -1,0 +1,268 @@
+"""Train the supervised speech tokenizer: Whisper ASR through a 12.5 Hz VQ bottleneck (SPEC §1).
+
+    glm4voice train-tokenizer --init openai/whisper-large-v3 --data train.jsonl --valid dev.jsonl --out runs/tok
+    glm4voice train-tokenizer --config tiny.json --data train.jsonl --out runs/tok      # from scratch
+    torchrun --nproc_per_node 8 -m glm4voice train-tokenizer ...                         # FSDP, EMA all-reduced
+
+Three starts: `--init` a transformers Whisper folder (its tokenizer gives the
+transcript ids; `--config` may set the VQ fields, e.g. quantize_position), or
+`--init` one of this trainer's own checkpoints (fine-tuning), or `--config` alone:
+a model from scratch whose transcript tokenizer is a byte-level BPE trained on
+the manifest's transcripts. Data is the corpus manifest (`data.manifest`),
+batched by duration. Every micro-batch is one EMA step of the codebook; every
+`quantize_restart_interval` of them, dead codes restart. A fresh codebook starts
+at random frames of the first batch. Validation (greedy transcription through
+the quantized bottleneck: WER for English, CER for Mandarin, codebook usage)
+runs every `--eval-every` steps. Checkpoints `OUT/step-N` are the ASR-training
+layout; at the end `OUT/tokenizer` gets the released layout too.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+
+from ..atomic import atomic_path
+from ..errors import Glm4VoiceError
+from .config import RunConfig
+from .dist import Dist, shard
+from .loop import Task, open_run, train
+from .schedule import batch_indices
+
+MAX_SECONDS = 30.0  # one encoder pass
+
+
+def duration_batches(seconds: list[float], budget: float) -> list[list[int]]:
+    """Indices grouped by length so each group's padded audio (longest x size) stays within `budget` seconds."""
+    order = sorted(range(len(seconds)), key=lambda i: (seconds[i], i))
+    groups: list[list[int]] = []
+    for i in order:
+        if groups and seconds[i] * (len(groups[-1]) + 1) <= budget:
+            groups[-1].append(i)
+        else:
+            groups.append([i])
+    return groups
+
+
+class Utterances:
+    """A manifest's speech and transcripts, loaded once; features exactly as inference computes them."""
+
+    def __init__(self, path: str | os.PathLike, what: str):
+        from ..audio import load_audio
+        from ..data.manifest import read_manifest
+
+        self.rows, self.waves, skipped = [], [], 0
+        for row in read_manifest(path):
+            if not row.text or row.lang not in ("en", "zh"):
+                raise Glm4VoiceError(f"{path}: utterance {row.id!r} needs a text and lang en or zh for ASR training")
+            wave = load_audio(row.audio)
+            if len(wave) > MAX_SECONDS * 16000:
+                skipped += 1
+                continue
+            self.rows.append(row)
+            self.waves.append(wave)
+        if not self.rows:
+            raise Glm4VoiceError(f"{path}: no utterances of at most 30 s for the {what} set")
+        self.skipped = skipped
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def seconds(self) -> list[float]:
+        return [len(w) / 16000 for w in self.waves]
+
+    def features(self, picked: list[int], device) -> tuple[torch.Tensor, torch.Tensor]:
+        from ..audio import whisper_log_mel
+
+        return whisper_log_mel([self.waves[i] for i in picked], device=device)
+
+
+def labels_for(codec, rows, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(decoder input ids, labels) [B, L]: the transcript shifted by one, labels -100 on padding."""
+    seqs = [codec.encode(r.text, r.lang) for r in rows]
+    longest = max(len(s) for s in seqs) - 1
+    inputs = torch.full((len(seqs), longest), codec.eot, dtype=torch.long)
+    labels = torch.full((len(seqs), longest), -100, dtype=torch.long)
+    for row, s in enumerate(seqs):
+        inputs[row, : len(s) - 1] = torch.tensor(s[:-1])
+        labels[row, : len(s) - 1] = torch.tensor(s[1:])
+    return inputs.to(device), labels.to(device)
+
+
+def error_rates(model, codec, data: Utterances, device, batch: int = 8, rank: int = 0, world: int = 1) -> dict:
+    """WER (en) and CER (zh) of greedy transcripts, and codebook usage, over `data` (ranks share it)."""
+    import jiwer
+
+    from ..tokenizer.vq import VectorQuantizer
+
+    totals = torch.zeros(5, dtype=torch.float64)  # en errors, en words, zh errors, zh chars, frames
+    codes: list[torch.Tensor] = []
+    mine = list(range(rank, len(data), world))
+    rounds = -(-len(data) // world)  # every rank runs as many batches (FSDP), repeating its last if short
+    for start in range(0, rounds, batch):
+        picked = [mine[min(k, len(mine) - 1)] for k in range(start, min(start + batch, rounds))] if mine else [0]
+        real = [k < len(mine) for k in range(start, min(start + batch, rounds))]
+        features, mask = data.features(picked, device)
+        hyps = model.transcribe_ids(features, mask, codec)
+        _, m, _, h = model.encode(features, mask)
+        for i, keep in zip(range(len(picked)), real):
+            if not keep:
+                continue
+            row = data.rows[picked[i]]
+            codes.append(model.vq.nearest(h[i][m[i]]).cpu())
+            ref, hyp = normalize(row.text, row.lang), normalize(codec.decode(hyps[i]), row.lang)
+            out = jiwer.process_words(ref, hyp) if row.lang == "en" else jiwer.process_characters(ref, hyp)
+            errors = out.substitutions + out.deletions + out.insertions
+            n = out.substitutions + out.deletions + out.hits
+            totals[0 if row.lang == "en" else 2] += errors
+            totals[1 if row.lang == "en" else 3] += n
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(totals)
+    flat = torch.cat(codes) if codes else torch.zeros(0, dtype=torch.long)
+    used, perplexity = VectorQuantizer.usage(model.vq, flat.to(model.vq.codebook.device))
+    out = {"codes_used": round(used, 4), "code_perplexity": round(perplexity, 2)}
+    if totals[1]:
+        out["wer_en"] = round(float(totals[0] / totals[1]), 4)
+    if totals[3]:
+        out["cer_zh"] = round(float(totals[2] / totals[3]), 4)
+    return out
+
+
+def normalize(text: str, lang: str) -> str:
+    """Lower case, no punctuation; Mandarin without spaces (CER counts characters)."""
+    import unicodedata
+
+    kept = "".join(c if not unicodedata.category(c).startswith("P") else " " for c in text.lower())
+    if lang == "zh":
+        return "".join(kept.split()) or "-"
+    return " ".join(kept.split()) or "-"
+
+
+def train_tokenizer(data: str | os.PathLike, out: str | os.PathLike, cfg: RunConfig, *, init=None, config=None,
+                    valid=None, eval_every: int = 0, batch_seconds: float = 60.0, vocab_size: int = 1000,
+                    resume=None, log=print) -> list[dict]:  # fmt: skip
+    """Train; returns the logged records. `config`: a JSON file (from scratch, or VQ fields for a Whisper start)."""
+    from ..tokenizer.asr import TranscriptCodec, load_asr, new_asr, write_asr_folder
+
+    if init is None and config is None and resume is None:
+        raise Glm4VoiceError("give --init (a Whisper or tokenizer folder), --config (from scratch) or --resume")
+    if batch_seconds <= 0 or eval_every < 0:
+        raise Glm4VoiceError("--batch-seconds must be positive and --eval-every >= 0")
+    state = open_run(out, resume, cfg)
+    torch.manual_seed(cfg.seed)  # a model from scratch starts the same on every rank and in every run
+    overrides = _read_config(config) if config is not None else None
+    train_set = Utterances(data, "training")
+    valid_set = Utterances(valid, "validation") if valid is not None else None
+    if train_set.skipped:
+        log(json.dumps({"skipped_longer_than_30s": train_set.skipped}))
+    if resume is not None or init is not None:
+        model, codec = load_asr(resume if resume is not None else init, None if resume is not None else overrides)
+    else:
+        codec = TranscriptCodec.train((r.text for r in train_set.rows), vocab_size)
+        model = new_asr(overrides, codec)
+    groups = duration_batches(train_set.seconds(), batch_seconds)
+    dist = Dist()
+    try:
+        model.to(dist.device).requires_grad_(True)
+        if getattr(model, "fresh_vq", False):
+            _codebook_from_data(model, train_set, groups[0], dist)
+        if dist.sharded:
+            from torch.distributed.fsdp import register_fsdp_forward_method
+
+            shard(model, model.blocks, cfg.mixed_precision)
+            for method in ("encode", "logits"):  # called directly by the loss and validation, not via forward
+                register_fsdp_forward_method(model, method)
+
+        def batch(index: int) -> dict:
+            group = groups[batch_indices(index, dist.rank, dist.world, 1, len(groups), cfg.seed)[0]]
+            features, mask = train_set.features(group, dist.device)
+            inputs, labels = labels_for(codec, [train_set.rows[i] for i in group], dist.device)
+            return {"index": index, "features": features, "mask": mask, "inputs": inputs, "labels": labels}
+
+        def loss(model, b) -> tuple[torch.Tensor, dict]:
+            encoded, mask, vq, hidden = model.encode(b["features"], b["mask"], update=True)
+            logits = model.logits(encoded, b["inputs"], mask)
+            asr = torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), b["labels"].flatten())
+            restarted = 0
+            if (b["index"] + 1) % model.vq.restart_every == 0:
+                restarted = model.vq.restart_dead(hidden, mask)
+            metrics = {"asr_loss": asr.item(), "commit_loss": vq.loss.item(), "codes_in_batch": vq.used}
+            if restarted:
+                metrics["codes_restarted"] = restarted
+            return asr + vq.loss, metrics
+
+        def after_step(step: int) -> dict | None:
+            out = {}
+            if dist.sharded and (step % cfg.log_every == 0 or step == cfg.steps):
+                # the EMA is all-reduced, so every rank must hold the same codebook: show that it does
+                import torch.distributed as td
+
+                total = model.vq.codebook.double().sum().reshape(1)
+                low, high = total.clone(), total.clone()
+                td.all_reduce(low, op=td.ReduceOp.MIN)
+                td.all_reduce(high, op=td.ReduceOp.MAX)
+                out["codebook_rank_spread"] = float(high - low)
+            if valid_set is not None and (step == cfg.steps or (eval_every and step % eval_every == 0)):
+                model.eval()  # validation every `eval_every` steps, and always at the end
+                try:
+                    out.update(error_rates(model, codec, valid_set, dist.device, rank=dist.rank, world=dist.world))
+                finally:
+                    model.train()
+            return out or None
+
+        def write_model(weights: dict, folder: Path) -> None:
+            write_asr_folder(model, codec, folder, weights)
+
+        task = Task(model, batch, loss, write_model, blocks=model.blocks, after_step=after_step)
+        records = train(task, cfg, out, dist, state, log=log)
+        _export_released(model, Path(out), dist)
+        return records
+    finally:
+        dist.close()
+
+
+def _read_config(path) -> dict:
+    try:
+        config = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise Glm4VoiceError(f"--config {path}: not readable JSON ({exc})") from None
+    if not isinstance(config, dict):
+        raise Glm4VoiceError(f"--config {path}: expected a JSON object of Whisper config and VQ fields")
+    return config
+
+
+@torch.no_grad()
+def _codebook_from_data(model, data: Utterances, group: list[int], dist: Dist) -> None:
+    """A fresh codebook: random encoder outputs of the first batch (plus a little noise where codes outnumber
+    frames); rank 0's choice is broadcast, so every rank starts from the same codebook."""
+    features, mask = data.features(group, dist.device)
+    h, m = model.encoder.encode(features, mask)
+    frames = h[m].float()
+    gen = torch.Generator().manual_seed(0)
+    pick = torch.randint(0, len(frames), (model.vq.size,), generator=gen).to(frames.device)
+    book = frames[pick] + 0.01 * frames.std() * torch.randn(model.vq.size, frames.shape[1], generator=gen).to(frames)
+    if dist.sharded:
+        import torch.distributed as td
+
+        td.broadcast(book, 0)
+    model.vq.codebook.copy_(book)
+    model.vq.ema_weight.copy_(book)
+    model.vq.ema_count.fill_(1.0)
+
+
+def _export_released(model, out: Path, dist: Dist) -> None:
+    """OUT/tokenizer: the released (inference-only) layout of the final weights."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    from ..tokenizer.asr import write_released_folder
+
+    weights = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    if dist.rank == 0:
+        with atomic_path(out / "tokenizer", folder=True) as tmp:
+            write_released_folder(model, tmp, weights)
+    dist.barrier()

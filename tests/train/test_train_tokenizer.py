@@ -1,0 +1,163 @@
+"""Speech tokenizer training: it learns to transcribe through the VQ, exports both layouts, resumes exactly,
+starts from a transformers Whisper folder, runs under torchrun, and reports bad input in one line."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from glm4voice.cli import main
+from glm4voice.tokenizer import SpeechTokenizer
+from glm4voice.tokenizer.asr import TranscriptCodec, load_asr
+from glm4voice.train.config import RunConfig
+from glm4voice.train.tokenizer import train_tokenizer
+from tests.conftest import espeak
+
+TINY = {"d_model": 64, "encoder_layers": 3, "quantize_position": 2, "pooling_position": 2,
+        "encoder_attention_heads": 4, "encoder_ffn_dim": 128, "decoder_layers": 1, "decoder_attention_heads": 4,
+        "decoder_ffn_dim": 128, "num_mel_bins": 128, "quantize_vocab_size": 64, "max_target_positions": 64}  # fmt: skip
+# Three utterances of clearly different lengths: a tiny model can tell them apart within a few seconds of CPU.
+SENTENCES = [("a", "en", "red green blue", "en-us"), ("b", "en", "one two three four five six seven", "en-us"),
+             ("c", "zh", "你好世界", "cmn")]  # fmt: skip
+FAST = dict(lr=3e-3, min_lr=3e-4, weight_decay=0.0, log_every=50)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    import soundfile as sf
+
+    root = tmp_path_factory.mktemp("asr")
+    rows = []
+    for id_, lang, text, voice in SENTENCES:
+        sf.write(root / f"{id_}.wav", espeak(text, voice=voice), 16000)
+        rows.append({"id": id_, "audio": f"{id_}.wav", "text": text, "lang": lang})
+    (root / "train.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    (root / "tiny.json").write_text(json.dumps(TINY))
+    return root
+
+
+@pytest.fixture(scope="module")
+def trained(corpus, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run") / "tok"
+    records = train_tokenizer(corpus / "train.jsonl", out, RunConfig(steps=100, **FAST), config=corpus / "tiny.json",
+                              valid=corpus / "train.jsonl", batch_seconds=4, vocab_size=300, log=lambda line: None)
+    return out, records
+
+
+def test_overfits_to_zero_error(trained):
+    out, records = trained
+    final = records[-1]
+    assert final["loss"] < 0.2 * records[0]["loss"]
+    assert final["wer_en"] == 0.0 and final["cer_zh"] == 0.0  # greedy, through the quantized bottleneck
+    assert 0 < final["codes_used"] <= 1 and final["code_perplexity"] > 1
+
+
+def test_exports_load_and_give_the_training_quantizer_codes(trained, corpus):
+    out, _ = trained
+    model, codec = load_asr(out / "step-100")
+    from glm4voice.audio import load_audio, whisper_log_mel
+
+    wave = load_audio(corpus / "a.wav")
+    features, mask = whisper_log_mel([wave])
+    _, m, vq, h = model.eval().encode(features, mask)
+    expected = model.vq.nearest(h[0][m[0]]).tolist()
+    for folder in (out / "tokenizer", out / "step-100"):  # the released layout and the ASR-training layout
+        assert SpeechTokenizer.from_pretrained(folder).tokenize(wave) == expected
+    assert not (out / "tokenizer" / "tokenizer.json").exists()  # the released layout is inference-only
+    # the CLI: codes through `tokenize`, text through `transcribe`
+    done = subprocess.run([sys.executable, "-m", "glm4voice", "transcribe", "--speech-tokenizer", str(out / "step-100"),
+                           str(corpus / "c.wav"), str(corpus / "missing.wav")], capture_output=True, text=True)
+    lines = [json.loads(line) for line in done.stdout.splitlines()]
+    assert done.returncode == 1 and lines[0]["text"] == "你好世界" and "no such file" in lines[1]["error"]
+    released = subprocess.run([sys.executable, "-m", "glm4voice", "transcribe", "--speech-tokenizer",
+                               str(out / "tokenizer"), str(corpus / "a.wav")], capture_output=True, text=True)
+    assert released.returncode == 2 and "no Whisper decoder" in released.stderr and "Traceback" not in released.stderr
+
+
+def test_resume_is_bit_exact_across_codebook_restarts(corpus, tmp_path):
+    (tmp_path / "cfg.json").write_text(json.dumps({**TINY, "quantize_restart_interval": 2}))
+    cfg = RunConfig(steps=6, save_every=3, **{**FAST, "log_every": 1})
+    kwargs = dict(config=tmp_path / "cfg.json", batch_seconds=4, vocab_size=300, log=lambda line: None)
+    records = train_tokenizer(corpus / "train.jsonl", tmp_path / "a", cfg, **kwargs)
+    assert any("codes_restarted" in r for r in records)  # restarts happened, inside the resumed span too
+    resumed = train_tokenizer(corpus / "train.jsonl", tmp_path / "b", cfg, resume=tmp_path / "a" / "step-3", **kwargs)
+    assert [r["loss"] for r in resumed] == [r["loss"] for r in records[3:]]
+    from safetensors.torch import load_file
+
+    a = load_file(tmp_path / "a" / "step-6" / "model.safetensors")
+    b = load_file(tmp_path / "b" / "step-6" / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert "model.encoder.ema_count" in a and "model.decoder.embed_tokens.weight" in a
+
+
+def test_starts_from_a_transformers_whisper_folder(corpus, tmp_path):
+    from transformers import WhisperConfig, WhisperForConditionalGeneration
+
+    codec = TranscriptCodec.train([s[2] for s in SENTENCES], 300)
+    whisper = WhisperForConditionalGeneration(WhisperConfig(
+        d_model=64, encoder_layers=2, decoder_layers=1, encoder_attention_heads=4, decoder_attention_heads=4,
+        encoder_ffn_dim=128, decoder_ffn_dim=128, num_mel_bins=128, vocab_size=codec.vocab_size,
+        max_target_positions=64, pad_token_id=codec.eot, decoder_start_token_id=codec.sot))  # fmt: skip
+    whisper.save_pretrained(tmp_path / "whisper")
+    codec.save(tmp_path / "whisper")
+    (tmp_path / "vq.json").write_text(json.dumps({"quantize_position": 1, "quantize_vocab_size": 32}))
+    model, _ = load_asr(tmp_path / "whisper", {"quantize_position": 1, "quantize_vocab_size": 32})
+    theirs = whisper.model.encoder.layers[1].fc1.weight
+    assert torch.equal(model.post_layers[0].fc1.weight, theirs)  # layer 1 sits past the quantizer
+    assert torch.equal(model.decoder.layers[0].fc1.weight, whisper.model.decoder.layers[0].fc1.weight)
+    argv = ["train-tokenizer", "--init", str(tmp_path / "whisper"), "--config", str(tmp_path / "vq.json"),
+            "--data", str(corpus / "train.jsonl"), "--out", str(tmp_path / "run"), "--steps", "2",
+            "--batch-seconds", "4"]  # fmt: skip
+    assert main(argv) == 0
+    assert SpeechTokenizer.from_pretrained(tmp_path / "run" / "tokenizer").config.codebook_size == 32
+
+
+@pytest.mark.parametrize("case, message", [
+    ("no_lang", "needs a text and lang en or zh"),
+    ("missing_audio", "no such file"),
+    ("released", "no Whisper decoder"),
+    ("nothing", "give --init"),
+    ("bad_config", "must divide d_model"),
+])  # fmt: skip
+def test_bad_input_is_one_clear_line(corpus, tmp_path, capsys, golden, case, message):
+    data, extra = corpus / "train.jsonl", ["--config", str(corpus / "tiny.json")]
+    if case == "no_lang":
+        data = tmp_path / "x.jsonl"
+        data.write_text(json.dumps({"id": "a", "audio": str(corpus / "a.wav"), "text": "hi"}) + "\n")
+    elif case == "missing_audio":
+        data = tmp_path / "x.jsonl"
+        data.write_text(json.dumps({"id": "a", "audio": "nope.wav", "text": "hi", "lang": "en"}) + "\n")
+    elif case == "released":
+        extra = ["--init", str(golden / "tokenizer")]
+    elif case == "nothing":
+        extra = []
+    elif case == "bad_config":
+        (tmp_path / "c.json").write_text(json.dumps({**TINY, "encoder_attention_heads": 5}))
+        extra = ["--config", str(tmp_path / "c.json")]
+    code = main(["train-tokenizer", "--data", str(data), "--out", str(tmp_path / "run"), "--steps", "1", *extra])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1
+
+
+def test_torchrun_two_ranks(corpus, tmp_path):
+    """Two ranks start from the one-process loss (its two micro-batches) and keep one codebook."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "glm4voice",
+           "train-tokenizer", "--config", str(corpus / "tiny.json"), "--data", str(corpus / "train.jsonl"),
+           "--out", str(tmp_path / "f"), "--steps", "3", "--batch-seconds", "4", "--vocab-size", "300",
+           "--lr", "3e-3", "--log-every", "1"]  # fmt: skip
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    logged = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    assert [r["step"] for r in logged if "loss" in r] == [1, 2, 3]
+    assert all(r["codebook_rank_spread"] == 0.0 for r in logged if "codebook_rank_spread" in r)
+    assert sum("codebook_rank_spread" in r for r in logged) >= 2
+    single = train_tokenizer(corpus / "train.jsonl", tmp_path / "s", RunConfig(steps=1, accumulate=2, lr=3e-3),
+                             config=corpus / "tiny.json", batch_seconds=4, vocab_size=300, log=lambda line: None)
+    assert abs(logged[0]["loss"] - single[0]["loss"]) < 0.01 * single[0]["loss"]
+    assert SpeechTokenizer.from_pretrained(tmp_path / "f" / "tokenizer").tokenize(corpus / "a.wav")
