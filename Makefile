@@ -4,7 +4,11 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-SYSTEM_TOOLS := espeak-ng sox
+# Debian packages: speech synthesisers and voices (tests, `glm4voice data speak`), sox, real text (fortunes).
+SYSTEM_PACKAGES := espeak-ng sox libsndfile1 flite festival festvox-us-slt-hts festvox-kallpc16k fortunes fortunes-zh
+# What they put on disk: a command, or a path for the voice and data packages.
+SYSTEM_CHECKS := espeak-ng sox flite festival text2wave /usr/share/festival/voices/us/cmu_us_slt_arctic_hts \
+	/usr/share/festival/voices/english/kal_diphone /usr/share/games/fortunes/fortunes /usr/share/games/fortunes/tang300
 
 .PHONY: test demo lint system-deps clean
 
@@ -13,28 +17,30 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	# torch first, pinned: the CPU build of this exact version is what the project targets.
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[test,serve,eval,data]'
+	$(PY) -m pip install -q -e '.[test,serve,eval,data,lhotse]'
 	touch $(STAMP)
 
-# espeak-ng and sox make the speech used by tests and the tiny recipe.
+# The synthesisers and sox make the speech used by tests and the tiny recipe; fortunes are the real text.
 system-deps:
-	@missing=""; for t in $(SYSTEM_TOOLS); do command -v $$t >/dev/null 2>&1 || missing="$$missing $$t"; done; \
+	@missing=""; for t in $(SYSTEM_CHECKS); do \
+	  case $$t in /*) test -e $$t ;; *) command -v $$t >/dev/null 2>&1 ;; esac || missing="$$missing $$t"; \
+	done; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 	    echo "installing$$missing with apt-get"; \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq espeak-ng sox libsndfile1 >/dev/null; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(SYSTEM_PACKAGES) >/dev/null; \
 	  else \
 	    echo "missing:$$missing. Install them with:"; \
-	    echo "  sudo apt-get install -y espeak-ng sox libsndfile1"; \
+	    echo "  sudo apt-get install -y $(SYSTEM_PACKAGES)"; \
 	    exit 1; \
 	  fi; \
 	fi
 
-test: $(STAMP) system-deps
+test: system-deps $(STAMP)
 	$(PY) -m ruff check glm4voice tests benchmarks
 	$(PY) -m pytest -q
 
-demo: $(STAMP) system-deps
+demo: system-deps $(STAMP)
 	$(PY) -m glm4voice.demo
 
 lint: $(STAMP)

@@ -2,47 +2,30 @@
 
     glm4voice tokenize-corpus --tokenizer DIR --manifest corpus.jsonl --out shards/ [--actors 2] [--ray-address auto]
 
-The manifest has one utterance per line: `{"id": "...", "audio": "path/or/url-free/file.wav", "text": "..."}`
-(`text` is optional and passes through: ASR/TTS pairs, transcripts for interleaving).
+The manifest is the project's utterance manifest (`glm4voice.data.manifest`): one row per line,
+`{"id": "...", "audio": "path/file.wav", "text": "...", ...}` (`text` is optional and passes through: ASR/TTS
+pairs, transcripts for interleaving; the other columns are not needed here).
 The output is Parquet shards with the columns id, text, seconds, codes (list of int32) and error.
 
 - Each Ray actor loads the tokenizer once and tokenizes `--batch-size` files per call. Its 30 s pieces are batched
   through the encoder, exactly as `SpeechTokenizer.tokenize_batch` does, so the codes equal one-by-one tokenization.
 - A file that cannot be read keeps its row, with `error` set and no codes. A corpus with bad files still finishes,
   and every failure is listed.
-- Shards are written to `OUT.tmp-*` and renamed to OUT at the end, so OUT holds a finished run or nothing. An
-  existing OUT is never touched.
+- Shards are written to a temporary sibling folder and renamed to OUT at the end (`glm4voice.atomic`), so OUT
+  holds a finished run or nothing. An existing OUT is never touched.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
 import time
 from pathlib import Path
 
+from ..atomic import atomic_path
 from ..errors import Glm4VoiceError
-from ..jsonl import read_jsonl
+from .manifest import read_manifest
 
-
-def read_manifest(path: str | os.PathLike) -> list[dict]:
-    """The manifest's rows, checked: an id, an audio path (relative paths resolve against the manifest's folder)."""
-    path = Path(path)
-    rows, seen = [], set()
-    for where, row in read_jsonl(path, "manifest"):
-        if not isinstance(row, dict) or not isinstance(row.get("id"), str) or not isinstance(row.get("audio"), str):
-            raise Glm4VoiceError(f'{where}: need {{"id": "...", "audio": "path", "text": "..." (optional)}}')
-        if row["id"] in seen:
-            raise Glm4VoiceError(f"{where}: id {row['id']!r} appears twice")
-        if "text" in row and not isinstance(row["text"], str):
-            raise Glm4VoiceError(f"{where}: text must be a string")
-        seen.add(row["id"])
-        audio = Path(row["audio"]).expanduser()
-        rows.append({"id": row["id"], "audio": str(audio if audio.is_absolute() else path.parent / audio),
-                     "text": row.get("text", "")})  # fmt: skip
-    if not rows:
-        raise Glm4VoiceError(f"{path}: no rows")
-    return rows
+__all__ = ["read_manifest", "tokenize_corpus", "TokenizeBatch"]
 
 
 class TokenizeBatch:
@@ -89,7 +72,7 @@ def tokenize_corpus(tokenizer: str, manifest: str | os.PathLike, out: str | os.P
         raise Glm4VoiceError(f"{out} already exists: pick a new --out (finished shards are never overwritten)")
     if actors < 1 or batch_size < 1 or rows_per_shard < 1:
         raise Glm4VoiceError("actors, batch_size and rows_per_shard must be >= 1")
-    rows = read_manifest(manifest)
+    rows = [{"id": u.id, "audio": u.audio, "text": u.text} for u in read_manifest(manifest)]
     from ..tokenizer import SpeechTokenizer
 
     SpeechTokenizer.from_pretrained(tokenizer)  # a bad tokenizer fails here, once, not in every actor
@@ -101,24 +84,24 @@ def tokenize_corpus(tokenizer: str, manifest: str | os.PathLike, out: str | os.P
         ray.init(address=ray_address, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING,
                  num_cpus=None if ray_address else max(actors, os.cpu_count() or 1))  # fmt: skip
         logging.getLogger("ray.data").setLevel(logging.WARNING)
-    tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
     try:
+        import pyarrow.parquet as pq
         import ray.data
 
         ray.data.DataContext.get_current().enable_progress_bars = False
-        ds = ray.data.from_items(rows, override_num_blocks=max(1, min(len(rows), actors * 4)))
-        tokenized = ds.map_batches(TokenizeBatch, fn_constructor_args=(str(tokenizer), int8, batch_size),
-                                   batch_size=batch_size, concurrency=actors, batch_format="pyarrow")  # fmt: skip
-        tokenized.write_parquet(str(tmp), min_rows_per_file=min(rows_per_shard, len(rows)))
-        import pyarrow.parquet as pq
-
-        table = pq.read_table(tmp, columns=["id", "seconds", "error"])
-        errors = [(i, e) for i, e in zip(table["id"].to_pylist(), table["error"].to_pylist()) if e]
-        if table.num_rows != len(rows):
-            raise Glm4VoiceError(f"the pipeline wrote {table.num_rows} rows for {len(rows)} in the manifest")
-        os.replace(tmp, out)
+        with atomic_path(out, folder=True, overwrite=False) as tmp:
+            ds = ray.data.from_items(rows, override_num_blocks=max(1, min(len(rows), actors * 4)))
+            tokenized = ds.map_batches(TokenizeBatch, fn_constructor_args=(str(tokenizer), int8, batch_size),
+                                       batch_size=batch_size, concurrency=actors, batch_format="pyarrow")  # fmt: skip
+            tokenized.write_parquet(str(tmp), min_rows_per_file=min(rows_per_shard, len(rows)))
+            table = pq.read_table(tmp, columns=["id", "seconds", "error"])
+            errors = [(i, e) for i, e in zip(table["id"].to_pylist(), table["error"].to_pylist()) if e]
+            if table.num_rows != len(rows):
+                raise Glm4VoiceError(f"the pipeline wrote {table.num_rows} rows for {len(rows)} in the manifest")
+    except FileExistsError:
+        raise Glm4VoiceError(f"{out} already exists: pick a new --out (finished shards are never "
+                             "overwritten)") from None  # fmt: skip
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
         if started_here:
             ray.shutdown()
     return {"rows": len(rows), "failed": len(errors), "audio_seconds": round(sum(table["seconds"].to_pylist()), 2),
