@@ -63,7 +63,7 @@ def main(out_dir: Path = Path("out/demo"), golden: Path = Path("tests/golden")) 
     print(f"demo: glm4voice {' '.join(chat)}   (tiny random LM: the reply is noise, its timing is real)")
     status = cli(chat)
     if status == 0:
-        print(f"demo: serve the same bundle with: glm4voice serve --model-dir {bundle}  (then open http://127.0.0.1:8000/)")
+        print(f"demo: serve the same bundle with: .venv/bin/glm4voice serve --model-dir {bundle}  (then open http://127.0.0.1:8000/)")
     return status
 
 

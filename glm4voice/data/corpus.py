@@ -1,14 +1,16 @@
-"""Speech corpus -> 12.5 Hz speech-token shards, with Ray Data: a laptop's cores or a whole Ray cluster.
+"""Speech corpus -> 12.5 Hz speech-code shards, with Ray Data: a laptop's cores or a whole Ray cluster.
 
-    glm4voice tokenize-corpus --tokenizer DIR --manifest corpus.jsonl --out shards/ [--actors 2] [--ray-address auto]
+    glm4voice tokenize-corpus --speech-tokenizer DIR --manifest corpus.jsonl --out shards/ [--actors 2] \
+        [--ray-address auto]
 
 The manifest is the project's utterance manifest (`glm4voice.data.manifest`): one row per line,
 `{"id": "...", "audio": "path/file.wav", "text": "...", ...}` (`text` is optional and passes through: ASR/TTS
 pairs, transcripts for interleaving; the other columns are not needed here).
 The output is Parquet shards with the columns id, text, seconds, codes (list of int32) and error.
 
-- Each Ray actor loads the tokenizer once and tokenizes `--batch-size` files per call. Its 30 s pieces are batched
-  through the encoder, exactly as `SpeechTokenizer.tokenize_batch` does, so the codes equal one-by-one tokenization.
+- Each Ray actor loads the speech tokenizer once and tokenizes `--batch-size` files per call. Its 30 s pieces are
+  batched through the encoder, exactly as `SpeechTokenizer.tokenize_batch` does, so the codes equal one-by-one
+  tokenization.
 - A file that cannot be read keeps its row, with `error` set and no codes. A corpus with bad files still finishes,
   and every failure is listed.
 - Shards are written to a temporary sibling folder and renamed to OUT at the end (`glm4voice.atomic`), so OUT
@@ -29,12 +31,12 @@ __all__ = ["read_manifest", "tokenize_corpus", "TokenizeBatch"]
 
 
 class TokenizeBatch:
-    """A Ray Data actor: one tokenizer per actor, a batch of rows per call."""
+    """A Ray Data actor: one speech tokenizer per actor, a batch of rows per call."""
 
-    def __init__(self, tokenizer: str, int8: bool, batch_size: int):
+    def __init__(self, speech_tokenizer: str, int8: bool, batch_size: int):
         from ..tokenizer import SpeechTokenizer
 
-        self.tok = SpeechTokenizer.from_pretrained(tokenizer, int8=int8, batch_size=batch_size)
+        self.tok = SpeechTokenizer.from_pretrained(speech_tokenizer, int8=int8, batch_size=batch_size)
 
     def __call__(self, batch):
         import pyarrow as pa
@@ -61,7 +63,7 @@ class TokenizeBatch:
         })
 
 
-def tokenize_corpus(tokenizer: str, manifest: str | os.PathLike, out: str | os.PathLike, *, actors: int = 1,
+def tokenize_corpus(speech_tokenizer: str, manifest: str | os.PathLike, out: str | os.PathLike, *, actors: int = 1,
                     batch_size: int = 8, int8: bool = False, ray_address: str | None = None,
                     rows_per_shard: int = 10000) -> dict:  # fmt: skip
     """Run the pipeline; returns a summary (rows, failed, seconds of audio, wall seconds, failures)."""
@@ -75,7 +77,7 @@ def tokenize_corpus(tokenizer: str, manifest: str | os.PathLike, out: str | os.P
     rows = [{"id": u.id, "audio": u.audio, "text": u.text} for u in read_manifest(manifest)]
     from ..tokenizer import SpeechTokenizer
 
-    SpeechTokenizer.from_pretrained(tokenizer)  # a bad tokenizer fails here, once, not in every actor
+    SpeechTokenizer.from_pretrained(speech_tokenizer)  # a bad one fails here, once, not in every actor
     start = time.perf_counter()
     started_here = not ray.is_initialized()
     if started_here:
@@ -91,7 +93,7 @@ def tokenize_corpus(tokenizer: str, manifest: str | os.PathLike, out: str | os.P
         ray.data.DataContext.get_current().enable_progress_bars = False
         with atomic_path(out, folder=True, overwrite=False) as tmp:
             ds = ray.data.from_items(rows, override_num_blocks=max(1, min(len(rows), actors * 4)))
-            tokenized = ds.map_batches(TokenizeBatch, fn_constructor_args=(str(tokenizer), int8, batch_size),
+            tokenized = ds.map_batches(TokenizeBatch, fn_constructor_args=(str(speech_tokenizer), int8, batch_size),
                                        batch_size=batch_size, concurrency=actors, batch_format="pyarrow")  # fmt: skip
             tokenized.write_parquet(str(tmp), min_rows_per_file=min(rows_per_shard, len(rows)))
             table = pq.read_table(tmp, columns=["id", "seconds", "error"])

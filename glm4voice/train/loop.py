@@ -92,10 +92,15 @@ def enable_activation_checkpointing(model: torch.nn.Module, blocks: Sequence[tor
     apply_activation_checkpointing(model, check_fn=lambda m: id(m) in ids)
 
 
-def train(task: Task, cfg: RunConfig, out: str | Path, dist: Dist, state: dict | None = None, log=print) -> list[dict]:
-    """Run steps from the resumed one (or 0) to `cfg.steps`; returns the logged records."""
+def _print(line: str) -> None:
+    print(line, flush=True)  # a log redirected to a file shows each record as it comes
+
+
+def train(task: Task, cfg: RunConfig, out: str | Path, dist: Dist, state: dict | None = None, log=None) -> list[dict]:
+    """Run steps from the resumed one (or 0) to `cfg.steps`; returns the logged records (`log`: default print)."""
     from tqdm import tqdm
 
+    log = log or _print
     out = Path(out)
     model = task.model
     model.train()

@@ -32,7 +32,7 @@ def sft_defaults(**overrides) -> RunConfig:
 
 
 def train_sft(lm: str | os.PathLike, data: str | os.PathLike, out: str | os.PathLike, cfg: RunConfig,
-              max_length: int = 8192, resume: str | os.PathLike | None = None, log=print) -> list[dict]:  # fmt: skip
+              max_length: int = 8192, resume: str | os.PathLike | None = None, log=None) -> list[dict]:  # fmt: skip
     """Fine-tune; returns the logged records. `max_length`: ids per sample (a longer one is an error, never cut)."""
     from ..lm.text import TextTokenizer
 

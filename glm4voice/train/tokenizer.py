@@ -145,7 +145,7 @@ def normalize(text: str, lang: str) -> str:
 
 def train_tokenizer(data: str | os.PathLike, out: str | os.PathLike, cfg: RunConfig, *, init=None, config=None,
                     valid=None, eval_every: int = 0, batch_seconds: float = 60.0, vocab_size: int = 1000,
-                    resume=None, log=print) -> list[dict]:  # fmt: skip
+                    resume=None, log=None) -> list[dict]:  # fmt: skip
     """Train; returns the logged records. `config`: a JSON file (from scratch, or VQ fields for a Whisper start)."""
     from ..tokenizer.asr import TranscriptCodec, load_asr, new_asr, write_asr_folder
 
@@ -159,7 +159,7 @@ def train_tokenizer(data: str | os.PathLike, out: str | os.PathLike, cfg: RunCon
     train_set = Utterances(data, "training")
     valid_set = Utterances(valid, "validation") if valid is not None else None
     if train_set.skipped:
-        log(json.dumps({"skipped_longer_than_30s": train_set.skipped}))
+        print(json.dumps({"skipped_longer_than_30s": train_set.skipped}), flush=True)
     if resume is not None or init is not None:
         model, codec = load_asr(resume if resume is not None else init, None if resume is not None else overrides)
     else:
