@@ -69,6 +69,8 @@ def _add_train_tokenizer(sub) -> None:
     p.add_argument("--eval-every", type=int, default=0, help="steps between validations (0: only at the end)")
     p.add_argument("--batch-seconds", type=float, default=60.0, help="padded audio seconds per micro-batch")
     p.add_argument("--vocab-size", type=int, default=1000, help="transcript BPE size when training from scratch")
+    p.add_argument("--vq-warmup-steps", type=int, default=0,
+                   help="steps that bypass the quantizer before the codebook starts from the encoder (from scratch)")
     from ..train.config import RunConfig
 
     add_run_options(p, RunConfig(lr=1e-4, min_lr=1e-5, weight_decay=0.0), skip=("batch_size",))
@@ -81,7 +83,8 @@ def _run_tokenizer(args) -> int:
     cfg = run_config(args)
     records = train_tokenizer(args.data, args.out, cfg, init=args.init, config=args.config, valid=args.valid,
                               eval_every=args.eval_every, batch_seconds=args.batch_seconds,
-                              vocab_size=args.vocab_size, resume=args.resume)  # fmt: skip
+                              vocab_size=args.vocab_size, vq_warmup=args.vq_warmup_steps,
+                              resume=args.resume)  # fmt: skip
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"glm4voice train-tokenizer: {finished(records)}; {args.out}/tokenizer (released layout), "
               f"{args.out}/step-{cfg.steps} (ASR layout)", file=sys.stderr)  # fmt: skip

@@ -162,10 +162,16 @@ class AsrTokenizer(nn.Module):
         """The repeated layers (FSDP units, activation checkpointing)."""
         return [*self.encoder.layers, *self.post_layers, *self.decoder.layers]
 
-    def encode(self, features, mask, update: bool = False) -> tuple[torch.Tensor, torch.Tensor, VQOutput, torch.Tensor]:
-        """features [B, 128, T], mask [B, T] -> (encoder output [B, T', D], mask [B, T'], VQ, pre-VQ hidden)."""
+    def encode(self, features, mask, update: bool = False, bypass: bool = False):
+        """features [B, 128, T], mask [B, T] -> (encoder output [B, T', D], mask [B, T'], VQ, pre-VQ hidden).
+
+        `bypass`: the hidden states skip the quantizer (no loss, no EMA): the warm-up of a model from scratch.
+        """
         h, m = self.encoder.encode(features, mask)
-        vq = self.vq(h, m, update=update)
+        if bypass:
+            vq = VQOutput(h, self.vq.nearest(h), h.new_zeros(()), 0)
+        else:
+            vq = self.vq(h, m, update=update)
         x = vq.quantized + self.embed_positions2.weight[: h.shape[1]]
         block = self.cfg.block_size // self.cfg.pooling_kernel if self.cfg.block_size else None
         for layer in self.post_layers:

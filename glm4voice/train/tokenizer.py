@@ -145,14 +145,19 @@ def normalize(text: str, lang: str) -> str:
 
 def train_tokenizer(data: str | os.PathLike, out: str | os.PathLike, cfg: RunConfig, *, init=None, config=None,
                     valid=None, eval_every: int = 0, batch_seconds: float = 60.0, vocab_size: int = 1000,
-                    resume=None, log=None) -> list[dict]:  # fmt: skip
-    """Train; returns the logged records. `config`: a JSON file (from scratch, or VQ fields for a Whisper start)."""
+                    vq_warmup: int = 0, resume=None, log=None) -> list[dict]:  # fmt: skip
+    """Train; returns the logged records. `config`: a JSON file (from scratch, or VQ fields for a Whisper start).
+
+    `vq_warmup`: steps in which the hidden states bypass the quantizer, before the codebook starts at random
+    frames of the then trained encoder (for a model from scratch, whose first features are all alike: a codebook
+    started on them collapses to a few codes).
+    """
     from ..tokenizer.asr import TranscriptCodec, load_asr, new_asr, write_asr_folder
 
     if init is None and config is None and resume is None:
         raise Glm4VoiceError("give --init (a Whisper or tokenizer folder), --config (from scratch) or --resume")
-    if batch_seconds <= 0 or eval_every < 0:
-        raise Glm4VoiceError("--batch-seconds must be positive and --eval-every >= 0")
+    if batch_seconds <= 0 or eval_every < 0 or vq_warmup < 0:
+        raise Glm4VoiceError("--batch-seconds must be positive, --eval-every and --vq-warmup-steps >= 0")
     state = open_run(out, resume, cfg)
     torch.manual_seed(cfg.seed)  # a model from scratch starts the same on every rank and in every run
     overrides = _read_config(config) if config is not None else None
@@ -169,8 +174,9 @@ def train_tokenizer(data: str | os.PathLike, out: str | os.PathLike, cfg: RunCon
     dist = Dist()
     try:
         model.to(dist.device).requires_grad_(True)
-        if getattr(model, "fresh_vq", False):
-            _codebook_from_data(model, train_set, groups[0], dist)
+        warm = vq_warmup * cfg.accumulate  # micro-batches that bypass the quantizer
+        if getattr(model, "fresh_vq", False) and not warm:
+            _codebook_from_data(model, train_set, groups, dist)
         if dist.sharded:
             from torch.distributed.fsdp import register_fsdp_forward_method
 
@@ -185,11 +191,14 @@ def train_tokenizer(data: str | os.PathLike, out: str | os.PathLike, cfg: RunCon
             return {"index": index, "features": features, "mask": mask, "inputs": inputs, "labels": labels}
 
         def loss(model, b) -> tuple[torch.Tensor, dict]:
-            encoded, mask, vq, hidden = model.encode(b["features"], b["mask"], update=True)
+            if warm and b["index"] == warm:  # the warm-up is over: the codebook starts from the trained encoder
+                _codebook_from_data(model, train_set, groups, dist)
+            bypass = b["index"] < warm
+            encoded, mask, vq, hidden = model.encode(b["features"], b["mask"], update=not bypass, bypass=bypass)
             logits = model.logits(encoded, b["inputs"], mask)
             asr = torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), b["labels"].flatten())
             restarted = 0
-            if (b["index"] + 1) % model.vq.restart_every == 0:
+            if not bypass and (b["index"] - warm + 1) % model.vq.restart_every == 0:
                 restarted = model.vq.restart_dead(hidden, mask)
             metrics = {"asr_loss": asr.item(), "commit_loss": vq.loss.item(), "codes_in_batch": vq.used}
             if restarted:
@@ -237,15 +246,25 @@ def _read_config(path) -> dict:
 
 
 @torch.no_grad()
-def _codebook_from_data(model, data: Utterances, group: list[int], dist: Dist) -> None:
-    """A fresh codebook: random encoder outputs of the first batch (plus a little noise where codes outnumber
-    frames); rank 0's choice is broadcast, so every rank starts from the same codebook."""
-    features, mask = data.features(group, dist.device)
-    h, m = model.encoder.encode(features, mask)
-    frames = h[m].float()
+def _codebook_from_data(model, data: Utterances, groups: list[list[int]], dist: Dist) -> None:
+    """A fresh codebook: distinct random encoder outputs of the first batches (as many batches as it takes to
+    have a frame per code, up to 8; a little noise where codes still outnumber frames). Rank 0's choice is
+    broadcast, so every rank starts from the same codebook."""
+    chunks, n = [], 0
+    for group in groups[:8]:
+        features, mask = data.features(group, dist.device)
+        _, m, _, h = model.encode(features, mask, bypass=True)
+        chunks.append(h[m].float())
+        n += len(chunks[-1])
+        if n >= model.vq.size:
+            break
+    frames = torch.cat(chunks)
     gen = torch.Generator().manual_seed(0)
-    pick = torch.randint(0, len(frames), (model.vq.size,), generator=gen).to(frames.device)
-    book = frames[pick] + 0.01 * frames.std() * torch.randn(model.vq.size, frames.shape[1], generator=gen).to(frames)
+    order = torch.randperm(len(frames), generator=gen)
+    pick = order.repeat(-(-model.vq.size // len(frames)))[: model.vq.size].to(frames.device)
+    noise = torch.randn(model.vq.size, frames.shape[1], generator=gen).to(frames)
+    repeated = (torch.arange(model.vq.size, device=frames.device) >= len(frames))[:, None]  # second uses of a frame
+    book = frames[pick] + 0.01 * frames.std() * noise * repeated
     if dist.sharded:
         import torch.distributed as td
 

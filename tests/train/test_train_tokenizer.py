@@ -95,6 +95,17 @@ def test_resume_is_bit_exact_across_codebook_restarts(corpus, tmp_path):
     assert "model.encoder.ema_count" in a and "model.decoder.embed_tokens.weight" in a
 
 
+def test_vq_warm_up_then_resume_across_it(corpus, tmp_path):
+    cfg = RunConfig(steps=5, save_every=2, **{**FAST, "log_every": 1})
+    kwargs = dict(config=corpus / "tiny.json", batch_seconds=4, vocab_size=300, vq_warmup=3, log=lambda line: None)
+    records = train_tokenizer(corpus / "train.jsonl", tmp_path / "a", cfg, **kwargs)
+    # steps 1-3 bypass the quantizer (no commitment, no codes); step 4 starts the codebook from the trained encoder
+    assert [r["commit_loss"] for r in records[:3]] == [0.0] * 3 and all(r["commit_loss"] > 0 for r in records[3:])
+    assert [r["codes_in_batch"] for r in records[:3]] == [0.0] * 3 and records[3]["codes_in_batch"] > 0
+    resumed = train_tokenizer(corpus / "train.jsonl", tmp_path / "b", cfg, resume=tmp_path / "a" / "step-2", **kwargs)
+    assert [r["loss"] for r in resumed] == [r["loss"] for r in records[2:]]  # the switch happens at the same step
+
+
 def test_starts_from_a_transformers_whisper_folder(corpus, tmp_path):
     from transformers import WhisperConfig, WhisperForConditionalGeneration
 
