@@ -75,7 +75,13 @@ def load_audio(source, sample_rate: int | None = None, target_rate: int = WHISPE
         raise AudioError(name, "no samples")
     if not np.isfinite(audio).all():
         raise AudioError(name, "contains NaN or infinite samples")
-    return resample(audio, rate, target_rate)
+    try:
+        out = resample(audio, rate, target_rate)
+    except (ValueError, RuntimeError, MemoryError) as exc:  # soxr refuses absurd rate ratios
+        raise AudioError(name, f"cannot resample from {rate} Hz ({exc})") from None
+    if out.size == 0:
+        raise AudioError(name, f"{audio.size} samples at {rate} Hz are no samples at {target_rate} Hz")
+    return out
 
 
 def resample(audio: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:

@@ -1,7 +1,8 @@
-"""Find a checkpoint folder: a local path, or a Hugging Face hub id.
+"""Find a checkpoint folder (a local path, or a Hugging Face hub id) and read its safetensors files.
 
 Local folders never touch the network. Hub ids go through huggingface_hub,
-which honours HF_HUB_OFFLINE and its cache.
+which honours HF_HUB_OFFLINE and its cache. A path that looks local
+(`./x`, `models/tok` that names an existing parent, `~/x`) is never sent to the hub.
 """
 
 from __future__ import annotations
@@ -33,7 +34,9 @@ def resolve_checkpoint(path_or_id: str | os.PathLike, required: list[str], what:
 
 def _looks_like_hub_id(text: str) -> bool:
     parts = text.split("/")
-    return len(parts) == 2 and all(parts) and not text.startswith((".", "/", "~"))
+    if len(parts) != 2 or not all(parts) or text.startswith((".", "/", "~")):
+        return False
+    return not Path(parts[0]).is_dir()  # `models/tok` with a local models/ folder is a mistyped local path
 
 
 def _download(repo_id: str, required: list[str], what: str) -> Path:
@@ -48,3 +51,20 @@ def _download(repo_id: str, required: list[str], what: str) -> Path:
             f"({type(exc).__name__}: {exc}). Pass a local folder, or unset HF_HUB_OFFLINE."
         ) from exc
     return Path(folder)
+
+
+def iter_safetensors(path: Path, what: str, keep=None):
+    """Yield (name, tensor) of one safetensors file (only names `keep(name)` accepts, when given); a truncated
+    or corrupt file is one CheckpointError naming it."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            for name in f.keys():
+                if keep is None or keep(name):
+                    yield name, f.get_tensor(name)
+    except CheckpointError:
+        raise
+    except Exception as exc:  # safetensors raises several types for a damaged file
+        detail = str(exc).splitlines()[0] if str(exc) else "damaged"
+        raise CheckpointError(f"{what} checkpoint {path}: not a readable safetensors file ({detail})") from None

@@ -81,3 +81,20 @@ def load_chat(args):
 def missing_extra(extra: str, what: str, exc: ImportError) -> Glm4VoiceError:
     """The one error for an optional dependency that is not installed."""
     return Glm4VoiceError(f"{what} needs the {extra} extra: pip install 'glm4voice[{extra}]' ({exc})")
+
+
+def check_output_file(path) -> None:
+    """An output file the command can write, checked before any work (work is never lost to a bad --out)."""
+    import os
+    from pathlib import Path
+
+    path = Path(path)
+    if path.is_dir():
+        raise Glm4VoiceError(f"--out {path} is a folder; give a file name")
+    parent = path.parent if str(path.parent) else Path(".")
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise Glm4VoiceError(f"--out {path}: cannot write in {parent}")
+    if path.exists() and not os.access(path, os.W_OK):
+        raise Glm4VoiceError(f"--out {path}: the file is not writable")

@@ -7,7 +7,16 @@ import sys
 import time
 
 from ..errors import Glm4VoiceError
-from .common import DTYPES, add_command, add_device, add_models, add_speech_tokenizer, check_models, load_chat
+from .common import (
+    DTYPES,
+    add_command,
+    add_device,
+    add_models,
+    add_speech_tokenizer,
+    check_models,
+    check_output_file,
+    load_chat,
+)
 from .common import missing_extra as _missing_extra
 
 # --- tokenize (speech -> 12.5 Hz codes) --------------------------------------------------------
@@ -104,6 +113,7 @@ def _run_decode(args) -> int:
     from ..decoder.codes_file import read_codes_file
 
     codes = read_codes_file(args.codes)
+    check_output_file(args.out)
     dec = SpeechDecoder.from_pretrained(args.decoder, device=args.device, dtype=args.dtype, int8=args.int8)
     dec.check_codes(codes)  # validate before any work
     start = time.perf_counter()
@@ -176,6 +186,7 @@ def _run_chat(args) -> int:
     if given != 1:
         raise Glm4VoiceError("give the user's speech (AUDIO), --text or --interactive, exactly one")
     check_models(args, speech_input=args.audio is not None)
+    check_output_file(args.out)  # before the models load and the reply is made, not after
     audio = load_audio(args.audio) if args.audio is not None else None  # a bad file fails before 9B load
     chat = load_chat(args)
     if not args.interactive:
@@ -227,7 +238,10 @@ def _chat_turn(chat, audio, text, out) -> None:
     if chat.decoder is not None and reply.audio.numel():
         from ..audio import write_wav
 
-        write_wav(out, reply.audio.numpy(), reply.sample_rate)
+        try:
+            write_wav(out, reply.audio.numpy(), reply.sample_rate)
+        except OSError as exc:  # the reply was shown; the conversation goes on
+            raise Glm4VoiceError(f"cannot write {out}: {exc.strerror or exc}") from None
         summary += f" wrote {out} ({reply.seconds:.2f} s)"
     elif chat.decoder is None:
         summary += " no --decoder: no audio written"

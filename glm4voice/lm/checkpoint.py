@@ -41,7 +41,7 @@ from safetensors.torch import save_file
 from ..atomic import atomic_path
 from ..dtypes import as_dtype
 from ..errors import CheckpointError
-from ..hub import resolve_checkpoint
+from ..hub import iter_safetensors, resolve_checkpoint
 
 _SAFE_DTYPES = {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16}
 TOKENIZER_FILES = (
@@ -201,28 +201,26 @@ def iter_glm_tensors(
 ) -> Iterator[tuple[int, str, torch.Tensor]]:
     """Yield (shard index, Glm name, tensor) one tensor at a time, converted and cast."""
     for shard, path in enumerate(weight_files(folder)):
-        try:
-            handle = safe_open(str(path), framework="pt", device="cpu")
-        except Exception as exc:
-            raise CheckpointError(f"{path}: not a readable safetensors file ({exc})") from exc
-        with handle as f:
-            for name in f.keys():
-                tensor = f.get_tensor(name)
-                pieces = convert_tensor(name, tensor, config) if chatglm else [(name, tensor)]
-                for new_name, t in pieces:
-                    if dtype is not None and t.is_floating_point():
-                        t = t.to(dtype)
-                    yield shard, new_name, t.to(device)
+        for name, tensor in iter_safetensors(path, "LM"):
+            pieces = convert_tensor(name, tensor, config) if chatglm else [(name, tensor)]
+            for new_name, t in pieces:
+                if dtype is not None and t.is_floating_point():
+                    t = t.to(dtype)
+                yield shard, new_name, t.to(device)
 
 
 def checkpoint_dtype(folder: Path) -> torch.dtype:
     """The floating dtype the checkpoint stores (read from the first shard's header)."""
     path = weight_files(folder)[0]
-    with safe_open(str(path), framework="pt", device="cpu") as f:
-        for name in f.keys():
-            kind = f.get_slice(name).get_dtype()
-            if kind in _SAFE_DTYPES:
-                return _SAFE_DTYPES[kind]
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            for name in f.keys():
+                kind = f.get_slice(name).get_dtype()
+                if kind in _SAFE_DTYPES:
+                    return _SAFE_DTYPES[kind]
+    except Exception as exc:  # a damaged header: the same one-line error the tensor reader gives
+        detail = str(exc).splitlines()[0] if str(exc) else "damaged"
+        raise CheckpointError(f"LM checkpoint {path}: not a readable safetensors file ({detail})") from None
     return torch.float32
 
 

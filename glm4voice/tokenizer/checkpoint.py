@@ -13,10 +13,10 @@ import json
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
 
 from ..audio import WHISPER_HOP, WHISPER_N_FFT, WHISPER_N_MELS, WHISPER_RATE
 from ..errors import CheckpointError
+from ..hub import iter_safetensors
 from .config import TokenizerConfig
 
 ENCODER_PREFIX = "model.encoder."
@@ -43,19 +43,18 @@ def split_key(key: str) -> tuple[str, str]:
 
 def load_encoder_weights(folder: Path, cfg: TokenizerConfig) -> dict[str, torch.Tensor]:
     """The tensors inference runs, from either layout (layers up to the quantizer, convs, positions, codebook)."""
+    def runs(key: str) -> bool:
+        part, name = split_key(key)
+        if part != "encoder":
+            return False  # ASR decoder of the training layout
+        if name.startswith("layers."):
+            return int(name.split(".")[1]) < cfg.n_layers  # layers after the quantizer: ASR training only
+        return name.split(".")[0] in ("conv1", "conv2", "embed_positions", "codebook")  # not EMA, norm, positions2
+
     state: dict[str, torch.Tensor] = {}
     for file in _files(folder):
-        with safe_open(str(file), framework="pt") as f:
-            for key in f.keys():
-                part, name = split_key(key)
-                if part != "encoder":
-                    continue  # ASR decoder of the training layout
-                if name.startswith("layers."):
-                    if int(name.split(".")[1]) >= cfg.n_layers:
-                        continue  # layers after the quantizer: ASR training only
-                elif name.split(".")[0] not in ("conv1", "conv2", "embed_positions", "codebook"):
-                    continue  # ema buffers, embed_positions2, final layer_norm
-                state[name] = f.get_tensor(key)
+        for key, tensor in iter_safetensors(file, "speech tokenizer", keep=runs):
+            state[split_key(key)[1]] = tensor
     return state
 
 
@@ -69,10 +68,9 @@ def load_training_tensors(folder: Path) -> dict[str, dict[str, torch.Tensor]]:
     """
     parts: dict[str, dict[str, torch.Tensor]] = {"encoder": {}, "decoder": {}, "other": {}}
     for file in _files(folder):
-        with safe_open(str(file), framework="pt") as f:
-            for key in f.keys():
-                part, name = split_key(key)
-                parts[part][name] = f.get_tensor(key)
+        for key, tensor in iter_safetensors(file, "speech tokenizer"):
+            part, name = split_key(key)
+            parts[part][name] = tensor
     return parts
 
 

@@ -1,0 +1,75 @@
+"""Bad input is one clear line, and finished work is never lost (issue 16's worst cases, first part)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from glm4voice.audio import load_audio
+from glm4voice.cli import main
+from glm4voice.errors import AudioError
+
+
+def run(*argv):
+    done = subprocess.run([sys.executable, "-m", "glm4voice", *argv], capture_output=True, text=True, timeout=300)
+    return done.returncode, done.stdout, done.stderr
+
+
+def test_audio_that_resamples_to_nothing(tmp_path):
+    for rate in (44100, 48000):
+        with pytest.raises(AudioError, match="no samples at 16000 Hz"):
+            load_audio(np.zeros(1, np.float32), sample_rate=rate)
+    tiny = tmp_path / "one-sample.wav"
+    sf.write(tiny, np.zeros(1, np.float32), 44100)
+    with pytest.raises(AudioError, match=str(tiny)):
+        load_audio(tiny)
+
+
+def test_tokenize_names_the_file_that_resamples_to_nothing(golden, tmp_path, speech_clips):
+    good, tiny = tmp_path / "good.wav", tmp_path / "tiny.wav"
+    sf.write(good, speech_clips[0], 16000)
+    sf.write(tiny, np.zeros(1, np.float32), 48000)
+    code, out, err = run("tokenize", "--speech-tokenizer", str(golden / "tokenizer"), str(tiny), str(good))
+    lines = [json.loads(line) for line in out.splitlines()]
+    assert code == 1 and "Traceback" not in err
+    assert lines[0]["file"] == str(tiny) and "no samples" in lines[0]["error"] and lines[1]["codes"]
+
+
+@pytest.mark.parametrize("part", ["tokenizer", "lm"])
+def test_truncated_safetensors_is_one_line(golden, tmp_path, part):
+    folder = tmp_path / part
+    shutil.copytree(golden / part, folder)
+    weights = folder / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    if part == "tokenizer":
+        code, _, err = run("tokenize", "--speech-tokenizer", str(folder), str(golden / "tokenizer" / "in0.wav"))
+    else:
+        code, _, err = run("chat", "--lm", str(folder), "--text", "hi", "--out", str(tmp_path / "r.wav"))
+    assert code == 2 and "not a readable safetensors file" in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_mistyped_local_path_is_not_sent_to_the_hub(tmp_path, monkeypatch, capsys):
+    (tmp_path / "models").mkdir()
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("glm4voice.hub._download", lambda *a: pytest.fail("a local path went to the hub"))
+    assert main(["tokenize", "--speech-tokenizer", "models/tok", "x.wav"]) == 2
+    assert "models/tok: no such folder" in capsys.readouterr().err
+
+
+def test_chat_checks_its_output_before_any_work(golden, tmp_path, capsys):
+    (tmp_path / "a-folder").mkdir()
+    argv = ["chat", "--lm", str(tmp_path / "no-lm-needed-yet"), "--text", "hi"]
+    assert main([*argv, "--out", str(tmp_path / "a-folder")]) == 2
+    assert "is a folder" in capsys.readouterr().err
+    if os.geteuid() != 0:  # root writes anywhere
+        locked = tmp_path / "locked"
+        locked.mkdir(mode=0o500)
+        assert main([*argv, "--out", str(locked / "r.wav")]) == 2
+        assert "cannot write" in capsys.readouterr().err
