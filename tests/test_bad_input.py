@@ -73,3 +73,37 @@ def test_chat_checks_its_output_before_any_work(golden, tmp_path, capsys):
         locked.mkdir(mode=0o500)
         assert main([*argv, "--out", str(locked / "r.wav")]) == 2
         assert "cannot write" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--device", "cuda"], "--device cuda"),
+    (["--device", "bogus"], "not a torch device"),
+    (["--temperature", "nan"], "temperature must be a finite number"),
+    (["--seed", str(2**63)], "seed must lie in"),
+])  # fmt: skip
+def test_chat_options(golden, tmp_path, capsys, argv, message):
+    from glm4voice.lm.tiny import write_tiny_lm
+
+    if not (tmp_path / "lm").exists():
+        write_tiny_lm(tmp_path / "lm", n_audio=16, seed=0)
+    if "--device" in argv and "cuda" in argv:
+        import torch
+
+        if torch.cuda.is_available():
+            pytest.skip("this machine has CUDA")
+    code = main(["chat", "--lm", str(tmp_path / "lm"), "--text", "hi", "--out", str(tmp_path / "r.wav"), *argv])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("value", ["nan", "0", "-1"])
+def test_convert_lm_shard_size(golden, tmp_path, capsys, value):
+    assert main(["convert-lm", str(golden / "lm"), str(tmp_path / "out"), f"--max-shard-gb={value}"]) == 2
+    assert "--max-shard-gb must be a positive number" in capsys.readouterr().err and not (tmp_path / "out").exists()
+
+
+def test_a_closed_pipe_is_no_traceback(golden):
+    cmd = f"{sys.executable} -m glm4voice tokenize --speech-tokenizer {golden / 'tokenizer'} "
+    cmd += " ".join(str(golden / "tokenizer" / f) for f in ["in0.wav", "in1.wav", "in0.wav", "in1.wav"] * 3)
+    done = subprocess.run(cmd + " | head -c 1", shell=True, capture_output=True, text=True, timeout=300)
+    assert "Traceback" not in done.stderr and "BrokenPipe" not in done.stderr

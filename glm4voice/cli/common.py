@@ -98,3 +98,17 @@ def check_output_file(path) -> None:
         raise Glm4VoiceError(f"--out {path}: cannot write in {parent}")
     if path.exists() and not os.access(path, os.W_OK):
         raise Glm4VoiceError(f"--out {path}: the file is not writable")
+
+
+def check_device(name: str) -> None:
+    """A torch device this machine has: `cuda` on a CPU-only torch, or a typo, is one line, not a traceback."""
+    import torch
+
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError) as exc:
+        raise Glm4VoiceError(f"--device {name}: not a torch device ({str(exc).splitlines()[0]})") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise Glm4VoiceError(f"--device {name}: this torch has no CUDA device (use --device cpu)")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise Glm4VoiceError(f"--device {name}: there are {torch.cuda.device_count()} CUDA devices")

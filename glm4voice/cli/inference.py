@@ -156,8 +156,12 @@ def _add_convert_lm(sub) -> None:
 
 
 def _run_convert_lm(args) -> int:
+    import math
+
     from ..lm import convert_lm
 
+    if not (math.isfinite(args.max_shard_gb) and args.max_shard_gb > 0):
+        raise Glm4VoiceError(f"--max-shard-gb must be a positive number, got {args.max_shard_gb}")
     out = convert_lm(args.src, args.dst, dtype=args.dtype, max_shard_bytes=int(args.max_shard_gb * 1e9))
     print(f"wrote {out}")
     return 0

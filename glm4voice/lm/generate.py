@@ -18,6 +18,7 @@ criteria run per step, and sampling works on the top-k candidates only.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -46,12 +47,28 @@ class SamplingConfig:
     seed: int | None = None
 
     def __post_init__(self):
+        def number(name, value):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise Glm4VoiceError(f"{name} must be a finite number, got {value!r}")
+
+        def integer(name, value):
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise Glm4VoiceError(f"{name} must be an integer, got {value!r}")
+
+        number("temperature", self.temperature)
+        number("top_p", self.top_p)
+        integer("top_k", self.top_k)
+        integer("max_new_tokens", self.max_new_tokens)
         if self.temperature < 0:
             raise Glm4VoiceError(f"temperature must be >= 0, got {self.temperature}")
         if not 0 < self.top_p <= 1:
             raise Glm4VoiceError(f"top_p must be in (0, 1], got {self.top_p}")
         if self.max_new_tokens < 1:
             raise Glm4VoiceError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if self.seed is not None:
+            integer("seed", self.seed)
+            if not 0 <= self.seed < 2**63:
+                raise Glm4VoiceError(f"seed must lie in 0..2**63-1, got {self.seed}")
 
 
 class Sampler:
