@@ -58,13 +58,22 @@ def iter_safetensors(path: Path, what: str, keep=None):
     or corrupt file is one CheckpointError naming it."""
     from safetensors import safe_open
 
+    def damaged(exc: Exception) -> CheckpointError:
+        detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        return CheckpointError(f"{what} checkpoint {path}: not a readable safetensors file ({detail})")
+
     try:
-        with safe_open(str(path), framework="pt", device="cpu") as f:
-            for name in f.keys():
-                if keep is None or keep(name):
-                    yield name, f.get_tensor(name)
-    except CheckpointError:
-        raise
-    except Exception as exc:  # safetensors raises several types for a damaged file
-        detail = str(exc).splitlines()[0] if str(exc) else "damaged"
-        raise CheckpointError(f"{what} checkpoint {path}: not a readable safetensors file ({detail})") from None
+        handle = safe_open(str(path), framework="pt", device="cpu")
+        names = list(handle.keys())
+    except Exception as exc:  # safetensors raises several types for a damaged header
+        raise damaged(exc) from None
+    for name in names:
+        if keep is not None and not keep(name):
+            continue
+        try:
+            tensor = handle.get_tensor(name)
+        except MemoryError:
+            raise
+        except Exception as exc:  # a truncated body
+            raise damaged(exc) from None
+        yield name, tensor

@@ -65,3 +65,18 @@ def test_decoder_and_vocoder_streams(decoder):
     v = decoder.vocoder_stream()
     first, again = utterance_twice(v, [mel[:, :, :50], mel[:, :, 50:]], torch.cat)
     assert torch.equal(first, again) and first.numel() == mel.shape[2] * 256
+
+
+def test_speech_tokenizer_stream_at_another_rate(golden, speech_clips):
+    """Chunks at 44.1 kHz go through one streaming resampler: the same codes as resampling the whole first."""
+    from glm4voice.audio import resample
+
+    tok = SpeechTokenizer.from_pretrained(golden / "tokenizer")
+    audio44 = resample(speech_clips[0][: 16000 * 5], 16000, 44100)
+    s = tok.stream()
+    streamed = sum((s.push(p, sample_rate=44100) for p in np.array_split(audio44, 13)), []) + s.flush()
+    whole = tok.stream()
+    expected = whole.push(resample(audio44, 44100, 16000)) + whole.flush()
+    assert streamed == expected
+    tiny = [s.push(audio44[:3], sample_rate=44100) for _ in range(5)]  # a few samples each: no error
+    assert tiny == [[]] * 5 and len(s.flush()) == 1  # 15 samples at 44.1 kHz: one code, at the end

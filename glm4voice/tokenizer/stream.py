@@ -14,10 +14,12 @@ from ..audio import (
     WHISPER_HOP,
     WHISPER_N_FFT,
     WHISPER_RATE,
+    StreamResampler,
     load_audio,
     whisper_log10_mel,
     whisper_normalize,
 )
+from ..errors import AudioError
 from .network import EncoderState
 from .offline import PIECE_SAMPLES
 
@@ -30,6 +32,7 @@ class TokenizerStreamState:
     buffer: np.ndarray  # audio of the current 30 s piece
     done_samples: int = 0  # samples of the piece whose codes were returned
     running_max: float = -math.inf  # loudest log-mel value so far (Whisper's floor is max - 8)
+    resampler: StreamResampler | None = None  # for pushes at another rate: one filter across the chunks
 
 
 class TokenizerStream:
@@ -55,8 +58,20 @@ class TokenizerStream:
 
     @torch.inference_mode()
     def push(self, chunk, sample_rate: int | None = None) -> list[int]:
-        """Add audio (array at `sample_rate`, default 16 kHz); returns newly final codes."""
-        audio = load_audio(chunk, sample_rate=sample_rate or WHISPER_RATE) if len(chunk) else np.zeros(0, np.float32)
+        """Add audio (array at `sample_rate`, default 16 kHz; one rate per utterance); returns newly final codes.
+
+        Audio at another rate goes through one streaming resampler, so chunk seams leave no filter edges."""
+        rate = int(sample_rate or WHISPER_RATE)
+        audio = load_audio(chunk, sample_rate=rate, target_rate=rate) if len(chunk) else np.zeros(0, np.float32)
+        if rate != WHISPER_RATE or self.state.resampler is not None:
+            if self.state.resampler is None:
+                self.state.resampler = StreamResampler(rate, WHISPER_RATE)
+            elif self.state.resampler.from_rate != rate:
+                raise AudioError(f"{rate} Hz audio", f"this utterance arrives at {self.state.resampler.from_rate} Hz")
+            audio = self.state.resampler.push(audio)
+        return self._add(audio)
+
+    def _add(self, audio: np.ndarray) -> list[int]:
         out: list[int] = []
         lookahead = WHISPER_N_FFT // 2 - WHISPER_HOP  # the last frame's window reaches 40 samples on
         while len(audio):
@@ -73,7 +88,10 @@ class TokenizerStream:
     @torch.inference_mode()
     def flush(self) -> list[int]:
         """The codes of the audio not yet returned; the stream then starts anew."""
-        return self._finish_piece() if len(self.state.buffer) else []
+        out = self._add(self.state.resampler.flush()) if self.state.resampler is not None else []
+        out += self._finish_piece() if len(self.state.buffer) else []
+        self.state = self._new_state()
+        return out
 
     def _finish_piece(self) -> list[int]:
         st = self.state
@@ -84,7 +102,8 @@ class TokenizerStream:
         while st.done_samples < padded:
             end = min(st.done_samples + self.block_samples, padded)
             out += self._encode(st.done_samples, end, real_end=n, at_end=end == padded)
-        self.state = self._new_state()
+        self.state = self._new_state()  # the next 30 s piece starts afresh, as offline; the resampler goes on
+        self.state.resampler = st.resampler
         return out
 
     def _encode(self, start: int, end: int, real_end: int | None = None, at_end: bool = False) -> list[int]:

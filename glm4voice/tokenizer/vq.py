@@ -72,8 +72,9 @@ class VectorQuantizer(nn.Module):
 
     def nearest(self, h: torch.Tensor) -> torch.Tensor:
         """Codes of h [..., D] (fp32 distances; ||h||^2 cannot change the argmin)."""
-        book = self.codebook.float()
-        return ((book * book).sum(-1) - 2.0 * h.float() @ book.T).argmin(-1)
+        with torch.autocast(h.device.type, enabled=False):  # bf16 training must pick the codes inference picks
+            book = self.codebook.float()
+            return ((book * book).sum(-1) - 2.0 * h.float() @ book.T).argmin(-1)
 
     def forward(self, h: torch.Tensor, mask: torch.Tensor, update: bool = False) -> VQOutput:
         """h [B, T, D], mask [B, T] bool. `update`: one EMA step with this batch (training)."""

@@ -9,6 +9,7 @@ into a used run folder fails at once, not hours later.
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 from dataclasses import asdict
@@ -81,8 +82,10 @@ def prune(out: Path, keep_last: int) -> list[Path]:
     """Remove all but the newest `keep_last` step-N folders; returns what was removed."""
     steps = sorted((int(m.group(1)), p) for p in out.glob("step-*") if (m := re.fullmatch(r"step-(\d+)", p.name)))
     removed = [p for _, p in steps[:-keep_last]]
-    for path in removed:
-        shutil.rmtree(path)
+    for path in removed:  # renamed first: a crash mid-delete never leaves a step-N that looks whole
+        doomed = path.with_name(f".{path.name}.deleting")
+        os.replace(path, doomed)
+        shutil.rmtree(doomed)
     return removed
 
 

@@ -71,6 +71,15 @@ class Utterances:
     def __len__(self) -> int:
         return len(self.rows)
 
+    def drop_long_transcripts(self, codec, limit: int) -> int:
+        """Drop utterances whose transcript is too long for the decoder's positions; returns how many."""
+        keep = [i for i, r in enumerate(self.rows) if len(codec.encode(r.text, r.lang)) <= limit]
+        self.dropped = len(self.rows) - len(keep)
+        self.rows, self.waves = [self.rows[i] for i in keep], [self.waves[i] for i in keep]
+        if not self.rows:
+            raise Glm4VoiceError(f"every transcript is longer than the decoder's {limit} positions")
+        return self.dropped
+
     def seconds(self) -> list[float]:
         return [len(w) / 16000 for w in self.waves]
 
@@ -96,10 +105,8 @@ def error_rates(model, codec, data: Utterances, device, batch: int = 8, rank: in
     """WER (en) and CER (zh) of greedy transcripts, and codebook usage, over `data` (ranks share it)."""
     import jiwer
 
-    from ..tokenizer.vq import VectorQuantizer
-
-    totals = torch.zeros(5, dtype=torch.float64)  # en errors, en words, zh errors, zh chars, frames
-    codes: list[torch.Tensor] = []
+    totals = torch.zeros(4, dtype=torch.float64, device=device)  # en errors, en words, zh errors, zh chars
+    counts = torch.zeros(model.vq.size, dtype=torch.float64, device=device)  # codes over the validation frames
     mine = list(range(rank, len(data), world))
     rounds = -(-len(data) // world)  # every rank runs as many batches (FSDP), repeating its last if short
     for start in range(0, rounds, batch):
@@ -112,7 +119,7 @@ def error_rates(model, codec, data: Utterances, device, batch: int = 8, rank: in
             if not keep:
                 continue
             row = data.rows[picked[i]]
-            codes.append(model.vq.nearest(h[i][m[i]]).cpu())
+            counts += torch.bincount(model.vq.nearest(h[i][m[i]]), minlength=model.vq.size).to(counts)
             ref, hyp = normalize(row.text, row.lang), normalize(codec.decode(hyps[i]), row.lang)
             out = jiwer.process_words(ref, hyp) if row.lang == "en" else jiwer.process_characters(ref, hyp)
             errors = out.substitutions + out.deletions + out.insertions
@@ -121,11 +128,13 @@ def error_rates(model, codec, data: Utterances, device, batch: int = 8, rank: in
             totals[1 if row.lang == "en" else 3] += n
     import torch.distributed as dist
 
-    if dist.is_available() and dist.is_initialized():
+    if dist.is_available() and dist.is_initialized():  # on the device: NCCL reduces nothing on the CPU
         dist.all_reduce(totals)
-    flat = torch.cat(codes) if codes else torch.zeros(0, dtype=torch.long)
-    used, perplexity = VectorQuantizer.usage(model.vq, flat.to(model.vq.codebook.device))
-    out = {"codes_used": round(used, 4), "code_perplexity": round(perplexity, 2)}
+        dist.all_reduce(counts)
+    totals = totals.cpu()
+    p = counts / counts.sum().clamp(min=1)
+    perplexity = float(torch.exp(-(p * torch.log(p.clamp(min=1e-12))).sum()))
+    out = {"codes_used": round(float((counts > 0).double().mean()), 4), "code_perplexity": round(perplexity, 2)}
     if totals[1]:
         out["wer_en"] = round(float(totals[0] / totals[1]), 4)
     if totals[3]:
@@ -158,6 +167,8 @@ def train_tokenizer(data: str | os.PathLike, out: str | os.PathLike, cfg: RunCon
         raise Glm4VoiceError("give --init (a Whisper or tokenizer folder), --config (from scratch) or --resume")
     if batch_seconds <= 0 or eval_every < 0 or vq_warmup < 0:
         raise Glm4VoiceError("--batch-seconds must be positive, --eval-every and --vq-warmup-steps >= 0")
+    if vq_warmup >= cfg.steps:
+        raise Glm4VoiceError(f"--vq-warmup-steps {vq_warmup} leaves no step for the quantizer (--steps {cfg.steps})")
     state = open_run(out, resume, cfg)
     torch.manual_seed(cfg.seed)  # a model from scratch starts the same on every rank and in every run
     overrides = _read_config(config) if config is not None else None
@@ -170,6 +181,10 @@ def train_tokenizer(data: str | os.PathLike, out: str | os.PathLike, cfg: RunCon
     else:
         codec = TranscriptCodec.train((r.text for r in train_set.rows), vocab_size)
         model = new_asr(overrides, codec)
+    limit = model.config.get("max_target_positions", 448)
+    for data in (train_set, valid_set):
+        if data is not None and data.drop_long_transcripts(codec, limit):
+            print(json.dumps({"skipped_transcripts_over_max_target_positions": data.dropped}), flush=True)
     groups = duration_batches(train_set.seconds(), batch_seconds)
     dist = Dist()
     try:
@@ -197,17 +212,19 @@ def train_tokenizer(data: str | os.PathLike, out: str | os.PathLike, cfg: RunCon
             encoded, mask, vq, hidden = model.encode(b["features"], b["mask"], update=not bypass, bypass=bypass)
             logits = model.logits(encoded, b["inputs"], mask)
             asr = torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), b["labels"].flatten())
-            restarted = 0
             if not bypass and (b["index"] - warm + 1) % model.vq.restart_every == 0:
-                restarted = model.vq.restart_dead(hidden, mask)
+                restarted[0] += model.vq.restart_dead(hidden, mask)  # the same number on every rank
             metrics = {"asr_loss": asr.item(), "commit_loss": vq.loss.item(), "codes_in_batch": vq.used}
-            if restarted:
-                metrics["codes_restarted"] = restarted
             return asr + vq.loss, metrics
+
+        restarted = [0]  # codes restarted since the last record
 
         def after_step(step: int) -> dict | None:
             out = {}
-            if dist.sharded and (step % cfg.log_every == 0 or step == cfg.steps):
+            logged = step % cfg.log_every == 0 or step == cfg.steps
+            if logged and restarted[0]:
+                out["codes_restarted"], restarted[0] = restarted[0], 0
+            if dist.sharded and logged:
                 # the EMA is all-reduced, so every rank must hold the same codebook: show that it does
                 import torch.distributed as td
 
