@@ -67,8 +67,7 @@ def load_audio(source, sample_rate: int | None = None, target_rate: int = WHISPE
     else:
         if sample_rate is None:
             raise AudioError(name, "an array needs its sample_rate")
-        audio = _as_numpy(source, name)
-        audio, rate = _to_mono(audio), int(sample_rate)
+        audio, rate = _to_mono(_as_numpy(source, name)), _rate(sample_rate, name)
     if rate <= 0:
         raise AudioError(name, f"invalid sample rate {rate}")
     if audio.size == 0:
@@ -166,15 +165,34 @@ def _read_soundfile(file, name: str) -> tuple[np.ndarray, int]:
     return audio.mean(axis=1), int(rate)
 
 
+MAX_RATE = 384000  # the highest sample rate audio interfaces use; soxr's ratios stay sane below it
+
+
+def _rate(value, name: str) -> int:
+    """A sample rate: a whole number of Hz in 1..384000 (1.5 is not silently 1, nan not silently anything)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise AudioError(name, f"sample_rate must be a number of Hz, got {value!r}")
+    if not (np.isfinite(value) and float(value).is_integer() and 1 <= value <= MAX_RATE):
+        raise AudioError(name, f"sample_rate must be a whole number of Hz in 1..{MAX_RATE}, got {value!r}")
+    return int(value)
+
+
 def _as_numpy(array, name: str) -> np.ndarray:
     if isinstance(array, torch.Tensor):
+        if array.is_complex():
+            raise AudioError(name, "complex samples: audio is real")
         array = array.detach().float().cpu().numpy()
+    if np.iscomplexobj(array):
+        raise AudioError(name, "complex samples: audio is real")
     try:
         array = np.asarray(array, dtype=np.float32)
     except (TypeError, ValueError):
         raise AudioError(name, "not a numeric array") from None
     if array.ndim not in (1, 2):
         raise AudioError(name, f"expected 1-D or 2-D audio, got shape {tuple(array.shape)}")
+    if array.size and np.isfinite(array).all() and np.abs(array).max() > 2.0:
+        raise AudioError(name, f"samples reach {np.abs(array).max():.0f}: float audio lies in [-1, 1] "
+                               "(int16 values? divide by 32768)")  # fmt: skip
     return array
 
 

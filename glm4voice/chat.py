@@ -134,7 +134,7 @@ class VoiceChat:
             raise Glm4VoiceError("a turn takes speech audio, text= or codes=, exactly one of them")
         start = time.perf_counter()
         timings = Timings()
-        speech = None if codes is None else [int(c) for c in codes]
+        speech = None if codes is None else list(codes)  # UserInput checks they are integers
         if audio is not None:
             if self.speech_tokenizer is None:
                 raise Glm4VoiceError("speech input needs a speech tokenizer (VoiceChat(speech_tokenizer=...))")

@@ -18,6 +18,8 @@ def resolve_checkpoint(path_or_id: str | os.PathLike, required: list[str], what:
 
     `what` names the checkpoint kind in error messages ("tokenizer", ...).
     """
+    if not isinstance(path_or_id, (str, os.PathLike)):
+        raise CheckpointError(f"{what} checkpoint: expected a folder or hub id, got {path_or_id!r}")
     path = Path(path_or_id).expanduser()
     if path.exists():
         if not path.is_dir():

@@ -107,3 +107,69 @@ def test_a_closed_pipe_is_no_traceback(golden):
     cmd += " ".join(str(golden / "tokenizer" / f) for f in ["in0.wav", "in1.wav", "in0.wav", "in1.wav"] * 3)
     done = subprocess.run(cmd + " | head -c 1", shell=True, capture_output=True, text=True, timeout=300)
     assert "Traceback" not in done.stderr and "BrokenPipe" not in done.stderr
+
+
+# --- the Python API: a Glm4VoiceError (or a ValueError naming the argument), never a crash deep inside ---------
+
+
+@pytest.mark.parametrize("rate", [float("nan"), 1.5, 1e12, 0, -16000, "16000"])
+def test_load_audio_sample_rates(rate):
+    with pytest.raises(AudioError, match="sample_rate"):
+        load_audio(np.zeros(1600, np.float32), sample_rate=rate)
+
+
+def test_load_audio_values():
+    with pytest.raises(AudioError, match="int16 values"):
+        load_audio(np.full(1600, 12000.0, np.float32), sample_rate=16000)
+    with pytest.raises(AudioError, match="complex"):
+        load_audio(np.zeros(1600, np.complex64), sample_rate=16000)
+    assert load_audio(np.full(1600, 1.2, np.float32), sample_rate=16000).shape == (1600,)  # a little clipping is fine
+
+
+def test_api_arguments(golden):
+    import torch
+
+    from glm4voice.decoder import SpeechDecoder
+    from glm4voice.errors import CheckpointError, Glm4VoiceError
+    from glm4voice.tokenizer import SpeechTokenizer
+
+    tok = SpeechTokenizer.from_pretrained(golden / "tokenizer")
+    stream = tok.stream()
+    for bad in (dict(chunk=None), dict(chunk=np.zeros(160, np.float32), sample_rate=0)):
+        with pytest.raises(AudioError):
+            stream.push(**bad)
+    with pytest.raises(ValueError, match="batch_size"):
+        SpeechTokenizer.from_pretrained(golden / "tokenizer", batch_size=0)
+    with pytest.raises(CheckpointError, match="expected a folder or hub id"):
+        SpeechTokenizer.from_pretrained(None)
+    dec = SpeechDecoder.from_pretrained(golden / "decoder")
+    with pytest.raises(Glm4VoiceError, match="no frames"):
+        dec.vocode(torch.zeros(1, 80, 0))
+    with pytest.raises(Glm4VoiceError, match="n_steps"):
+        dec.flow_mel([1, 2, 3], n_steps=1.5)
+    with pytest.raises(Glm4VoiceError, match="prompt_codes"):
+        dec.flow_mel([1, 2], prompt_mel=torch.zeros(1, 80, 3))
+    with pytest.raises(Glm4VoiceError):
+        dec.decode([2**70])
+
+
+def test_chat_turn_arguments(tmp_path):
+    from glm4voice.chat import VoiceChat
+    from glm4voice.errors import Glm4VoiceError
+    from glm4voice.lm import load_lm
+    from glm4voice.lm.tiny import write_tiny_lm
+
+    write_tiny_lm(tmp_path / "lm", n_audio=16, seed=0)
+    chat = VoiceChat(None, load_lm(tmp_path / "lm"))
+    for bad in (dict(codes=["a"]), dict(codes=[1.7]), dict(text=123), dict(text=""), dict(text="  ")):
+        with pytest.raises(Glm4VoiceError):
+            chat.reply(**bad)
+    assert chat.history == ""  # nothing half-added
+
+
+def test_outputs_checked_before_work(golden, tmp_path, capsys):
+    (tmp_path / "codes.json").write_text("[1, 2, 3]")
+    argv = ["decode", "--decoder", str(golden / "decoder"), "--codes", str(tmp_path / "codes.json")]
+    assert main([*argv, "--out", str(tmp_path / "x.mp3")]) == 2 and "not .mp3" in capsys.readouterr().err
+    assert not (tmp_path / "x.mp3").exists()
+    assert main(["chat", "--lm", str(tmp_path), "--text", "", "--out", str(tmp_path / "r.wav")]) == 2

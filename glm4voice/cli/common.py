@@ -83,7 +83,7 @@ def missing_extra(extra: str, what: str, exc: ImportError) -> Glm4VoiceError:
     return Glm4VoiceError(f"{what} needs the {extra} extra: pip install 'glm4voice[{extra}]' ({exc})")
 
 
-def check_output_file(path) -> None:
+def check_output_file(path, suffixes: tuple[str, ...] = (".wav",)) -> None:
     """An output file the command can write, checked before any work (work is never lost to a bad --out)."""
     import os
     from pathlib import Path
@@ -91,6 +91,9 @@ def check_output_file(path) -> None:
     path = Path(path)
     if path.is_dir():
         raise Glm4VoiceError(f"--out {path} is a folder; give a file name")
+    if suffixes and path.suffix.lower() not in suffixes:
+        kind = path.suffix or "suffix-less"
+        raise Glm4VoiceError(f"--out {path}: writes {', '.join(suffixes)} files, not {kind} ones")
     parent = path.parent if str(path.parent) else Path(".")
     while not parent.exists() and parent != parent.parent:
         parent = parent.parent

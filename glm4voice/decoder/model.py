@@ -116,8 +116,8 @@ class SpeechDecoder:
                 raise CodeError(f"{what}: expected a list of codes, got {type(codes).__name__}") from exc
             try:
                 out = torch.tensor([_as_int(v) for v in values], dtype=torch.long)
-            except (TypeError, OverflowError, RuntimeError) as exc:
-                raise CodeError(f"{what}: every code must be an integer") from exc
+            except (TypeError, OverflowError, RuntimeError, ValueError) as exc:  # ValueError: past int64
+                raise CodeError(f"{what}: every code must be an integer in 0..{self.vocab_size - 1}") from exc
         if out.numel() == 0 and not allow_empty:
             raise CodeError(f"{what}: no speech codes to decode")
         if out.numel():
@@ -137,6 +137,8 @@ class SpeechDecoder:
             raise Glm4VoiceError(f"{what}: expected shape [1, {n_mels}, frames], got {tuple(mel.shape)}")
         if not torch.isfinite(mel).all():
             raise Glm4VoiceError(f"{what}: contains NaN or infinite values")
+        if mel.shape[2] == 0 and what == "mel":
+            raise Glm4VoiceError("mel: no frames to vocode")
         return mel.to(self.device, self.dtype)
 
     def frames(self, n_codes: int) -> int:
@@ -185,8 +187,10 @@ class SpeechDecoder:
                 f"prompt_mel has {n_prompt} frames but prompt + codes cover only {total}; "
                 "pass the mel of prompt_codes"
             )
-        if int(n_steps) < 1:
-            raise Glm4VoiceError(f"n_steps must be >= 1, got {n_steps}")
+        if isinstance(n_steps, bool) or not isinstance(n_steps, int) or n_steps < 1:
+            raise Glm4VoiceError(f"n_steps must be an integer >= 1, got {n_steps!r}")
+        if mel_prompt is not None and prompt.shape[1] == 0:
+            raise Glm4VoiceError("prompt_mel needs the prompt_codes it was made from")
         return self.solve(all_codes, total, mel_prompt, n_steps, noise)
 
     def solve(self, codes: torch.Tensor, total: int, mel_prompt, n_steps: int, noise) -> torch.Tensor:

@@ -121,7 +121,7 @@ class DecoderStream:
             raise Glm4VoiceError("stream options: overlap_frames exceeds the context window's frames")
         if o.noise not in ("positional", "reference") or o.fade not in ("cosine", "hamming"):
             raise Glm4VoiceError("stream options: noise is positional|reference, fade is cosine|hamming")
-        if o.n_steps < 1 or o.vocoder_context < 0:
+        if not isinstance(o.n_steps, int) or isinstance(o.n_steps, bool) or o.n_steps < 1 or o.vocoder_context < 0:
             raise Glm4VoiceError("stream options: n_steps must be >= 1 and vocoder_context >= 0")
 
     # ------------------------------------------------------------------ public

@@ -26,6 +26,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
+
 from ..errors import Glm4VoiceError
 from .text import TextTokenizer
 
@@ -51,8 +53,13 @@ class UserInput:
     def __post_init__(self):
         if (self.text is None) == (self.speech is None):
             raise Glm4VoiceError("a user turn is either text or speech codes, exactly one of them")
+        if self.text is not None and (not isinstance(self.text, str) or not self.text.strip()):
+            raise Glm4VoiceError(f"a typed turn needs some text, got {self.text!r}")
         if self.speech is not None and len(self.speech) == 0:
             raise Glm4VoiceError("the speech input has no speech codes (empty or silent audio?)")
+        if self.speech is not None and any(isinstance(c, bool) or not isinstance(c, (int, np.integer))
+                                           for c in self.speech):  # fmt: skip
+            raise Glm4VoiceError("speech codes must be integers (1.7 or '5' is not a code)")
 
     @property
     def is_speech(self) -> bool:

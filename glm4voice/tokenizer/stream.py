@@ -61,8 +61,11 @@ class TokenizerStream:
         """Add audio (array at `sample_rate`, default 16 kHz; one rate per utterance); returns newly final codes.
 
         Audio at another rate goes through one streaming resampler, so chunk seams leave no filter edges."""
-        rate = int(sample_rate or WHISPER_RATE)
+        if chunk is None or isinstance(chunk, (str, bytes)):
+            raise AudioError(f"<{type(chunk).__name__}>", "push takes an array of samples")
+        rate = WHISPER_RATE if sample_rate is None else sample_rate  # 0 is an error, not 16 kHz
         audio = load_audio(chunk, sample_rate=rate, target_rate=rate) if len(chunk) else np.zeros(0, np.float32)
+        rate = int(rate)
         if rate != WHISPER_RATE or self.state.resampler is not None:
             if self.state.resampler is None:
                 self.state.resampler = StreamResampler(rate, WHISPER_RATE)
