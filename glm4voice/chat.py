@@ -65,6 +65,8 @@ class VoiceChat:
         self.text_tokenizer = text_tokenizer
         self.sampling = sampling or SamplingConfig()
         self.stream_options = dict(stream_options or {})
+        if decoder is not None:
+            decoder.stream(**self.stream_options)  # bad options fail now, not at the first spoken reply
         self.conversation = Conversation(lm, text_tokenizer, system=system)
 
     @classmethod

@@ -79,3 +79,26 @@ def iter_safetensors(path: Path, what: str, keep=None):
         except Exception as exc:  # a truncated body
             raise damaged(exc) from None
         yield name, tensor
+
+
+def check_state(own: dict, state: dict, source: str, optional: frozenset = frozenset()) -> list[str]:
+    """One CheckpointError line when the tensors `state` do not fit a module whose state dict is `own`
+    (counts, and the first few names, of missing, unexpected and wrongly shaped tensors).
+
+    Returns the names in `optional` that `state` lacks (the caller fills them)."""
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    bad = [k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
+    hard = [k for k in missing if k not in optional]
+    if hard or unexpected or bad:
+        parts = []
+        if hard:
+            parts.append(f"{len(hard)} missing (e.g. {', '.join(hard[:3])})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected (e.g. {', '.join(unexpected[:3])})")
+        if bad:
+            k = bad[0]
+            parts.append(f"{len(bad)} of another shape (e.g. {k}: {tuple(state[k].shape)}, "
+                         f"the config says {tuple(own[k].shape)})")  # fmt: skip
+        raise CheckpointError(f"{source}: the weights do not match the config: {'; '.join(parts)}")
+    return [k for k in missing if k in optional]

@@ -16,8 +16,15 @@ from ..errors import Glm4VoiceError
 from . import data, inference, training
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse, with usage errors as one line (`glm4voice CMD: error: ...`, exit 2) like every other error."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (--help shows the usage)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="glm4voice", description="GLM-4-Voice end to end: speech in, speech out.")
+    parser = Parser(prog="glm4voice", description="GLM-4-Voice end to end: speech in, speech out.")
     parser.add_argument("--version", action="version", version=f"glm4voice {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for module in (inference, data, training):

@@ -69,6 +69,8 @@ def load_chat(args):
     from ..lm.generate import SamplingConfig
 
     check_models(args)
+    if args.flow_steps < 1:
+        raise Glm4VoiceError(f"--flow-steps must be at least 1, got {args.flow_steps}")
     sampling = SamplingConfig(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
                               max_new_tokens=args.max_new_tokens, seed=args.seed)  # fmt: skip
     return VoiceChat.from_pretrained(
@@ -111,6 +113,8 @@ def check_device(name: str) -> None:
         device = torch.device(name)
     except (RuntimeError, ValueError) as exc:
         raise Glm4VoiceError(f"--device {name}: not a torch device ({str(exc).splitlines()[0]})") from None
+    if device.type not in ("cpu", "cuda"):  # mps, xpu, ...: a torch device, but not one glm4voice supports here
+        raise Glm4VoiceError(f"--device {name}: use cpu or cuda[:N]")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise Glm4VoiceError(f"--device {name}: this torch has no CUDA device (use --device cpu)")
     if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():

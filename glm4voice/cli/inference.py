@@ -40,20 +40,25 @@ def _run_tokenize(args) -> int:
     tok = SpeechTokenizer.from_pretrained(args.speech_tokenizer, device=args.device, dtype=args.dtype,
                                           int8=args.int8, batch_size=args.batch_size)  # fmt: skip
     failed = 0
-    # Read every file first so one bad file costs only its own line; then tokenize in batches.
-    good: list[tuple[str, object]] = []
-    for name in args.files:
-        try:
-            good.append((name, load_audio(name)))
-        except Glm4VoiceError as exc:
-            failed += 1
-            print(json.dumps({"file": name, "error": str(exc)}), flush=True)
-    for start in range(0, len(good), args.batch_size):
-        chunk = good[start : start + args.batch_size]
-        codes = tok.tokenize_batch([audio for _, audio in chunk])
-        for (name, audio), row in zip(chunk, codes):
-            seconds = round(len(audio) / WHISPER_RATE, 3)
-            print(json.dumps({"file": name, "seconds": seconds, "codes": row}), flush=True)
+    # Files in groups of --batch-size: read (a bad file costs only its own line), tokenize the good ones
+    # together, print every line in argument order. Memory stays one group's audio, whatever the file count.
+    for start in range(0, len(args.files), args.batch_size):
+        lines: list[dict] = []
+        good: list[tuple[dict, object]] = []
+        for name in args.files[start : start + args.batch_size]:
+            try:
+                audio = load_audio(name)
+            except Glm4VoiceError as exc:
+                failed += 1
+                lines.append({"file": name, "error": str(exc)})
+                continue
+            lines.append({"file": name, "seconds": round(len(audio) / WHISPER_RATE, 3)})
+            good.append((lines[-1], audio))
+        codes = tok.tokenize_batch([audio for _, audio in good]) if good else []
+        for (line, _), row in zip(good, codes):
+            line["codes"] = row
+        for line in lines:
+            print(json.dumps(line), flush=True)
     if failed:
         print(f"glm4voice tokenize: {failed} of {len(args.files)} files failed", file=sys.stderr)
         return 1
@@ -96,13 +101,19 @@ def _run_transcribe(args) -> int:
 # --- decode (speech codes -> audio) -------------------------------------------------------------
 
 
+OFFLINE_MAX_CODES = 250  # 20 s of speech: beyond it the offline pass's attention costs more than streaming
+
+
 def _add_decode(sub) -> None:
     p = add_command(sub, "decode", "speech codes (JSON) -> 22.05 kHz wav", _run_decode)
     p.add_argument("--decoder", required=True, help="decoder folder or hub id (THUDM/glm-4-voice-decoder)")
     p.add_argument("--codes", "--tokens", dest="codes", required=True,
                    help='JSON list of codes, {"codes": [...]}, or `glm4voice tokenize` output (lines concatenated)')
     p.add_argument("--out", required=True, help="output wav path")
-    p.add_argument("--stream", action="store_true", help="decode as a stream, feeding codes one by one")
+    p.add_argument("--mode", choices=["auto", "offline", "stream"], default="auto",
+                   help=f"offline: one pass (time and memory grow with the square of the length); stream: chunk "
+                        f"by chunk, as chat does (linear); auto: offline up to {OFFLINE_MAX_CODES} codes, then stream")
+    p.add_argument("--stream", dest="mode", action="store_const", const="stream", help="the same as --mode stream")
     p.add_argument("--int8", action="store_true", help="dynamic int8 linear layers in the flow (CPU only, faster)")
     add_device(p)
 
@@ -117,8 +128,9 @@ def _run_decode(args) -> int:
     dec = SpeechDecoder.from_pretrained(args.decoder, device=args.device, dtype=args.dtype, int8=args.int8)
     dec.check_codes(codes)  # validate before any work
     start = time.perf_counter()
-    summary = {"out": args.out, "codes": len(codes), "mode": "stream" if args.stream else "offline"}
-    if args.stream:
+    mode = args.mode if args.mode != "auto" else ("offline" if len(codes) <= OFFLINE_MAX_CODES else "stream")
+    summary = {"out": args.out, "codes": len(codes), "mode": mode}
+    if mode == "stream":
         import torch
 
         stream, pieces, first = dec.stream(), [], None

@@ -8,6 +8,9 @@ from dataclasses import fields
 
 from .common import add_command
 
+SWITCHES = {"gradient_checkpointing": "recompute activations in backward: less memory, more time",
+            "reschedule": "with --resume: accept other --steps, --lr, ... (a new learning-rate schedule)"}
+
 
 def add_run_options(p, defaults, skip: tuple[str, ...] = ()) -> None:
     """One flag per `RunConfig` field, with the trainer's defaults (`skip`: fields the trainer sets itself)."""
@@ -21,8 +24,8 @@ def add_run_options(p, defaults, skip: tuple[str, ...] = ()) -> None:
         if f.name == "mixed_precision":
             p.add_argument(flag, choices=["none", "bf16"], default=value,
                            help="bf16: compute in bf16 with fp32 master weights")  # fmt: skip
-        elif f.name == "gradient_checkpointing":
-            p.add_argument(flag, action="store_true", help="recompute activations in backward: less memory, more time")
+        elif isinstance(value, bool):
+            p.add_argument(flag, action="store_true", help=SWITCHES[f.name])
         else:
             p.add_argument(flag, type=type(value), default=value)
     p.add_argument("--resume", help="continue from OUT/step-N (its weights, optimizer and step)")

@@ -63,6 +63,22 @@ class TokenizeBatch:
         })
 
 
+def _check_ray_address(address: str | None, timeout: float = 5.0) -> None:
+    """A host:port that nothing answers is an error now: Ray itself would retry it for minutes."""
+    if address is None or address == "auto" or "://" in address:
+        return  # `auto` and ray:// fail fast (and clearly) in ray.init
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise Glm4VoiceError(f"--ray-address {address}: expected auto, host:port or ray://host:port")
+    import socket
+
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except (OSError, ValueError) as exc:
+        raise Glm4VoiceError(f"--ray-address {address}: no Ray cluster answers there "
+                             f"({getattr(exc, 'strerror', None) or exc})") from None  # fmt: skip
+
+
 def tokenize_corpus(speech_tokenizer: str, manifest: str | os.PathLike, out: str | os.PathLike, *, actors: int = 1,
                     batch_size: int = 8, int8: bool = False, ray_address: str | None = None,
                     rows_per_shard: int = 10000) -> dict:  # fmt: skip
@@ -74,6 +90,7 @@ def tokenize_corpus(speech_tokenizer: str, manifest: str | os.PathLike, out: str
         raise Glm4VoiceError(f"{out} already exists: pick a new --out (finished shards are never overwritten)")
     if actors < 1 or batch_size < 1 or rows_per_shard < 1:
         raise Glm4VoiceError("actors, batch_size and rows_per_shard must be >= 1")
+    _check_ray_address(ray_address)
     rows = [{"id": u.id, "audio": u.audio, "text": u.text} for u in read_manifest(manifest)]
     from ..tokenizer import SpeechTokenizer
 
@@ -83,8 +100,11 @@ def tokenize_corpus(speech_tokenizer: str, manifest: str | os.PathLike, out: str
     if started_here:
         import logging
 
-        ray.init(address=ray_address, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING,
-                 num_cpus=None if ray_address else max(actors, os.cpu_count() or 1))  # fmt: skip
+        try:
+            ray.init(address=ray_address, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING,
+                     num_cpus=None if ray_address else max(actors, os.cpu_count() or 1))  # fmt: skip
+        except (ConnectionError, ValueError, RuntimeError) as exc:  # no cluster at `auto`, no ray[client], ...
+            raise Glm4VoiceError(f"--ray-address {ray_address}: {str(exc).splitlines()[0]}") from None
         logging.getLogger("ray.data").setLevel(logging.WARNING)
     try:
         import pyarrow.parquet as pq

@@ -87,8 +87,11 @@ def load_yaml_data(text: str, source: str = "config.yaml") -> dict:
     """Parse hyperpyyaml text into plain data with `!ref`s resolved."""
     try:
         doc = yaml.load(text, Loader=_DataLoader)  # noqa: S506 - SafeLoader subclass, no object tags
-    except yaml.YAMLError as exc:
-        raise CheckpointError(f"{source}: not valid YAML ({exc})") from exc
+    except yaml.YAMLError as exc:  # one line: what went wrong, and where
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise CheckpointError(f"{source}: not valid YAML ({problem}{where})") from None
     if not isinstance(doc, dict):
         raise CheckpointError(f"{source}: expected a mapping at the top level")
     return _resolve(doc, doc, source, depth=0)
@@ -227,6 +230,10 @@ class _Section:
         value = self.opts.pop(key, default)
         if kind is None or isinstance(value, (New, Tagged)):
             return value
+        if kind is int:  # every whole-number option here is a count or a size
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise CheckpointError(f"{self.source}: {self.where}: option {key}={value!r} must be a positive integer")
+            return value
         try:
             if kind is tuple:
                 return tuple(tuple(v) if isinstance(v, list) else v for v in value)
@@ -270,6 +277,9 @@ def _encoder(node, source) -> EncoderConfig:
         num_blocks=s.take("num_blocks", d.num_blocks, int),
         block_size=s.take("block_size", d.block_size, int),
     )
+    if cfg.output_size % cfg.attention_heads:
+        raise CheckpointError(f"{source}: {s.where}: attention_heads ({cfg.attention_heads}) must divide "
+                              f"output_size ({cfg.output_size})")  # fmt: skip
     s.require("input_layer", "linear", ("linear",))
     s.require("pos_enc_layer_type", "rel_pos_espnet", ("rel_pos_espnet",))
     s.require("selfattention_layer_type", "block_rel_selfattn", ("block_rel_selfattn",))
@@ -279,7 +289,7 @@ def _encoder(node, source) -> EncoderConfig:
     for flag in ("use_cnn_module", "macaron_style", "use_dynamic_chunk", "use_dynamic_left_chunk"):
         if s.take(flag, False, bool):
             raise CheckpointError(f"{source}: {s.where}: {flag}=True is not implemented")
-    if s.take("static_chunk_size", 0, int) != 0:
+    if s.take("static_chunk_size", 0) != 0:
         raise CheckpointError(f"{source}: {s.where}: static_chunk_size != 0 is not implemented")
     if s.take("key_bias", True, bool) is not True:
         raise CheckpointError(f"{source}: {s.where}: key_bias=False is not implemented")

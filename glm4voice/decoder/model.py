@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import operator
 import os
+import pickle
 from fractions import Fraction
 
 import torch
 
 from ..dtypes import as_dtype
 from ..errors import CheckpointError, Glm4VoiceError
-from ..hub import resolve_checkpoint
+from ..hub import check_state, resolve_checkpoint
 from ..quant import quantize_linear_int8
 from .config import DecoderConfig, read_config
 from .flow import FlowModel
@@ -30,31 +31,21 @@ class CodeError(Glm4VoiceError, ValueError):
 def _load_state(path, what: str) -> dict:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # corrupt file, pickle with objects, ...
-        raise CheckpointError(f"decoder checkpoint {path}: cannot load {what} ({type(exc).__name__}: {exc})") from exc
+    except pickle.UnpicklingError:  # objects other than tensors, or bytes that are no pickle: never retried unsafely
+        raise CheckpointError(f"decoder checkpoint {path}: {what} is corrupt or holds more than tensors "
+                              "(only plain state dicts are loaded)") from None  # fmt: skip
+    except Exception as exc:  # a truncated zip, not a torch file, ...
+        detail = str(exc).splitlines()[0] if str(exc) else ""
+        raise CheckpointError(f"decoder checkpoint {path}: cannot load {what} ({type(exc).__name__}: "
+                              f"{detail})") from None  # fmt: skip
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(f"decoder checkpoint {path}: {what} is not a plain state dict of tensors")
     return state
 
 
 def _fill(module: torch.nn.Module, state: dict, path) -> None:
-    own = module.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    bad = [k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
-    if missing or unexpected or bad:
-        parts = []
-        if missing:
-            parts.append(f"missing {len(missing)} tensors (e.g. {', '.join(missing[:3])})")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected tensors (e.g. {', '.join(unexpected[:3])})")
-        if bad:
-            k = bad[0]
-            parts.append(f"{len(bad)} shape mismatches (e.g. {k}: {tuple(state[k].shape)} vs {tuple(own[k].shape)})")
-        raise CheckpointError(f"decoder checkpoint {path}: does not match config.yaml: {'; '.join(parts)}")
+    check_state(module.state_dict(), state, f"decoder checkpoint {path}")
     module.load_state_dict(state, strict=True)
-
-
 
 
 class SpeechDecoder:

@@ -42,6 +42,7 @@ from ..atomic import atomic_path
 from ..dtypes import as_dtype
 from ..errors import CheckpointError
 from ..hub import iter_safetensors, resolve_checkpoint
+from ..jsonl import positive_int, read_json_object
 
 _SAFE_DTYPES = {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16}
 TOKENIZER_FILES = (
@@ -71,11 +72,7 @@ _DROPPED = ("transformer.rotary_pos_emb.inv_freq",)
 
 
 def read_config(folder: Path) -> dict:
-    path = folder / "config.json"
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise CheckpointError(f"LM checkpoint {folder}: cannot read config.json ({exc})") from exc
+    return read_json_object(folder / "config.json", "LM config", CheckpointError)
 
 
 def glm_config_from_chatglm(cfg: dict, source: str = "config.json"):
@@ -98,11 +95,18 @@ def glm_config_from_chatglm(cfg: dict, source: str = "config.json"):
     for key, bad in unsupported.items():
         if cfg.get(key, not bad) == bad:
             raise CheckpointError(f"{source}: {key}={bad} is not supported (not a GLM-4 layout)")
-    heads = int(need("num_attention_heads"))
-    hidden = int(need("hidden_size"))
-    kv_heads = int(need("multi_query_group_num")) if cfg.get("multi_query_attention", False) else heads
-    head_dim = int(cfg.get("kv_channels") or hidden // heads)
-    vocab = int(need("padded_vocab_size", "vocab_size"))
+    def count(key, *alternatives):  # a positive integer
+        return positive_int(need(key, *alternatives), key, source, CheckpointError)
+
+    heads = count("num_attention_heads")
+    hidden = count("hidden_size")
+    kv_heads = count("multi_query_group_num") if cfg.get("multi_query_attention", False) else heads
+    if cfg.get("kv_channels") is None and hidden % heads:
+        raise CheckpointError(f"{source}: num_attention_heads ({heads}) must divide hidden_size ({hidden})")
+    head_dim = count("kv_channels") if cfg.get("kv_channels") is not None else hidden // heads
+    if heads % kv_heads:
+        raise CheckpointError(f"{source}: multi_query_group_num ({kv_heads}) must divide num_attention_heads ({heads})")
+    vocab = count("padded_vocab_size", "vocab_size")
     eos = cfg.get("eos_token_id")
     pad = cfg.get("pad_token_id")
     if isinstance(pad, int) and not 0 <= pad < vocab:
@@ -110,8 +114,8 @@ def glm_config_from_chatglm(cfg: dict, source: str = "config.json"):
     return GlmConfig(
         vocab_size=vocab,
         hidden_size=hidden,
-        intermediate_size=int(need("ffn_hidden_size")),
-        num_hidden_layers=int(need("num_layers", "num_hidden_layers")),
+        intermediate_size=count("ffn_hidden_size"),
+        num_hidden_layers=count("num_layers", "num_hidden_layers"),
         num_attention_heads=heads,
         num_key_value_heads=kv_heads,
         head_dim=head_dim,
@@ -139,6 +143,8 @@ def glm_config(folder: Path, raw: dict | None = None):
     if kind == "chatglm":
         return glm_config_from_chatglm(raw, f"{folder}/config.json")
     if kind == "glm":
+        for key in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads"):
+            positive_int(raw.get(key), key, f"{folder}/config.json", CheckpointError)
         try:
             return GlmConfig.from_dict(raw)
         except Exception as exc:  # strict dataclass validation

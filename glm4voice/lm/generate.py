@@ -63,6 +63,8 @@ class SamplingConfig:
             raise Glm4VoiceError(f"temperature must be >= 0, got {self.temperature}")
         if not 0 < self.top_p <= 1:
             raise Glm4VoiceError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.top_k < 0:
+            raise Glm4VoiceError(f"top_k must be >= 0 (0: no top-k cut), got {self.top_k}")
         if self.max_new_tokens < 1:
             raise Glm4VoiceError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
         if self.seed is not None:

@@ -16,12 +16,12 @@ pieces, see `prompt.py`).
 from __future__ import annotations
 
 import base64
-import json
 import os
 from pathlib import Path
 
 from ..errors import CheckpointError, Glm4VoiceError
 from ..hub import resolve_checkpoint
+from ..jsonl import read_json_object
 
 # GLM-4's pre-tokenization pattern (cl100k-like).
 PATTERN = (
@@ -77,12 +77,12 @@ class TextTokenizer:
         """Read `tokenizer.model` and `tokenizer_config.json` from an LM folder (or hub id)."""
         folder = resolve_checkpoint(path_or_id, ["tokenizer.model", "tokenizer_config.json"], "text tokenizer")
         ranks = read_ranks(folder / "tokenizer.model")
-        try:
-            tok_cfg = json.loads((folder / "tokenizer_config.json").read_text())
-        except (OSError, ValueError) as exc:
-            raise CheckpointError(f"{folder}/tokenizer_config.json: unreadable ({exc})") from exc
+        tok_cfg = read_json_object(folder / "tokenizer_config.json", "text tokenizer config", CheckpointError)
         specials = {name: len(ranks) + i for i, name in enumerate(BUILTIN_SPECIALS)}
-        for key, entry in (tok_cfg.get("added_tokens_decoder") or {}).items():
+        added = tok_cfg.get("added_tokens_decoder") or {}
+        if not isinstance(added, dict):
+            raise CheckpointError(f"{folder}/tokenizer_config.json: added_tokens_decoder must be an object")
+        for key, entry in added.items():
             content = entry.get("content") if isinstance(entry, dict) else None
             if not isinstance(content, str) or not str(key).isdigit():
                 raise CheckpointError(f"{folder}/tokenizer_config.json: bad added_tokens_decoder entry {key!r}")

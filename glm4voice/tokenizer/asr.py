@@ -28,6 +28,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..errors import CheckpointError
+from ..hub import check_state
 from .checkpoint import load_training_tensors, read_json
 from .config import TokenizerConfig
 from .network import EncoderLayer, WhisperVQEncoder
@@ -197,12 +198,13 @@ class AsrTokenizer(nn.Module):
         return F.linear(dec.layer_norm(x), dec.embed_tokens.weight)  # tied, as Whisper's proj_out
 
     @torch.no_grad()
-    def transcribe_ids(self, features, mask, codec: TranscriptCodec, max_ids: int = 200) -> list[list[int]]:
+    def transcribe_ids(self, features, mask, codec: TranscriptCodec, max_ids: int = 200,
+                       bypass: bool = False) -> list[list[int]]:  # fmt: skip
         """Greedy transcripts (ids after <|startoftranscript|>) of a batch. Under torchrun every rank takes
-        the same number of steps (FSDP needs it), stopping when all are done."""
+        the same number of steps (FSDP needs it), stopping when all are done. `bypass`: as `encode`."""
         import torch.distributed as dist
 
-        encoded, m, _, _ = self.encode(features, mask)
+        encoded, m, _, _ = self.encode(features, mask, bypass=bypass)
         ids = torch.full((encoded.shape[0], 1), codec.sot, dtype=torch.long, device=encoded.device)
         done = torch.zeros(encoded.shape[0], dtype=torch.bool, device=encoded.device)
         limit = min(max_ids, self.config.get("max_target_positions", 448) - 1)
@@ -223,7 +225,7 @@ class AsrTokenizer(nn.Module):
 
     # --- folders ----------------------------------------------------------------------------------------
 
-    def load_tensors(self, parts: dict[str, dict[str, torch.Tensor]], strict_vq: bool) -> list[str]:
+    def load_tensors(self, parts: dict[str, dict[str, torch.Tensor]], strict_vq: bool, source: str) -> list[str]:
         """Fill from `load_training_tensors` parts; returns what was missing (VQ tensors of a Whisper start)."""
         own = self.state_dict()
         state, qp = {}, self.cfg.n_layers
@@ -239,19 +241,9 @@ class AsrTokenizer(nn.Module):
                 key = f"encoder.{name}"
             state[key] = tensor
         state.update({f"decoder.{k}": v for k, v in parts["decoder"].items()})
-        unexpected = sorted(set(state) - set(own))
-        bad = [k for k in state if k in own and state[k].shape != own[k].shape]
-        missing = sorted(set(own) - set(state))
-        optional = {"vq.codebook", "vq.ema_count", "vq.ema_weight", "embed_positions2.weight"}
-        hard = [k for k in missing if not (k in optional and not strict_vq)]
-        if unexpected:
-            raise CheckpointError(f"weights do not match the config: unexpected {', '.join(unexpected[:3])}")
-        if bad:
-            k = bad[0]
-            raise CheckpointError(f"weights do not match the config: {k} is {tuple(state[k].shape)}, "
-                                  f"the config says {tuple(own[k].shape)}")  # fmt: skip
-        if hard:
-            raise CheckpointError(f"weights do not match the config: missing {', '.join(hard[:3])}")
+        optional = frozenset() if strict_vq else {"vq.codebook", "vq.ema_count", "vq.ema_weight",
+                                                   "embed_positions2.weight"}  # fmt: skip
+        missing = check_state(own, state, source, frozenset(optional))
         self.load_state_dict(state, strict=False)
         return missing
 
@@ -295,7 +287,7 @@ def load_asr(folder: str | Path, init_config: dict | None = None) -> tuple[AsrTo
     has_vq = "quantize_vocab_size" in raw and raw.get("quantize_vocab_size") is not None
     config = vq_config(raw, init_config)
     model = AsrTokenizer(config)
-    missing = model.load_tensors(parts, strict_vq=has_vq and "codebook.weight" in parts["encoder"])
+    missing = model.load_tensors(parts, has_vq and "codebook.weight" in parts["encoder"], f"speech tokenizer {folder}")
     model.fresh_vq = "vq.codebook" in missing  # the codebook is to be started from data
     return model, TranscriptCodec.from_folder(folder)
 

@@ -9,7 +9,6 @@ everything (`load_training_tensors`).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
@@ -17,6 +16,7 @@ import torch
 from ..audio import WHISPER_HOP, WHISPER_N_FFT, WHISPER_N_MELS, WHISPER_RATE
 from ..errors import CheckpointError
 from ..hub import iter_safetensors
+from ..jsonl import read_json_object
 from .config import TokenizerConfig
 
 ENCODER_PREFIX = "model.encoder."
@@ -75,10 +75,8 @@ def load_training_tensors(folder: Path) -> dict[str, dict[str, torch.Tensor]]:
 
 
 def read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"{path}: not readable JSON ({exc})") from None
+    """A checkpoint's JSON file (config, preprocessor config): one CheckpointError line when unusable."""
+    return read_json_object(path, "speech tokenizer's " + path.name, CheckpointError)
 
 
 def check_preprocessor(pre: dict, cfg: TokenizerConfig, folder: Path) -> None:

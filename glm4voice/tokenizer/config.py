@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..errors import CheckpointError
+from ..jsonl import positive_int
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,10 @@ class TokenizerConfig:
                 raise CheckpointError(f"{source}: missing '{key}'")
             return cfg[key]
 
+        def count(key, default=None):  # a positive integer
+            return positive_int(need(key) if default is None else cfg.get(key) or default, key, source,
+                                CheckpointError)  # fmt: skip
+
         if cfg.get("activation_function", "gelu") != "gelu":
             raise CheckpointError(f"{source}: activation_function {cfg['activation_function']!r} not supported")
         if cfg.get("encoder_causal_attention"):
@@ -41,19 +46,22 @@ class TokenizerConfig:
         if pooling_type not in ("avg", "max"):
             raise CheckpointError(f"{source}: pooling_type {pooling_type!r} not supported")
         config = cls(
-            n_mels=need("num_mel_bins"),
-            d_model=need("d_model"),
-            n_heads=need("encoder_attention_heads"),
-            ffn_dim=need("encoder_ffn_dim"),
-            max_positions=need("max_source_positions"),
-            n_layers=need("quantize_position"),
-            pooling_position=need("pooling_position"),
-            pooling_kernel=cfg.get("pooling_kernel_size") or 1,
+            n_mels=count("num_mel_bins"),
+            d_model=count("d_model"),
+            n_heads=count("encoder_attention_heads"),
+            ffn_dim=count("encoder_ffn_dim"),
+            max_positions=count("max_source_positions"),
+            n_layers=count("quantize_position"),
+            pooling_position=count("pooling_position"),
+            pooling_kernel=count("pooling_kernel_size", 1),
             pooling_type=pooling_type,
-            block_size=cfg.get("quantize_causal_block_size"),
-            codebook_size=cfg["quantize_vocab_size"],
+            block_size=None if cfg.get("quantize_causal_block_size") is None else count("quantize_causal_block_size"),
+            codebook_size=count("quantize_vocab_size"),
             causal_conv=bool(cfg.get("encoder_causal_convolution", False)),
         )
+        if config.d_model % config.n_heads:
+            raise CheckpointError(f"{source}: encoder_attention_heads ({config.n_heads}) must divide d_model "
+                                  f"({config.d_model})")  # fmt: skip
         if not 0 < config.pooling_position <= config.n_layers:
             raise CheckpointError(f"{source}: pooling_position must lie in 1..quantize_position")
         if config.block_size is not None and config.block_size % config.pooling_kernel:

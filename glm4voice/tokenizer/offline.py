@@ -8,8 +8,7 @@ import torch
 
 from ..audio import WHISPER_RATE, load_audio, whisper_log_mel
 from ..dtypes import as_dtype
-from ..errors import CheckpointError
-from ..hub import resolve_checkpoint
+from ..hub import check_state, resolve_checkpoint
 from ..quant import quantize_linear_int8
 from .checkpoint import check_preprocessor, load_encoder_weights, read_json
 from .config import TokenizerConfig
@@ -42,10 +41,8 @@ class SpeechTokenizer:
         with torch.device("meta"):
             model = WhisperVQEncoder(cfg)
         state = load_encoder_weights(folder, cfg)
-        try:
-            model.load_state_dict(state, strict=True, assign=True)
-        except RuntimeError as exc:
-            raise CheckpointError(f"speech tokenizer {folder}: weights do not match config.json: {exc}") from None
+        check_state(model.state_dict(), state, f"speech tokenizer {folder}")
+        model.load_state_dict(state, strict=True, assign=True)
         model = model.to(device=device, dtype=as_dtype(dtype)).eval()
         if int8:
             quantize_linear_int8(model, "tokenization")

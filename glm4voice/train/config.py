@@ -30,6 +30,9 @@ class RunConfig:
     seed: int = 0
     mixed_precision: str = "none"  # or "bf16": compute in bf16, fp32 master weights
     gradient_checkpointing: bool = False  # recompute each block's activations in backward: less memory, more time
+    reschedule: bool = False  # --resume with other steps/lr/...: accept the changed schedule (refused otherwise)
+
+    SCHEDULE = ("steps", "lr", "min_lr", "warmup_steps", "batch_size", "accumulate", "seed")  # a resume keeps them
 
     def __post_init__(self):
         for f in fields(self):

@@ -66,6 +66,12 @@ def open_run(out: str | Path, resume: str | Path | None, cfg: RunConfig) -> dict
     start = int(state["step"]) if state is not None else 0
     if start >= cfg.steps:
         raise Glm4VoiceError(f"{resume} is at step {start}; --steps must be larger to continue")
+    saved = state.get("config", {}) if state is not None else {}
+    changed = [k for k in RunConfig.SCHEDULE if k in saved and saved[k] != getattr(cfg, k)]
+    if changed and not cfg.reschedule:
+        was = ", ".join(f"--{k.replace('_', '-')} {saved[k]}" for k in changed)
+        raise Glm4VoiceError(f"{resume} was trained with {was}: other values change its learning-rate schedule "
+                             "and batch order; give the same ones, or add --reschedule to accept the change")
     check_run_folder(out, Path(resume) if resume is not None else None, planned_saves(start, cfg))
     return state
 

@@ -101,8 +101,11 @@ def labels_for(codec, rows, device) -> tuple[torch.Tensor, torch.Tensor]:
     return inputs.to(device), labels.to(device)
 
 
-def error_rates(model, codec, data: Utterances, device, batch: int = 8, rank: int = 0, world: int = 1) -> dict:
-    """WER (en) and CER (zh) of greedy transcripts, and codebook usage, over `data` (ranks share it)."""
+def error_rates(model, codec, data: Utterances, device, batch: int = 8, rank: int = 0, world: int = 1,
+                bypass: bool = False) -> dict:  # fmt: skip
+    """WER (en) and CER (zh) of greedy transcripts, and codebook usage, over `data` (ranks share it).
+
+    `bypass` (the VQ warm-up): transcripts of the unquantized encoder, and no codebook usage (no codebook yet)."""
     import jiwer
 
     totals = torch.zeros(4, dtype=torch.float64, device=device)  # en errors, en words, zh errors, zh chars
@@ -113,7 +116,7 @@ def error_rates(model, codec, data: Utterances, device, batch: int = 8, rank: in
         picked = [mine[min(k, len(mine) - 1)] for k in range(start, min(start + batch, rounds))] if mine else [0]
         real = [k < len(mine) for k in range(start, min(start + batch, rounds))]
         features, mask = data.features(picked, device)
-        hyps = model.transcribe_ids(features, mask, codec)
+        hyps = model.transcribe_ids(features, mask, codec, bypass=bypass)
         _, m, _, h = model.encode(features, mask)
         for i, keep in zip(range(len(picked)), real):
             if not keep:
@@ -135,6 +138,8 @@ def error_rates(model, codec, data: Utterances, device, batch: int = 8, rank: in
     p = counts / counts.sum().clamp(min=1)
     perplexity = float(torch.exp(-(p * torch.log(p.clamp(min=1e-12))).sum()))
     out = {"codes_used": round(float((counts > 0).double().mean()), 4), "code_perplexity": round(perplexity, 2)}
+    if bypass:
+        out = {"vq_bypassed": True}
     if totals[1]:
         out["wer_en"] = round(float(totals[0] / totals[1]), 4)
     if totals[3]:
@@ -236,7 +241,8 @@ def train_tokenizer(data: str | os.PathLike, out: str | os.PathLike, cfg: RunCon
             if valid_set is not None and (step == cfg.steps or (eval_every and step % eval_every == 0)):
                 model.eval()  # validation every `eval_every` steps, and always at the end
                 try:
-                    out.update(error_rates(model, codec, valid_set, dist.device, rank=dist.rank, world=dist.world))
+                    out.update(error_rates(model, codec, valid_set, dist.device, rank=dist.rank, world=dist.world,
+                                           bypass=step < vq_warmup))  # fmt: skip
                 finally:
                     model.train()
             return out or None
@@ -253,13 +259,9 @@ def train_tokenizer(data: str | os.PathLike, out: str | os.PathLike, cfg: RunCon
 
 
 def _read_config(path) -> dict:
-    try:
-        config = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise Glm4VoiceError(f"--config {path}: not readable JSON ({exc})") from None
-    if not isinstance(config, dict):
-        raise Glm4VoiceError(f"--config {path}: expected a JSON object of Whisper config and VQ fields")
-    return config
+    from ..jsonl import read_json_object
+
+    return read_json_object(path, "--config (Whisper config and VQ fields)")
 
 
 @torch.no_grad()

@@ -80,3 +80,17 @@ def test_decode_errors(golden, tmp_path, capsys, content, decoder, message):
     assert code == 2 and err.startswith("glm4voice decode: error:") and message in err
     assert len(err.strip().splitlines()) == 1
     assert not (tmp_path / "x.wav").exists()
+
+
+def test_long_inputs_stream_by_default(golden, tmp_path, capsys):
+    from glm4voice.cli.inference import OFFLINE_MAX_CODES
+
+    codes, out = tmp_path / "ids.json", tmp_path / "reply.wav"
+    many = (IDS * (OFFLINE_MAX_CODES // len(IDS) + 1))[: OFFLINE_MAX_CODES + 1]
+    codes.write_text(json.dumps(many))
+    argv = ["decode", "--decoder", str(golden / "decoder"), "--codes", str(codes), "--out", str(out)]
+    assert main(argv) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["mode"] == "stream"
+    assert main([*argv[:-1], str(tmp_path / "b.wav"), "--mode", "offline"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["mode"] == "offline"
+    assert sf.info(out).frames == sf.info(tmp_path / "b.wav").frames == _frames(len(many)) * 256

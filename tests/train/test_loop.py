@@ -105,3 +105,16 @@ def test_run_folder_checks_come_first(tmp_path):
     for bad in (dict(beta1=2.0), dict(lr=float("nan")), dict(steps=2.5), dict(accumulate=0)):
         with pytest.raises(Glm4VoiceError):
             RunConfig(**bad)
+
+
+def test_resume_with_another_schedule_is_refused_unless_asked(tmp_path):
+    cfg = RunConfig(steps=4, batch_size=2, save_every=2, **FAST)
+    run(tmp_path / "a", cfg)
+    longer = RunConfig(steps=8, batch_size=2, save_every=2, **FAST)
+    with pytest.raises(Glm4VoiceError, match="--steps 4: other values change its learning-rate schedule"):
+        open_run(tmp_path / "b", tmp_path / "a" / "step-2", longer)
+    with pytest.raises(Glm4VoiceError, match="--lr"):
+        open_run(tmp_path / "b", tmp_path / "a" / "step-2", RunConfig(**{**vars(cfg), "lr": cfg.lr * 2}))
+    again = RunConfig(**{**vars(longer), "reschedule": True})
+    records, _ = run(tmp_path / "b", again, resume=tmp_path / "a" / "step-2")
+    assert [r["step"] for r in records] == list(range(3, 9))

@@ -119,7 +119,7 @@ def test_torchrun_fsdp_two_ranks_then_resume_on_one(setup, tmp_path):
     sharded = weights(tmp_path / "f" / "step-8")  # gathered from both ranks into one full checkpoint
     assert sharded.keys() == load_lm(setup / "lm").state_dict().keys()
     load_lm(tmp_path / "f" / "step-8")
-    cfg = RunConfig(steps=10, batch_size=4, **FAST)  # the 2-rank run continues on 1 rank
+    cfg = RunConfig(steps=10, batch_size=4, reschedule=True, **FAST)  # the 2-rank run continues on 1 rank, longer
     records = train_sft(setup / "lm", setup / "data.jsonl", tmp_path / "g", cfg, resume=tmp_path / "f" / "step-8",
                         log=lambda line: None)  # fmt: skip
     assert records[0]["step"] == 9 and (tmp_path / "g" / "step-10").is_dir()
