@@ -24,6 +24,8 @@ def resolve_checkpoint(path_or_id: str | os.PathLike, required: list[str], what:
     if path.exists():
         if not path.is_dir():
             raise CheckpointError(f"{what} checkpoint {path}: not a folder")
+        if not os.access(path, os.R_OK | os.X_OK):
+            raise CheckpointError(f"{what} checkpoint {path}: permission denied (cannot list or open the folder)")
     elif _looks_like_hub_id(str(path_or_id)):
         path = _download(str(path_or_id), required, what)
     else:
@@ -31,6 +33,9 @@ def resolve_checkpoint(path_or_id: str | os.PathLike, required: list[str], what:
     missing = [name for name in required if not (path / name).is_file()]
     if missing:
         raise CheckpointError(f"{what} checkpoint {path}: missing {', '.join(missing)}")
+    unreadable = [name for name in required if not os.access(path / name, os.R_OK)]
+    if unreadable:
+        raise CheckpointError(f"{what} checkpoint {path}: permission denied reading {', '.join(unreadable)}")
     return path
 
 
@@ -64,6 +69,8 @@ def iter_safetensors(path: Path, what: str, keep=None):
         detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         return CheckpointError(f"{what} checkpoint {path}: not a readable safetensors file ({detail})")
 
+    if path.is_file() and not os.access(path, os.R_OK):
+        raise CheckpointError(f"{what} checkpoint {path}: permission denied (the file exists but cannot be read)")
     try:
         handle = safe_open(str(path), framework="pt", device="cpu")
         names = list(handle.keys())

@@ -173,3 +173,139 @@ def test_outputs_checked_before_work(golden, tmp_path, capsys):
     assert main([*argv, "--out", str(tmp_path / "x.mp3")]) == 2 and "not .mp3" in capsys.readouterr().err
     assert not (tmp_path / "x.mp3").exists()
     assert main(["chat", "--lm", str(tmp_path), "--text", "", "--out", str(tmp_path / "r.wav")]) == 2
+
+
+# --- config files, damaged checkpoints, cluster addresses (issue 16, second part) --------------------------------
+
+
+def _tiny_lm(folder):
+    from glm4voice.lm.tiny import write_tiny_lm
+
+    write_tiny_lm(folder, n_audio=16, seed=0)
+    return folder
+
+
+def _edit_json(path, change):
+    doc = json.loads(path.read_text())
+    change(doc)
+    path.write_text(json.dumps(doc))
+
+
+CONFIG_DEFECTS = {
+    "not-utf8": lambda path, key: path.write_bytes(b"\xff\xfe" + path.read_bytes()),
+    "list": lambda path, key: path.write_text("[1, 2]"),
+    "string-number": lambda path, key: _edit_json(path, lambda d: d.update({key[0]: "64"})),
+    "heads-do-not-divide": lambda path, key: _edit_json(path, lambda d: d.update({key[1]: 7})),
+    "zero-heads": lambda path, key: _edit_json(path, lambda d: d.update({key[1]: 0})),
+}
+
+
+@pytest.mark.parametrize("defect", sorted(CONFIG_DEFECTS))
+@pytest.mark.parametrize("part", ["tokenizer", "lm"])
+def test_config_json_defects_are_one_line(golden, tmp_path, capsys, part, defect):
+    if part == "tokenizer":
+        folder = tmp_path / "tok"
+        shutil.copytree(golden / "tokenizer", folder)
+        CONFIG_DEFECTS[defect](folder / "config.json", ("d_model", "encoder_attention_heads"))
+        argv = ["tokenize", "--speech-tokenizer", str(folder), str(golden / "tokenizer" / "in0.wav")]
+    else:
+        folder = _tiny_lm(tmp_path / "lm")
+        CONFIG_DEFECTS[defect](folder / "config.json", ("hidden_size", "num_attention_heads"))
+        argv = ["chat", "--lm", str(folder), "--text", "hi", "--out", str(tmp_path / "r.wav")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and str(folder / "config.json") in err, err
+
+
+@pytest.mark.parametrize("defect, message", [
+    ("\xff", "cannot read"),
+    ("- a\n- b\n", "expected a mapping"),
+    ("flow: {input_size: [1,\n", "not valid YAML"),
+    ("attention_heads: 4 -> 0", "attention_heads=0 must be a positive integer"),
+    ("attention_heads: 4 -> 7", "must divide output_size"),
+    ("output_size: 32 -> abc", "output_size='abc' must be a positive integer"),
+])  # fmt: skip
+def test_decoder_yaml_defects_are_one_line(golden, tmp_path, capsys, defect, message):
+    folder = tmp_path / "decoder"
+    shutil.copytree(golden / "decoder", folder)
+    config = folder / "config.yaml"
+    if " -> " in defect:
+        old, new = defect.split(" -> ")
+        config.write_text(config.read_text().replace(old, old.split(":")[0] + ": " + new, 1))
+    elif defect == "\xff":
+        config.write_bytes(b"\xff" + config.read_bytes())
+    else:
+        config.write_text(defect)
+    (tmp_path / "codes.json").write_text("[1, 2, 3]")
+    argv = ["decode", "--decoder", str(folder), "--codes", str(tmp_path / "codes.json"),
+            "--out", str(tmp_path / "o.wav")]  # fmt: skip
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and message in err and str(config) in err, err
+
+
+def test_damaged_decoder_weights_are_short_and_safe(golden, tmp_path, capsys):
+    import torch
+
+    folder = tmp_path / "decoder"
+    shutil.copytree(golden / "decoder", folder)
+    (tmp_path / "codes.json").write_text("[1, 2, 3]")
+    argv = ["decode", "--decoder", str(folder), "--codes", str(tmp_path / "codes.json"),
+            "--out", str(tmp_path / "o.wav")]  # fmt: skip
+    (folder / "flow.pt").write_bytes(b"not a torch file, not a zip" * 40)
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "flow.pt" in err
+    assert "weights_only=False" not in err and "\x1b" not in err  # never the advice to unpickle anything
+    torch.save({"x": torch.zeros(2)}, folder / "flow.pt")  # a state dict of another model
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and len(err) < 400 and "missing" in err and "unexpected" in err, err
+
+
+def test_unreadable_weights_say_permission_denied(golden, tmp_path, capsys, monkeypatch):
+    """(Simulated: root, who runs CI, reads any file.)"""
+    import os as real_os
+
+    folder = tmp_path / "tok"
+    shutil.copytree(golden / "tokenizer", folder)
+    weights = folder / "model.safetensors"
+    access = real_os.access
+    monkeypatch.setattr("glm4voice.hub.os.access", lambda p, mode: False if str(p) == str(weights) else access(p, mode))
+    assert main(["tokenize", "--speech-tokenizer", str(folder), str(golden / "tokenizer" / "in0.wav")]) == 2
+    assert "permission denied" in capsys.readouterr().err
+    monkeypatch.setattr("glm4voice.hub.os.access", lambda p, mode: False if str(p) == str(folder) else access(p, mode))
+    assert main(["tokenize", "--speech-tokenizer", str(folder), str(golden / "tokenizer" / "in0.wav")]) == 2
+    assert "permission denied (cannot list or open the folder)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("address, message", [
+    ("127.0.0.1:1", "no Ray cluster answers there"),
+    ("nonsense", "expected auto, host:port or ray://host:port"),
+    ("auto", "--ray-address auto"),
+])  # fmt: skip
+def test_ray_address_fails_at_once(golden, tmp_path, capsys, monkeypatch, address, message):
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text(json.dumps({"id": "a", "audio": str(golden / "tokenizer" / "in0.wav")}) + "\n")
+    argv = ["tokenize-corpus", "--speech-tokenizer", str(golden / "tokenizer"), "--manifest", str(manifest),
+            "--out", str(tmp_path / "out"), "--ray-address", address]  # fmt: skip
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and message in err and not (tmp_path / "out").exists(), err
+
+
+def test_tokenize_prints_in_argument_order(golden, tmp_path):
+    good = str(golden / "tokenizer" / "in0.wav")
+    code, out, _ = run("tokenize", "--speech-tokenizer", str(golden / "tokenizer"), "--batch-size", "2",
+                       good, str(tmp_path / "missing.wav"), good)  # fmt: skip
+    rows = [json.loads(line) for line in out.splitlines()]
+    assert code == 1 and [("codes" in r, "error" in r) for r in rows] == [(True, False), (False, True), (True, False)]
+    assert rows[0]["codes"] == rows[2]["codes"]
+
+
+def test_a_huge_code_is_a_codes_file_error(golden, tmp_path, capsys):
+    (tmp_path / "codes.json").write_text("[1, 1e26]")
+    argv = ["decode", "--decoder", str(golden / "decoder"), "--codes", str(tmp_path / "codes.json"),
+            "--out", str(tmp_path / "o.wav")]  # fmt: skip
+    assert main(argv) == 2 and "integer codes" in capsys.readouterr().err

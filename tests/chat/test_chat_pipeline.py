@@ -170,7 +170,8 @@ def test_cli_interactive_multi_turn(lm_folder, golden, tmp_path, capsys, monkeyp
                  "--out", str(out)])  # fmt: skip
     err = capsys.readouterr().err
     assert code == 0, err
-    assert err.count("5 ids") == 2 and err.count("error:") == 1  # the bad line costs only itself
+    # "[5 ids (": the reply summaries (a bare "5 ids" also matches a rate such as "12.5 ids/s")
+    assert err.count("[5 ids (") == 2 and err.count("error:") == 1  # the bad line costs only itself
     assert main(["chat", "--lm", str(lm_folder), "-i", "--text", "hi"]) == 2
 
 
