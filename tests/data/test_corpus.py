@@ -18,16 +18,19 @@ def test_corpus_to_shards(golden, speech_clips, tmp_path, capsys):
     for i, clip in enumerate(speech_clips[:3]):
         write_wav16(tmp_path / f"u{i}.wav", clip)
     (tmp_path / "bad.wav").write_bytes(b"not audio")
+    write_wav16(tmp_path / "one-sample.wav", speech_clips[0][:1], rate=48000)  # resamples to no samples at all
     rows = [{"id": f"u{i}", "audio": f"u{i}.wav", "text": f"utterance {i}"} for i in range(3)]
     rows.append({"id": "broken", "audio": str(tmp_path / "bad.wav")})
+    rows.append({"id": "tiny", "audio": "one-sample.wav"})
     manifest = tmp_path / "corpus.jsonl"
     manifest.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     out = tmp_path / "shards"
     argv = ["tokenize-corpus", "--speech-tokenizer", str(golden / "tokenizer"), "--manifest", str(manifest),
             "--out", str(out), "--batch-size", "2"]  # fmt: skip
-    assert main(argv) == 1  # one file failed: reported, and the others are all there
+    assert main(argv) == 1  # two files failed: reported, and the others are all there
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert summary["rows"] == 4 and summary["failed"] == 1 and summary["failures"][0][0] == "broken"
+    assert summary["rows"] == 5 and summary["failed"] == 2
+    assert sorted(f[0] for f in summary["failures"]) == ["broken", "tiny"]
     table = pq.read_table(out).to_pydict()
     by_id = {i: k for k, i in enumerate(table["id"])}
     tok = SpeechTokenizer.from_pretrained(golden / "tokenizer")
@@ -38,6 +41,7 @@ def test_corpus_to_shards(golden, speech_clips, tmp_path, capsys):
         assert table["seconds"][row] == pytest.approx(len(speech_clips[i]) / 16000)
     broken = by_id["broken"]
     assert table["codes"][broken] == [] and "bad.wav" in table["error"][broken] and table["text"][broken] == ""
+    assert "one-sample.wav" in table["error"][by_id["tiny"]] and "no samples" in table["error"][by_id["tiny"]]
     # finished shards are never overwritten; no temporary folder is left behind
     assert main(argv) == 2 and "already exists" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("shards")) == ["shards"]
