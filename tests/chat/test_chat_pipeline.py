@@ -190,3 +190,23 @@ def test_turn_from_codes_equals_turn_from_audio(chat, speech_tokenizer, golden):
     assert from_codes.codes == from_audio.codes and from_codes.text == from_audio.text
     with pytest.raises(Glm4VoiceError, match="exactly one"):
         chat.reply(wav, codes=[1, 2])
+
+
+def test_interactive_write_failure_keeps_the_conversation(tmp_path, golden, capsys, monkeypatch):
+    from glm4voice.cli import main
+    from glm4voice.lm.tiny import write_tiny_lm
+
+    write_tiny_lm(tmp_path / "lm", n_audio=16, seed=0)
+    calls = []
+
+    def failing(path, *a, **k):
+        calls.append(path)
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("glm4voice.audio.write_wav", failing)
+    monkeypatch.setattr("sys.stdin", io.StringIO("hello\nhello again\n"))
+    code = main(["chat", "--lm", str(tmp_path / "lm"), "--decoder", str(golden / "decoder"), "-i", "--seed", "3",
+                 "--max-new-tokens", "40", "--flow-steps", "2", "--out", str(tmp_path / "r.wav")])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 0
+    assert len(calls) == 2  # the failed write of turn 1 did not end the conversation: turn 2 was answered and err.count("No space left on device") == 2
