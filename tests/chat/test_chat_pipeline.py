@@ -193,6 +193,8 @@ def test_turn_from_codes_equals_turn_from_audio(chat, speech_tokenizer, golden):
 
 
 def test_interactive_write_failure_keeps_the_conversation(tmp_path, golden, capsys, monkeypatch):
+    import io
+
     from glm4voice.cli import main
     from glm4voice.lm.tiny import write_tiny_lm
 
