@@ -165,6 +165,8 @@ class FlowConfig:
     sampling_ratios: tuple = (1, 1)
     t_scheduler: str = "cosine"
     inference_cfg_rate: float = 0.7
+    sigma_min: float = 1e-6  # training: noise left at t = 1
+    training_cfg_rate: float = 0.2  # training: chance the conditions are dropped (classifier-free guidance)
     estimator: EstimatorConfig = field(default_factory=EstimatorConfig)
 
 
@@ -379,8 +381,12 @@ def _flow(node, source) -> FlowConfig:
         cfg.inference_cfg_rate = float(params.pop("inference_cfg_rate", 0.7))
     except (TypeError, ValueError) as exc:
         raise CheckpointError(f"{source}: flow.decoder.cfm_params: inference_cfg_rate is not a number") from exc
-    for key in ("sigma_min", "training_cfg_rate", "reg_loss_type"):  # training only
-        params.pop(key, None)
+    for key in ("sigma_min", "training_cfg_rate"):  # training only
+        try:
+            setattr(cfg, key, float(params.pop(key, getattr(cfg, key))))
+        except (TypeError, ValueError):
+            raise CheckpointError(f"{source}: flow.decoder.cfm_params: {key} is not a number") from None
+    params.pop("reg_loss_type", None)
     if params:
         raise CheckpointError(f"{source}: flow.decoder.cfm_params: unknown option(s) {', '.join(sorted(params))}")
     if "estimator" not in dec.opts:

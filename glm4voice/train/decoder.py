@@ -1,0 +1,222 @@
+"""Train the speech decoder's flow (codes -> mel) by conditional flow matching (SPEC §2).
+
+    glm4voice train-decoder --stage flow --init THUDM/glm-4-voice-decoder --speech-tokenizer TOK \
+        --data voice.jsonl --valid voice-dev.jsonl --out runs/dec          # a new voice, on a GPU
+    torchrun --nproc_per_node 8 -m glm4voice train-decoder --stage flow ...
+
+The loss is the released decoder's (CosyVoice `ConditionalCFM`), on the modules
+inference runs: for a target mel x1, noise z and a time t drawn uniformly and
+bent by the cosine schedule (t <- 1 - cos(t pi / 2)), the estimator sees
+    y = (1 - (1 - sigma_min) t) z + t x1    and learns    u = x1 - (1 - sigma_min) z
+by mean squared error over the frames outside the prompt. The prompt is a
+random prefix of the target (none half of the time, else up to 80 % of it)
+given as `cond`, as a stream's context is. With chance `training_cfg_rate`
+(0.2) a sample's conditions (mu, speaker, cond) are all zero: the
+unconditioned branch of inference's classifier-free guidance.
+
+Batches are equal-length crops (`--crop-codes` codes and their mel frames),
+so nothing is padded: half of them start at an utterance's first code, as a
+stream's first chunk does. Speech codes come from `--speech-tokenizer`;
+the mel from the one decoder mel function (`audio.decoder_log_mel`).
+Checkpoints `OUT/step-N/` are decoder folders (`decode`, `chat` and
+`SpeechDecoder.from_pretrained` read them); the HiFT vocoder and the config
+come from `--init` (the HiFT stage trains the vocoder).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..errors import Glm4VoiceError
+from .config import RunConfig
+from .dist import Dist, shard
+from .loop import Task, open_run, train
+
+
+@dataclass
+class Example:
+    id: str
+    codes: torch.Tensor  # [N] long
+    mel: torch.Tensor  # [80, M]
+
+
+def frames_for(codes: int) -> int:
+    """Mel frames of `codes` speech codes (12.5 Hz codes, 22050 / 256 frames per second), as inference."""
+    return codes * 441 // 64
+
+
+def load_examples(manifest, speech_tokenizer, what: str) -> list[Example]:
+    """Every utterance's speech codes and decoder mel (the codes batched through the speech tokenizer)."""
+    from ..audio import DECODER_RATE, decoder_log_mel, load_audio
+    from ..data.manifest import read_manifest
+    from ..tokenizer import SpeechTokenizer
+
+    rows = list(read_manifest(manifest))
+    if not rows:
+        raise Glm4VoiceError(f"{manifest}: no utterances for the {what} set")
+    tok = speech_tokenizer if isinstance(speech_tokenizer, SpeechTokenizer) else \
+        SpeechTokenizer.from_pretrained(speech_tokenizer)  # fmt: skip
+    codes = tok.tokenize_batch([load_audio(r.audio) for r in rows])
+    examples = []
+    for row, c in zip(rows, codes):
+        mel = decoder_log_mel(torch.as_tensor(load_audio(row.audio, target_rate=DECODER_RATE)))[0]
+        n = min(len(c), mel.shape[1] * 64 // 441)  # the codes whose frames the recording has in full
+        examples.append(Example(row.id, torch.tensor(c[:n], dtype=torch.long), mel[:, : frames_for(n)]))
+    return examples
+
+
+def crop_batch(examples: list[Example], size: int, crop: int, rng: random.Random):
+    """`size` crops of `crop` codes (and their frames) from utterances that long; half start at code 0.
+
+    Returns codes [B, crop], mel [B, 80, frames_for(crop)]."""
+    long_enough = [e for e in examples if len(e.codes) >= crop]
+    codes, mels, n = [], [], frames_for(crop)
+    for _ in range(size):
+        e = rng.choice(long_enough)
+        start = 0 if rng.random() < 0.5 else rng.randrange(len(e.codes) - crop + 1)
+        first = frames_for(start)
+        first = min(first, e.mel.shape[1] - n)
+        codes.append(e.codes[start : start + crop])
+        mels.append(e.mel[:, first : first + n])
+    return torch.stack(codes), torch.stack(mels)
+
+
+class FlowLoss(torch.nn.Module):
+    """The flow with `flow_loss` as its forward: what the loop (and FSDP's hooks) call."""
+
+    def __init__(self, flow):
+        super().__init__()
+        self.flow = flow
+
+    def forward(self, codes, mel, prompt, drop, t, z) -> torch.Tensor:
+        return flow_loss(self.flow, codes, mel, prompt, drop, t, z)
+
+
+def flow_loss(flow, codes, mel, prompt, drop, t, z) -> torch.Tensor:
+    """The conditional flow-matching loss (see the module's docstring).
+
+    codes [B, N]; mel [B, 80, T] targets; prompt [B] frames of the target given as `cond`; drop [B] bool
+    (conditions zeroed); t [B] times after the schedule; z [B, 80, T] noise. Mean over unprompted frames.
+    """
+    b, channels, frames = mel.shape
+    mu = flow.mu(codes, frames)
+    in_prompt = torch.arange(frames, device=mel.device)[None] < prompt[:, None]  # [B, T]
+    keep = (~drop).to(mel.dtype)
+    cond = mel * in_prompt[:, None].to(mel.dtype) * keep[:, None, None]
+    spk = flow.speaker(mel.dtype, mel.device).expand(b, -1) * keep[:, None]
+    sigma = flow.cfg.sigma_min
+    tt = t[:, None, None].to(mel.dtype)
+    y = (1 - (1 - sigma) * tt) * z + tt * mel
+    target = mel - (1 - sigma) * z
+    pred = flow.decoder.estimator(y, mu * keep[:, None, None], t, spk, cond)
+    weight = (~in_prompt).to(mel.dtype)[:, None]  # [B, 1, T]
+    return (((pred - target) ** 2) * weight).sum() / (weight.sum() * channels).clamp(min=1)
+
+
+def sample_conditions(flow, b: int, frames: int, device):
+    """Per-sample prompt length, dropout flag, scheduled time and noise (from torch's per-step generator)."""
+    has_prompt = torch.rand(b) < 0.5
+    prompt = (torch.rand(b) * 0.8 * frames).long() * has_prompt
+    drop = torch.rand(b) < flow.cfg.training_cfg_rate
+    t = torch.rand(b)
+    if flow.cfg.t_scheduler == "cosine":
+        t = 1 - torch.cos(t * 0.5 * math.pi)
+    z = torch.randn(b, flow.cfg.output_size, frames)
+    return prompt.to(device), drop.to(device), t.to(device), z.to(device)
+
+
+@torch.no_grad()
+def mel_l1(flow, examples: list[Example], device, n_steps: int = 10) -> float:
+    """Mean |mel - target| of whole utterances decoded offline (seed-42 noise, as inference)."""
+    total, count = 0.0, 0
+    for e in examples:
+        frames = e.mel.shape[1]
+        noise = torch.randn(1, flow.cfg.output_size, frames, generator=torch.Generator().manual_seed(42))
+        mu = flow.mu(e.codes[None].to(device), frames)
+        mel = flow.solve(noise.to(device), mu, torch.zeros_like(mu), n_steps)
+        total += float((mel[0].cpu() - e.mel).abs().sum())
+        count += e.mel.numel()
+    return round(total / max(count, 1), 4)
+
+
+def train_decoder(init, speech_tokenizer, data, out, cfg: RunConfig, *, stage: str = "flow", valid=None,
+                  eval_every: int = 0, crop_codes: int = 40, resume=None, log=None) -> list[dict]:  # fmt: skip
+    """Train one stage of the decoder; returns the logged records."""
+    from ..decoder import SpeechDecoder
+
+    if stage != "flow":
+        raise Glm4VoiceError(f"--stage {stage}: only the flow stage is implemented so far")
+    if crop_codes < 2 or eval_every < 0:
+        raise Glm4VoiceError("--crop-codes must be at least 2 and --eval-every >= 0")
+    from ..decoder.model import DECODER_FILES
+    from ..hub import resolve_checkpoint
+
+    if init is None and resume is None:
+        raise Glm4VoiceError("give --init (a decoder folder or hub id: its HiFT and config are kept) or --resume")
+    state = open_run(out, resume, cfg)
+    source = resolve_checkpoint(resume if resume is not None else init, DECODER_FILES, "decoder")
+    decoder = SpeechDecoder.from_pretrained(source)  # flow, HiFT and config; the flow is trained
+    train_set = load_examples(data, speech_tokenizer, "training")
+    valid_set = load_examples(valid, speech_tokenizer, "validation") if valid is not None else None
+    if max(len(e.codes) for e in train_set) < crop_codes:
+        raise Glm4VoiceError(f"{data}: no utterance has --crop-codes {crop_codes} codes")
+    vocab = decoder.vocab_size
+    if max(int(e.codes.max()) for e in train_set) >= vocab:
+        raise Glm4VoiceError(f"the speech tokenizer's codes exceed the decoder's vocabulary ({vocab}): "
+                             "a tokenizer and a decoder of different releases")  # fmt: skip
+    dist = Dist()
+    try:
+        torch.manual_seed(cfg.seed)
+        flow = decoder.flow.to(dist.device).float().train().requires_grad_(True)
+        model = FlowLoss(flow)
+        blocks = list(flow.encoder.encoders)
+        if dist.sharded:
+            shard(model, blocks, cfg.mixed_precision)
+
+        def batch(index: int) -> dict:
+            rng = random.Random(f"{cfg.seed}-{index}-{dist.rank}")
+            codes, mel = crop_batch(train_set, cfg.batch_size, crop_codes, rng)
+            return {"codes": codes.to(dist.device), "mel": mel.to(dist.device)}
+
+        def loss(model, b) -> tuple[torch.Tensor, dict]:
+            conditions = sample_conditions(flow, b["mel"].shape[0], b["mel"].shape[2], dist.device)
+            value = model(b["codes"], b["mel"], *conditions)
+            return value, {"flow_loss": value.item()}
+
+        def after_step(step: int) -> dict | None:
+            if valid_set is None or not (step == cfg.steps or (eval_every and step % eval_every == 0)):
+                return None
+            flow.eval()
+            try:
+                return {"valid_mel_l1": mel_l1(flow, valid_set, dist.device)}
+            finally:
+                flow.train()
+
+        def write_model(weights: dict, folder: Path) -> None:
+            write_decoder_folder({k.removeprefix("flow."): v for k, v in weights.items()}, source, folder)
+
+        task = Task(model, batch, loss, write_model, blocks=blocks, after_step=after_step)
+        return train(task, cfg, out, dist, state, log=log)
+    finally:
+        dist.close()
+
+
+def write_decoder_folder(flow_weights: dict, source: Path, folder: Path) -> None:
+    """A decoder folder: the trained flow, with `source`'s config.yaml and hift.pt beside it."""
+    torch.save({k: v.detach().cpu().clone() for k, v in flow_weights.items()}, folder / "flow.pt")
+    for name in ("config.yaml", "hift.pt"):
+        shutil.copyfile(Path(source) / name, folder / name)
+
+
+def decoder_defaults(**overrides) -> RunConfig:
+    """Small-data flow training (CosyVoice's recipes use Adam at 1e-4 to 1e-3 with warm-up)."""
+    return RunConfig(**{"lr": 1e-4, "min_lr": 1e-5, "warmup_steps": 100, "weight_decay": 0.0, "batch_size": 8,
+                        **overrides})  # fmt: skip
+
+
