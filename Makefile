@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	# torch first, pinned: the CPU build of this exact version is what the project targets.
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[test,serve,eval,data,lhotse]'
+	$(PY) -m pip install -q -e '.[test,serve,eval,data,lhotse,train]'
 	touch $(STAMP)
 
 # The synthesisers and sox make the speech used by tests and the tiny recipe; fortunes are the real text.

@@ -291,3 +291,27 @@ def decoder_log_mel(audio: torch.Tensor) -> torch.Tensor:
     magnitude = torch.sqrt(stft_power(padded, DECODER_N_FFT, DECODER_HOP) + 1e-9)
     bank = mel_filterbank(DECODER_RATE, DECODER_N_FFT, DECODER_N_MELS, 0.0, 8000.0, audio.device)
     return torch.log(torch.clamp(bank @ magnitude, min=1e-5))
+
+
+def decoder_f0(audio, sample_rate: int = DECODER_RATE, hop: int = DECODER_HOP) -> np.ndarray:
+    """F0 in Hz of each decoder mel frame (0 where unvoiced), by Praat's autocorrelation tracker (parselmouth).
+
+    Frame i of `decoder_log_mel` is centred on sample i * hop + hop / 2; the track is read there (nearest
+    analysis frame), so the result has one value per mel frame: len(audio) // hop of them.
+    """
+    try:
+        import parselmouth
+    except ImportError as exc:
+        raise ImportError("decoder_f0 needs praat-parselmouth: pip install 'glm4voice[train]'") from exc
+    audio = np.asarray(audio, dtype=np.float64).reshape(-1)
+    frames = len(audio) // hop
+    if frames == 0:
+        return np.zeros(0, np.float32)
+    sound = parselmouth.Sound(audio, sampling_frequency=sample_rate)
+    track = sound.to_pitch_ac(time_step=hop / sample_rate, pitch_floor=60.0, pitch_ceiling=600.0)
+    values = track.selected_array["frequency"]
+    if len(values) == 0:
+        return np.zeros(frames, np.float32)
+    centres = (np.arange(frames) * hop + hop / 2) / sample_rate
+    nearest = np.clip(np.round((centres - track.xs()[0]) / track.dt).astype(int), 0, len(values) - 1)
+    return values[nearest].astype(np.float32)

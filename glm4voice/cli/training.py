@@ -97,14 +97,16 @@ def _run_tokenizer(args) -> int:
 def _add_train_decoder(sub) -> None:
     p = add_command(sub, "train-decoder", "train the speech decoder's flow (codes -> mel) by flow matching",
                     _run_decoder)  # fmt: skip
-    p.add_argument("--stage", choices=["flow"], default="flow", help="flow: codes -> mel (the HiFT stage: to come)")
+    p.add_argument("--stage", choices=["flow", "hift"], default="flow",
+                   help="flow: codes -> mel (flow matching); hift: mel -> audio (the vocoder)")
     p.add_argument("--init", help="decoder folder or hub id to start from (its HiFT and config.yaml are kept)")
-    add_speech_tokenizer(p, required=True)
+    add_speech_tokenizer(p)
     p.add_argument("--data", required=True, help="manifest of the voice's recordings (JSONL: id, audio, ...)")
     p.add_argument("--out", required=True, help="run folder: OUT/step-N are decoder folders")
     p.add_argument("--valid", help="held-out manifest: mel L1 of offline decodes every --eval-every steps")
     p.add_argument("--eval-every", type=int, default=0, help="steps between validations (0: only at the end)")
-    p.add_argument("--crop-codes", type=int, default=40, help="codes per training crop (40 = 3.2 s)")
+    p.add_argument("--crop-codes", type=int, default=40, help="flow: codes per training crop (40 = 3.2 s)")
+    p.add_argument("--crop-frames", type=int, default=64, help="hift: mel frames per training crop (64 = 0.74 s)")
     from ..train.decoder import decoder_defaults
 
     add_run_options(p, decoder_defaults())
@@ -117,7 +119,7 @@ def _run_decoder(args) -> int:
     cfg = run_config(args)
     records = train_decoder(args.init, args.speech_tokenizer, args.data, args.out, cfg, stage=args.stage,
                             valid=args.valid, eval_every=args.eval_every, crop_codes=args.crop_codes,
-                            resume=args.resume)  # fmt: skip
+                            crop_frames=args.crop_frames, resume=args.resume)  # fmt: skip
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"glm4voice train-decoder: {finished(records)}; {args.out}/step-{cfg.steps} (a decoder folder)",
               file=sys.stderr)  # fmt: skip

@@ -146,14 +146,17 @@ def mel_l1(flow, examples: list[Example], device, n_steps: int = 10) -> float:
 
 
 def train_decoder(init, speech_tokenizer, data, out, cfg: RunConfig, *, stage: str = "flow", valid=None,
-                  eval_every: int = 0, crop_codes: int = 40, resume=None, log=None) -> list[dict]:  # fmt: skip
-    """Train one stage of the decoder; returns the logged records."""
+                  eval_every: int = 0, crop_codes: int = 40, crop_frames: int = 64, resume=None,
+                  log=None) -> list[dict]:  # fmt: skip
+    """Train one stage of the decoder (flow: codes -> mel; hift: mel -> audio); returns the logged records."""
     from ..decoder import SpeechDecoder
 
-    if stage != "flow":
-        raise Glm4VoiceError(f"--stage {stage}: only the flow stage is implemented so far")
-    if crop_codes < 2 or eval_every < 0:
-        raise Glm4VoiceError("--crop-codes must be at least 2 and --eval-every >= 0")
+    if stage not in ("flow", "hift"):
+        raise Glm4VoiceError(f"--stage {stage}: flow or hift")
+    if crop_codes < 2 or crop_frames < 16 or eval_every < 0:
+        raise Glm4VoiceError("--crop-codes must be at least 2, --crop-frames at least 16 and --eval-every >= 0")
+    if stage == "flow" and speech_tokenizer is None:
+        raise Glm4VoiceError("the flow stage needs --speech-tokenizer (the codes it learns to speak)")
     from ..decoder.model import DECODER_FILES
     from ..hub import resolve_checkpoint
 
@@ -161,6 +164,11 @@ def train_decoder(init, speech_tokenizer, data, out, cfg: RunConfig, *, stage: s
         raise Glm4VoiceError("give --init (a decoder folder or hub id: its HiFT and config are kept) or --resume")
     state = open_run(out, resume, cfg)
     source = resolve_checkpoint(resume if resume is not None else init, DECODER_FILES, "decoder")
+    if stage == "hift":
+        from .vocoder import train_vocoder
+
+        return train_vocoder(source, data, out, cfg, valid=valid, eval_every=eval_every, crop_frames=crop_frames,
+                             state=state, log=log)  # fmt: skip
     decoder = SpeechDecoder.from_pretrained(source)  # flow, HiFT and config; the flow is trained
     train_set = load_examples(data, speech_tokenizer, "training")
     valid_set = load_examples(valid, speech_tokenizer, "validation") if valid is not None else None

@@ -52,7 +52,7 @@ def test_flow_loss_equals_a_hand_computation(flow):
         if drop[i]:
             mu, cond, spk = torch.zeros_like(mu), torch.zeros_like(cond), torch.zeros_like(spk)
         pred = flow.decoder.estimator(y, mu, t[i : i + 1], spk, cond)
-        total += float(((pred - u)[:, :, prompt[i] :] ** 2).sum())
+        total += float(((pred - u)[:, :, prompt[i] :] ** 2).sum().detach())
         count += 80 * (frames - int(prompt[i]))
     assert float(got) == pytest.approx(total / count, rel=1e-5)
 
@@ -123,9 +123,11 @@ def test_bad_inputs(corpus, golden, tmp_path):
                       crop_codes=10_000)  # fmt: skip
     with pytest.raises(Glm4VoiceError, match="--init"):
         train_decoder(None, golden / "tokenizer", corpus / "voice.jsonl", tmp_path / "b", cfg)
-    with pytest.raises(Glm4VoiceError, match="only the flow stage"):
+    with pytest.raises(Glm4VoiceError, match="flow or hift"):
         train_decoder(golden / "decoder", golden / "tokenizer", corpus / "voice.jsonl", tmp_path / "c", cfg,
-                      stage="hift")  # fmt: skip
+                      stage="gan")  # fmt: skip
+    with pytest.raises(Glm4VoiceError, match="needs --speech-tokenizer"):
+        train_decoder(golden / "decoder", None, corpus / "voice.jsonl", tmp_path / "d", cfg)
 
 
 def test_cli(corpus, golden, tmp_path, capsys):
@@ -159,3 +161,41 @@ def test_torchrun_two_ranks(corpus, golden, tmp_path):
     state = torch.load(tmp_path / "f" / "step-3" / "flow.pt", weights_only=True)
     assert state.keys() == SpeechDecoder.from_pretrained(golden / "decoder").flow.state_dict().keys()
     SpeechDecoder.from_pretrained(tmp_path / "f" / "step-3")
+
+
+def test_hift_stage_learns_one_second_and_exports_the_release_keys(corpus, golden, tmp_path):
+    from glm4voice.train.vocoder import VocoderLoss, load_recordings
+
+    clip = load_recordings(corpus / "one.jsonl", "validation")[0]
+    assert clip.f0.shape == (clip.mel.shape[1],) and (clip.f0 > 0).any()  # Praat's track, one value per frame
+    one = tmp_path / "one.jsonl"
+    write_wav16(tmp_path / "second.wav", clip.audio[:22050].numpy(), rate=22050)
+    one.write_text(json.dumps({"id": "s", "audio": "second.wav", "text": "x", "lang": "en"}) + "\n")
+    second = load_recordings(one, "validation")[0]
+    torch.manual_seed(0)
+    hift = SpeechDecoder.from_pretrained(golden / "decoder").hift.float()
+    with torch.no_grad():
+        _, before = VocoderLoss(hift)(second.mel[None], second.f0[None], second.audio[None])
+    cfg = RunConfig(steps=60, batch_size=2, lr=2e-3, min_lr=2e-4, warmup_steps=5, weight_decay=0.0, log_every=20)
+    records = train_decoder(golden / "decoder", None, one, tmp_path / "run", cfg, stage="hift", valid=one,
+                            crop_frames=64, log=lambda line: None)  # fmt: skip
+    after = records[-1]
+    assert after["valid_stft_loss"] < 0.9 * before["stft_loss"], (before, after)
+    assert after["valid_mel_l1"] < before["mel_l1"] and after["valid_f0_l1"] < before["f0_l1"]
+    exported = torch.load(tmp_path / "run" / "step-60" / "hift.pt", weights_only=True)
+    released = torch.load(golden / "decoder" / "hift.pt", weights_only=True)
+    assert exported.keys() == released.keys()  # weight_g / weight_v where the release has them
+    assert all(exported[k].shape == released[k].shape for k in exported)
+    SpeechDecoder.from_pretrained(tmp_path / "run" / "step-60").vocode(second.mel[None])
+
+
+def test_split_weight_norm_is_exact():
+    from glm4voice.decoder.hift import fold_weight_norm
+    from glm4voice.train.vocoder import split_weight_norm
+
+    weights = {"a.weight": torch.randn(4, 3, 5), "b.weight": torch.randn(2, 2)}
+    split = split_weight_norm(weights, {"a"})
+    assert set(split) == {"a.weight_g", "a.weight_v", "b.weight"} and split["a.weight_g"].shape == (4, 1, 1)
+    folded = fold_weight_norm(split)
+    assert torch.allclose(folded["a.weight"], weights["a.weight"], atol=1e-6) and torch.equal(folded["b.weight"],
+                                                                                              weights["b.weight"])
