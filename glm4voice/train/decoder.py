@@ -44,6 +44,9 @@ class Example:
     id: str
     codes: torch.Tensor  # [N] long
     mel: torch.Tensor  # [80, M]
+    text: str | None = None
+    lang: str | None = None
+    audio: str | None = None  # the recording (validation compares its recognised words with the re-synthesis')
 
 
 def frames_for(codes: int) -> int:
@@ -67,7 +70,8 @@ def load_examples(manifest, speech_tokenizer, what: str) -> list[Example]:
     for row, c in zip(rows, codes):
         mel = decoder_log_mel(torch.as_tensor(load_audio(row.audio, target_rate=DECODER_RATE)))[0]
         n = min(len(c), mel.shape[1] * 64 // 441)  # the codes whose frames the recording has in full
-        examples.append(Example(row.id, torch.tensor(c[:n], dtype=torch.long), mel[:, : frames_for(n)]))
+        examples.append(Example(row.id, torch.tensor(c[:n], dtype=torch.long), mel[:, : frames_for(n)], row.text,
+                                row.lang, row.audio))  # fmt: skip
     return examples
 
 
@@ -132,17 +136,45 @@ def sample_conditions(flow, b: int, frames: int, device):
 
 
 @torch.no_grad()
+def offline_mel(flow, codes: torch.Tensor, frames: int, device, n_steps: int = 10) -> torch.Tensor:
+    """The mel [1, 80, frames] inference makes of whole-utterance codes [N] (seed-42 noise, guidance)."""
+    noise = torch.randn(1, flow.cfg.output_size, frames, generator=torch.Generator().manual_seed(42))
+    mu = flow.mu(codes[None].to(device), frames)
+    return flow.solve(noise.to(device), mu, torch.zeros_like(mu), n_steps)
+
+
 def mel_l1(flow, examples: list[Example], device, n_steps: int = 10) -> float:
-    """Mean |mel - target| of whole utterances decoded offline (seed-42 noise, as inference)."""
+    """Mean |mel - target| of whole utterances decoded offline."""
     total, count = 0.0, 0
     for e in examples:
-        frames = e.mel.shape[1]
-        noise = torch.randn(1, flow.cfg.output_size, frames, generator=torch.Generator().manual_seed(42))
-        mu = flow.mu(e.codes[None].to(device), frames)
-        mel = flow.solve(noise.to(device), mu, torch.zeros_like(mu), n_steps)
-        total += float((mel[0].cpu() - e.mel).abs().sum())
+        total += float((offline_mel(flow, e.codes, e.mel.shape[1], device, n_steps)[0].cpu() - e.mel).abs().sum())
         count += e.mel.numel()
     return round(total / max(count, 1), 4)
+
+
+def intelligibility(flow, decoder, examples: list[Example], device) -> dict:
+    """pocketsphinx WER of the English utterances re-synthesised (offline flow + the decoder's HiFT), beside
+    its WER on the original recordings of the same sentences (empty without English texts or pocketsphinx)."""
+    try:
+        from ..scoring import errors, recognise_english
+    except ImportError:
+        return {}
+    english = [e for e in examples if e.lang == "en" and e.text and e.audio]
+    if not english:
+        return {}
+    from ..audio import load_audio
+
+    totals = [0, 0, 0]  # resynthesis errors, original errors, words
+    for e in english:
+        if not hasattr(e, "original_hyp"):  # the recording's words, recognised once
+            e.original_hyp = recognise_english(load_audio(e.audio), 16000)
+        audio = decoder.vocode(offline_mel(flow, e.codes, e.mel.shape[1], device))
+        wrong, n = errors(e.text, recognise_english(audio.numpy(), decoder.sample_rate), "en")
+        totals[0] += wrong
+        totals[1] += errors(e.text, e.original_hyp, "en")[0]
+        totals[2] += n
+    return {"valid_wer_resynth": round(totals[0] / max(totals[2], 1), 4),
+            "valid_wer_original": round(totals[1] / max(totals[2], 1), 4)}  # fmt: skip
 
 
 def train_decoder(init, speech_tokenizer, data, out, cfg: RunConfig, *, stage: str = "flow", valid=None,
@@ -200,11 +232,15 @@ def train_decoder(init, speech_tokenizer, data, out, cfg: RunConfig, *, stage: s
         def after_step(step: int) -> dict | None:
             if valid_set is None or not (step == cfg.steps or (eval_every and step % eval_every == 0)):
                 return None
-            flow.eval()
+            judged = whole_flow(model, flow, dist)  # under FSDP: a full copy on rank 0 (None elsewhere)
+            if judged is None:
+                return None
+            judged.eval()
             try:
-                return {"valid_mel_l1": mel_l1(flow, valid_set, dist.device)}
+                return {"valid_mel_l1": mel_l1(judged, valid_set, dist.device),
+                        **intelligibility(judged, decoder, valid_set, dist.device)}  # fmt: skip
             finally:
-                flow.train()
+                judged.train()
 
         def write_model(weights: dict, folder: Path) -> None:
             write_decoder_folder({k.removeprefix("flow."): v for k, v in weights.items()}, source, folder)
@@ -213,6 +249,22 @@ def train_decoder(init, speech_tokenizer, data, out, cfg: RunConfig, *, stage: s
         return train(task, cfg, out, dist, state, log=log)
     finally:
         dist.close()
+
+
+def whole_flow(model, flow, dist: Dist):
+    """The flow to validate: itself in one process; under FSDP a gathered copy on rank 0 (None on the others)."""
+    if not dist.sharded:
+        return flow
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    from ..decoder.flow import FlowModel
+
+    weights = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    if dist.rank != 0:
+        return None
+    copy = FlowModel(flow.cfg)
+    copy.load_state_dict({k.removeprefix("flow."): v for k, v in weights.items()})
+    return copy.to(dist.device)
 
 
 def write_decoder_folder(flow_weights: dict, source: Path, folder: Path) -> None:

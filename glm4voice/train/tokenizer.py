@@ -106,7 +106,7 @@ def error_rates(model, codec, data: Utterances, device, batch: int = 8, rank: in
     """WER (en) and CER (zh) of greedy transcripts, and codebook usage, over `data` (ranks share it).
 
     `bypass` (the VQ warm-up): transcripts of the unquantized encoder, and no codebook usage (no codebook yet)."""
-    import jiwer
+    from ..scoring import errors
 
     totals = torch.zeros(4, dtype=torch.float64, device=device)  # en errors, en words, zh errors, zh chars
     counts = torch.zeros(model.vq.size, dtype=torch.float64, device=device)  # codes over the validation frames
@@ -123,11 +123,8 @@ def error_rates(model, codec, data: Utterances, device, batch: int = 8, rank: in
                 continue
             row = data.rows[picked[i]]
             counts += torch.bincount(model.vq.nearest(h[i][m[i]]), minlength=model.vq.size).to(counts)
-            ref, hyp = normalize(row.text, row.lang), normalize(codec.decode(hyps[i]), row.lang)
-            out = jiwer.process_words(ref, hyp) if row.lang == "en" else jiwer.process_characters(ref, hyp)
-            errors = out.substitutions + out.deletions + out.insertions
-            n = out.substitutions + out.deletions + out.hits
-            totals[0 if row.lang == "en" else 2] += errors
+            wrong, n = errors(row.text, codec.decode(hyps[i]), row.lang)
+            totals[0 if row.lang == "en" else 2] += wrong
             totals[1 if row.lang == "en" else 3] += n
     import torch.distributed as dist
 
@@ -145,16 +142,6 @@ def error_rates(model, codec, data: Utterances, device, batch: int = 8, rank: in
     if totals[3]:
         out["cer_zh"] = round(float(totals[2] / totals[3]), 4)
     return out
-
-
-def normalize(text: str, lang: str) -> str:
-    """Lower case, no punctuation; Mandarin without spaces (CER counts characters)."""
-    import unicodedata
-
-    kept = "".join(c if not unicodedata.category(c).startswith("P") else " " for c in text.lower())
-    if lang == "zh":
-        return "".join(kept.split()) or "-"
-    return " ".join(kept.split()) or "-"
 
 
 def train_tokenizer(data: str | os.PathLike, out: str | os.PathLike, cfg: RunConfig, *, init=None, config=None,
