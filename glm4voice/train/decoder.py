@@ -233,14 +233,19 @@ def train_decoder(init, speech_tokenizer, data, out, cfg: RunConfig, *, stage: s
             if valid_set is None or not (step == cfg.steps or (eval_every and step % eval_every == 0)):
                 return None
             judged = whole_flow(model, flow, dist)  # under FSDP: a full copy on rank 0 (None elsewhere)
-            if judged is None:
-                return None
-            judged.eval()
-            try:
-                return {"valid_mel_l1": mel_l1(judged, valid_set, dist.device),
-                        **intelligibility(judged, decoder, valid_set, dist.device)}  # fmt: skip
-            finally:
-                judged.train()
+            result: list[dict | None] = [None]
+            if judged is not None:
+                judged.eval()
+                try:
+                    result[0] = {"valid_mel_l1": mel_l1(judged, valid_set, dist.device),
+                                 **intelligibility(judged, decoder, valid_set, dist.device)}  # fmt: skip
+                finally:
+                    judged.train()
+            if dist.sharded:  # every rank returns the same metrics: the loop averages each key over the ranks
+                import torch.distributed as td
+
+                td.broadcast_object_list(result, src=0)
+            return result[0]
 
         def write_model(weights: dict, folder: Path) -> None:
             write_decoder_folder({k.removeprefix("flow."): v for k, v in weights.items()}, source, folder)

@@ -162,11 +162,12 @@ def test_torchrun_two_ranks(corpus, golden, tmp_path):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "glm4voice",
            "train-decoder", "--init", str(golden / "decoder"), "--speech-tokenizer", str(golden / "tokenizer"),
            "--data", str(corpus / "voice.jsonl"), "--out", str(tmp_path / "f"), "--steps", "3", "--crop-codes", "8",
-           "--batch-size", "2", "--log-every", "1"]  # fmt: skip
+           "--batch-size", "2", "--log-every", "1", "--valid", str(corpus / "one.jsonl")]  # fmt: skip
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     logged = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
     assert [r["step"] for r in logged] == [1, 2, 3] and all(math.isfinite(r["loss"]) for r in logged)
+    assert "valid_mel_l1" in logged[-1] and "valid_wer_resynth" in logged[-1]  # rank 0 judged a gathered copy
     state = torch.load(tmp_path / "f" / "step-3" / "flow.pt", weights_only=True)
     assert state.keys() == SpeechDecoder.from_pretrained(golden / "decoder").flow.state_dict().keys()
     SpeechDecoder.from_pretrained(tmp_path / "f" / "step-3")
