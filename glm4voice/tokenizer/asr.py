@@ -241,9 +241,9 @@ class AsrTokenizer(nn.Module):
                 key = f"encoder.{name}"
             state[key] = tensor
         state.update({f"decoder.{k}": v for k, v in parts["decoder"].items()})
-        optional = frozenset() if strict_vq else {"vq.codebook", "vq.ema_count", "vq.ema_weight",
-                                                   "embed_positions2.weight"}  # fmt: skip
-        missing = check_state(own, state, source, frozenset(optional))
+        optional = frozenset() if strict_vq else frozenset({"vq.codebook", "vq.ema_count", "vq.ema_weight",
+                                                             "embed_positions2.weight"})  # fmt: skip
+        missing = check_state(own, state, source, optional)
         self.load_state_dict(state, strict=False)
         return missing
 

@@ -17,12 +17,16 @@ from .network import WhisperVQEncoder
 PIECE_SAMPLES = 30 * WHISPER_RATE  # the encoder's 1500 positions: 30 s per pass
 
 
+def _check_batch_size(batch_size) -> None:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+
+
 class SpeechTokenizer:
     """Speech -> 12.5 Hz codes: `tokenize` (one input), `tokenize_batch` (many, batched), `stream()`."""
 
     def __init__(self, model: WhisperVQEncoder, device="cpu", batch_size: int = 8):
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+        _check_batch_size(batch_size)
         self.model = model.eval()
         self.config = model.cfg
         self.device = torch.device(device)
@@ -33,8 +37,7 @@ class SpeechTokenizer:
         cls, path_or_id: str | os.PathLike, device="cpu", dtype="float32", int8: bool = False, batch_size: int = 8
     ):
         """Load a speech tokenizer folder or hub id; `batch_size` is 30 s pieces per forward pass."""
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+        _check_batch_size(batch_size)
         folder = resolve_checkpoint(path_or_id, ["config.json", "preprocessor_config.json"], "speech tokenizer")
         cfg = TokenizerConfig.from_dict(read_json(folder / "config.json"), str(folder / "config.json"))
         check_preprocessor(read_json(folder / "preprocessor_config.json"), cfg, folder)

@@ -47,15 +47,13 @@ class Example:
     text: str | None = None
     lang: str | None = None
     audio: str | None = None  # the recording (validation compares its recognised words with the re-synthesis')
+    original_hyp: str | None = None  # what the recogniser heard in the recording (computed once, by validation)
 
 
-def frames_for(codes: int) -> int:
-    """Mel frames of `codes` speech codes (12.5 Hz codes, 22050 / 256 frames per second), as inference."""
-    return codes * 441 // 64
+def load_examples(manifest, speech_tokenizer, frames, what: str) -> list[Example]:
+    """Every utterance's speech codes and decoder mel (the codes batched through the speech tokenizer).
 
-
-def load_examples(manifest, speech_tokenizer, what: str) -> list[Example]:
-    """Every utterance's speech codes and decoder mel (the codes batched through the speech tokenizer)."""
+    `frames(n)`: mel frames of n codes (`SpeechDecoder.frames`, the one formula)."""
     from ..audio import DECODER_RATE, decoder_log_mel, load_audio
     from ..data.manifest import read_manifest
     from ..tokenizer import SpeechTokenizer
@@ -69,22 +67,24 @@ def load_examples(manifest, speech_tokenizer, what: str) -> list[Example]:
     examples = []
     for row, c in zip(rows, codes):
         mel = decoder_log_mel(torch.as_tensor(load_audio(row.audio, target_rate=DECODER_RATE)))[0]
-        n = min(len(c), mel.shape[1] * 64 // 441)  # the codes whose frames the recording has in full
-        examples.append(Example(row.id, torch.tensor(c[:n], dtype=torch.long), mel[:, : frames_for(n)], row.text,
+        n = len(c)
+        while n and frames(n) > mel.shape[1]:  # the codes whose frames the recording has in full
+            n -= 1
+        examples.append(Example(row.id, torch.tensor(c[:n], dtype=torch.long), mel[:, : frames(n)], row.text,
                                 row.lang, row.audio))  # fmt: skip
     return examples
 
 
-def crop_batch(examples: list[Example], size: int, crop: int, rng: random.Random):
+def crop_batch(examples: list[Example], size: int, crop: int, rng: random.Random, frames):
     """`size` crops of `crop` codes (and their frames) from utterances that long; half start at code 0.
 
-    Returns codes [B, crop], mel [B, 80, frames_for(crop)]."""
+    Returns codes [B, crop], mel [B, 80, frames(crop)]."""
     long_enough = [e for e in examples if len(e.codes) >= crop]
-    codes, mels, n = [], [], frames_for(crop)
+    codes, mels, n = [], [], frames(crop)
     for _ in range(size):
         e = rng.choice(long_enough)
         start = 0 if rng.random() < 0.5 else rng.randrange(len(e.codes) - crop + 1)
-        first = frames_for(start)
+        first = frames(start)
         first = min(first, e.mel.shape[1] - n)
         codes.append(e.codes[start : start + crop])
         mels.append(e.mel[:, first : first + n])
@@ -166,7 +166,7 @@ def intelligibility(flow, decoder, examples: list[Example], device) -> dict:
 
     totals = [0, 0, 0]  # resynthesis errors, original errors, words
     for e in english:
-        if not hasattr(e, "original_hyp"):  # the recording's words, recognised once
+        if e.original_hyp is None:  # the recording's words, recognised once
             e.original_hyp = recognise_english(load_audio(e.audio), 16000)
         audio = decoder.vocode(offline_mel(flow, e.codes, e.mel.shape[1], device))
         wrong, n = errors(e.text, recognise_english(audio.numpy(), decoder.sample_rate), "en")
@@ -202,8 +202,8 @@ def train_decoder(init, speech_tokenizer, data, out, cfg: RunConfig, *, stage: s
         return train_vocoder(source, data, out, cfg, valid=valid, eval_every=eval_every, crop_frames=crop_frames,
                              state=state, log=log)  # fmt: skip
     decoder = SpeechDecoder.from_pretrained(source)  # flow, HiFT and config; the flow is trained
-    train_set = load_examples(data, speech_tokenizer, "training")
-    valid_set = load_examples(valid, speech_tokenizer, "validation") if valid is not None else None
+    train_set = load_examples(data, speech_tokenizer, decoder.frames, "training")
+    valid_set = load_examples(valid, speech_tokenizer, decoder.frames, "validation") if valid is not None else None
     if max(len(e.codes) for e in train_set) < crop_codes:
         raise Glm4VoiceError(f"{data}: no utterance has --crop-codes {crop_codes} codes")
     vocab = decoder.vocab_size
@@ -221,7 +221,7 @@ def train_decoder(init, speech_tokenizer, data, out, cfg: RunConfig, *, stage: s
 
         def batch(index: int) -> dict:
             rng = random.Random(f"{cfg.seed}-{index}-{dist.rank}")
-            codes, mel = crop_batch(train_set, cfg.batch_size, crop_codes, rng)
+            codes, mel = crop_batch(train_set, cfg.batch_size, crop_codes, rng, decoder.frames)
             return {"codes": codes.to(dist.device), "mel": mel.to(dist.device)}
 
         def loss(model, b) -> tuple[torch.Tensor, dict]:

@@ -117,12 +117,14 @@ def error_rates(model, codec, data: Utterances, device, batch: int = 8, rank: in
         real = [k < len(mine) for k in range(start, min(start + batch, rounds))]
         features, mask = data.features(picked, device)
         hyps = model.transcribe_ids(features, mask, codec, bypass=bypass)
-        _, m, _, h = model.encode(features, mask)
+        if not bypass:  # codebook usage (no codebook yet during the warm-up)
+            _, m, _, h = model.encode(features, mask)
         for i, keep in zip(range(len(picked)), real):
             if not keep:
                 continue
             row = data.rows[picked[i]]
-            counts += torch.bincount(model.vq.nearest(h[i][m[i]]), minlength=model.vq.size).to(counts)
+            if not bypass:
+                counts += torch.bincount(model.vq.nearest(h[i][m[i]]), minlength=model.vq.size).to(counts)
             wrong, n = errors(row.text, codec.decode(hyps[i]), row.lang)
             totals[0 if row.lang == "en" else 2] += wrong
             totals[1 if row.lang == "en" else 3] += n
@@ -134,9 +136,10 @@ def error_rates(model, codec, data: Utterances, device, batch: int = 8, rank: in
     totals = totals.cpu()
     p = counts / counts.sum().clamp(min=1)
     perplexity = float(torch.exp(-(p * torch.log(p.clamp(min=1e-12))).sum()))
-    out = {"codes_used": round(float((counts > 0).double().mean()), 4), "code_perplexity": round(perplexity, 2)}
     if bypass:
         out = {"vq_bypassed": True}
+    else:
+        out = {"codes_used": round(float((counts > 0).double().mean()), 4), "code_perplexity": round(perplexity, 2)}
     if totals[1]:
         out["wer_en"] = round(float(totals[0] / totals[1]), 4)
     if totals[3]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import random
@@ -12,8 +13,8 @@ import torch
 from glm4voice.decoder import SpeechDecoder
 from glm4voice.errors import Glm4VoiceError
 from glm4voice.train.config import RunConfig
-from glm4voice.train.decoder import crop_batch, flow_loss, frames_for, load_examples, mel_l1, train_decoder
-from tests.conftest import write_wav16
+from glm4voice.train.decoder import crop_batch, flow_loss, load_examples, mel_l1, train_decoder
+from tests.conftest import GOLDEN, write_wav16
 
 
 @pytest.fixture(scope="module")
@@ -38,6 +39,16 @@ def corpus(tmp_path_factory, speech_clips):
 @pytest.fixture(scope="module")
 def flow(golden):
     return SpeechDecoder.from_pretrained(golden / "decoder").flow.float()
+
+
+@functools.cache
+def _golden_decoder() -> SpeechDecoder:
+    return SpeechDecoder.from_pretrained(GOLDEN / "decoder")
+
+
+def frames_for(n: int) -> int:
+    """Mel frames of n codes: the decoder's one formula."""
+    return _golden_decoder().frames(n)
 
 
 def test_flow_loss_equals_a_hand_computation(flow):
@@ -91,17 +102,17 @@ def test_the_prompt_gets_no_loss_and_dropout_zeroes_what_inference_zeroes(flow):
 
 
 def test_crops_are_aligned_and_half_start_at_zero(corpus, golden):
-    examples = load_examples(corpus / "voice.jsonl", golden / "tokenizer", "training")
+    examples = load_examples(corpus / "voice.jsonl", golden / "tokenizer", frames_for, "training")
     for e in examples:
         assert e.mel.shape[1] == frames_for(len(e.codes))
-    codes, mel = crop_batch(examples, 64, 8, random.Random(0))
+    codes, mel = crop_batch(examples, 64, 8, random.Random(0), frames_for)
     assert codes.shape == (64, 8) and mel.shape == (64, 80, frames_for(8))
     starts = sum(any(torch.equal(c, e.codes[:8]) for e in examples) for c in codes)
     assert 16 < starts < 56
 
 
 def test_overfits_one_utterance_exports_and_resumes(corpus, golden, tmp_path):
-    one = load_examples(corpus / "one.jsonl", golden / "tokenizer", "validation")
+    one = load_examples(corpus / "one.jsonl", golden / "tokenizer", frames_for, "validation")
     before = mel_l1(SpeechDecoder.from_pretrained(golden / "decoder").flow.float(), one, "cpu")
     cfg = RunConfig(steps=150, batch_size=4, lr=3e-3, min_lr=3e-4, warmup_steps=10, weight_decay=0.0, log_every=50,
                     save_every=75)  # fmt: skip
