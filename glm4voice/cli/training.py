@@ -74,6 +74,9 @@ def _add_train_tokenizer(sub) -> None:
     p.add_argument("--vocab-size", type=int, default=1000, help="transcript BPE size when training from scratch")
     p.add_argument("--vq-warmup-steps", type=int, default=0,
                    help="steps that bypass the quantizer before the codebook starts from the encoder (from scratch)")
+    p.add_argument("--spec-augment", action="store_true",
+                   help="mask random mel bands and 0.1 s stretches of the training audio (small corpora)")
+    p.add_argument("--label-smoothing", type=float, default=0.0, help="of the transcript cross-entropy, in [0, 1)")
     from ..train.config import RunConfig
 
     add_run_options(p, RunConfig(lr=1e-4, min_lr=1e-5, weight_decay=0.0), skip=("batch_size",))
@@ -87,6 +90,7 @@ def _run_tokenizer(args) -> int:
     records = train_tokenizer(args.data, args.out, cfg, init=args.init, config=args.config, valid=args.valid,
                               eval_every=args.eval_every, batch_seconds=args.batch_seconds,
                               vocab_size=args.vocab_size, vq_warmup=args.vq_warmup_steps,
+                              spec_augment_on=args.spec_augment, label_smoothing=args.label_smoothing,
                               resume=args.resume)  # fmt: skip
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"glm4voice train-tokenizer: {finished(records)}; {args.out}/tokenizer (released layout), "

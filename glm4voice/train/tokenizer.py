@@ -89,6 +89,27 @@ class Utterances:
         return whisper_log_mel([self.waves[i] for i in picked], device=device)
 
 
+def spec_augment(features: torch.Tensor, mask: torch.Tensor, seed: int) -> torch.Tensor:
+    """SpecAugment on log-mel features [B, 128, T] (mask [B, T] marks real frames): per utterance two frequency
+    masks of up to 27 bins and one time mask of up to 10 frames (0.1 s) per second of speech, set to 0 (the
+    middle of Whisper's normalised range). Pure in `seed`, so a resumed run masks the same frames. It makes a
+    small ASR model listen rather than recite a small corpus's sentences."""
+    gen = torch.Generator().manual_seed(seed)
+    out = features.clone()
+    bins = features.shape[1]
+    for b in range(features.shape[0]):
+        frames = int(mask[b].sum())
+        for _ in range(2):
+            width = int(torch.randint(0, 28, (), generator=gen))
+            start = int(torch.randint(0, bins - width + 1, (), generator=gen))
+            out[b, start : start + width, :frames] = 0.0
+        for _ in range(max(1, frames // 100)):
+            width = min(int(torch.randint(0, 11, (), generator=gen)), frames)
+            start = int(torch.randint(0, frames - width + 1, (), generator=gen))
+            out[b, :, start : start + width] = 0.0
+    return out
+
+
 def labels_for(codec, rows, device) -> tuple[torch.Tensor, torch.Tensor]:
     """(decoder input ids, labels) [B, L]: the transcript shifted by one, labels -100 on padding."""
     seqs = [codec.encode(r.text, r.lang) for r in rows]
@@ -149,7 +170,8 @@ def error_rates(model, codec, data: Utterances, device, batch: int = 8, rank: in
 
 def train_tokenizer(data: str | os.PathLike, out: str | os.PathLike, cfg: RunConfig, *, init=None, config=None,
                     valid=None, eval_every: int = 0, batch_seconds: float = 60.0, vocab_size: int = 1000,
-                    vq_warmup: int = 0, resume=None, log=None) -> list[dict]:  # fmt: skip
+                    vq_warmup: int = 0, spec_augment_on: bool = False, label_smoothing: float = 0.0,
+                    resume=None, log=None) -> list[dict]:  # fmt: skip
     """Train; returns the logged records. `config`: a JSON file (from scratch, or VQ fields for a Whisper start).
 
     `vq_warmup`: steps in which the hidden states bypass the quantizer, before the codebook starts at random
@@ -162,6 +184,8 @@ def train_tokenizer(data: str | os.PathLike, out: str | os.PathLike, cfg: RunCon
         raise Glm4VoiceError("give --init (a Whisper or tokenizer folder), --config (from scratch) or --resume")
     if batch_seconds <= 0 or eval_every < 0 or vq_warmup < 0:
         raise Glm4VoiceError("--batch-seconds must be positive, --eval-every and --vq-warmup-steps >= 0")
+    if not 0.0 <= label_smoothing < 1.0:
+        raise Glm4VoiceError(f"--label-smoothing must lie in [0, 1), not {label_smoothing}")
     if vq_warmup >= cfg.steps:
         raise Glm4VoiceError(f"--vq-warmup-steps {vq_warmup} leaves no step for the quantizer (--steps {cfg.steps})")
     state = open_run(out, resume, cfg)
@@ -197,6 +221,8 @@ def train_tokenizer(data: str | os.PathLike, out: str | os.PathLike, cfg: RunCon
         def batch(index: int) -> dict:
             group = groups[batch_indices(index, dist.rank, dist.world, 1, len(groups), cfg.seed)[0]]
             features, mask = train_set.features(group, dist.device)
+            if spec_augment_on:
+                features = spec_augment(features.cpu(), mask.cpu(), cfg.seed * 1_000_003 + index).to(dist.device)
             inputs, labels = labels_for(codec, [train_set.rows[i] for i in group], dist.device)
             return {"index": index, "features": features, "mask": mask, "inputs": inputs, "labels": labels}
 
@@ -206,7 +232,8 @@ def train_tokenizer(data: str | os.PathLike, out: str | os.PathLike, cfg: RunCon
             bypass = b["index"] < warm
             encoded, mask, vq, hidden = model.encode(b["features"], b["mask"], update=not bypass, bypass=bypass)
             logits = model.logits(encoded, b["inputs"], mask)
-            asr = torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), b["labels"].flatten())
+            asr = torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), b["labels"].flatten(),
+                                                  label_smoothing=label_smoothing)
             if not bypass and (b["index"] - warm + 1) % model.vq.restart_every == 0:
                 restarted[0] += model.vq.restart_dead(hidden, mask)  # the same number on every rank
             metrics = {"asr_loss": asr.item(), "commit_loss": vq.loss.item(), "codes_in_batch": vq.used}

@@ -106,6 +106,31 @@ def test_vq_warm_up_then_resume_across_it(corpus, tmp_path):
     assert [r["loss"] for r in resumed] == [r["loss"] for r in records[2:]]  # the switch happens at the same step
 
 
+def test_spec_augment_masks_only_real_frames_and_is_pure_in_its_seed():
+    from glm4voice.train.tokenizer import spec_augment
+
+    features = torch.randn(2, 128, 500)
+    mask = torch.zeros(2, 500, dtype=torch.bool)
+    mask[0, :500], mask[1, :300] = True, True
+    out = spec_augment(features, mask, seed=5)
+    assert torch.equal(out, spec_augment(features, mask, seed=5)) and not torch.equal(out, spec_augment(features, mask, 6))
+    assert torch.equal(out[1, :, 300:], features[1, :, 300:])  # padding untouched
+    zeroed = out == 0
+    assert 0.01 < zeroed[0].float().mean() < 0.5 and 0.01 < zeroed[1, :, :300].float().mean() < 0.5
+    assert torch.equal(out[~zeroed], features[~zeroed])  # the rest is the input
+
+
+def test_spec_augment_and_label_smoothing_train_and_resume_exactly(corpus, tmp_path):
+    cfg = RunConfig(steps=4, save_every=2, **{**FAST, "log_every": 1})
+    kwargs = dict(config=corpus / "tiny.json", batch_seconds=4, vocab_size=300, spec_augment_on=True,
+                  label_smoothing=0.1, log=lambda line: None)  # fmt: skip
+    records = train_tokenizer(corpus / "train.jsonl", tmp_path / "a", cfg, **kwargs)
+    resumed = train_tokenizer(corpus / "train.jsonl", tmp_path / "b", cfg, resume=tmp_path / "a" / "step-2", **kwargs)
+    assert [r["loss"] for r in resumed] == [r["loss"] for r in records[2:]]
+    with pytest.raises(Exception, match="label-smoothing"):
+        train_tokenizer(corpus / "train.jsonl", tmp_path / "c", cfg, **{**kwargs, "label_smoothing": 1.0})
+
+
 def test_starts_from_a_transformers_whisper_folder(corpus, tmp_path):
     from transformers import WhisperConfig, WhisperForConditionalGeneration
 
