@@ -99,11 +99,13 @@ def _run_tokenizer(args) -> int:
 
 
 def _add_train_decoder(sub) -> None:
-    p = add_command(sub, "train-decoder", "train the speech decoder's flow (codes -> mel) by flow matching",
+    p = add_command(sub, "train-decoder", "train the speech decoder: the flow (codes -> mel) or the HiFT vocoder",
                     _run_decoder)  # fmt: skip
     p.add_argument("--stage", choices=["flow", "hift"], default="flow",
                    help="flow: codes -> mel (flow matching); hift: mel -> audio (the vocoder)")
-    p.add_argument("--init", help="decoder folder or hub id to start from (its HiFT and config.yaml are kept)")
+    p.add_argument("--init", help="decoder folder or hub id to start from (what the stage does not train is kept)")
+    p.add_argument("--config", help="instead of --init: a decoder config.yaml (random weights of its sizes); "
+                                    "'tiny': the sizes the tiny recipe trains on a CPU")  # fmt: skip
     add_speech_tokenizer(p)
     p.add_argument("--data", required=True, help="manifest of the voice's recordings (JSONL: id, audio, ...)")
     p.add_argument("--out", required=True, help="run folder: OUT/step-N are decoder folders")
@@ -111,6 +113,9 @@ def _add_train_decoder(sub) -> None:
     p.add_argument("--eval-every", type=int, default=0, help="steps between validations (0: only at the end)")
     p.add_argument("--crop-codes", type=int, default=40, help="flow: codes per training crop (40 = 3.2 s)")
     p.add_argument("--crop-frames", type=int, default=64, help="hift: mel frames per training crop (64 = 0.74 s)")
+    p.add_argument("--adversarial-from", type=int, default=0,
+                   help="hift: the step from which the discriminators (multi-period, multi-resolution) train too "
+                        "(0: never)")  # fmt: skip
     from ..train.decoder import decoder_defaults
 
     add_run_options(p, decoder_defaults())
@@ -123,11 +128,21 @@ def _run_decoder(args) -> int:
     cfg = run_config(args)
     records = train_decoder(args.init, args.speech_tokenizer, args.data, args.out, cfg, stage=args.stage,
                             valid=args.valid, eval_every=args.eval_every, crop_codes=args.crop_codes,
-                            crop_frames=args.crop_frames, resume=args.resume)  # fmt: skip
+                            crop_frames=args.crop_frames, config=_decoder_config(args.config),
+                            adversarial_from=args.adversarial_from, resume=args.resume)  # fmt: skip
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"glm4voice train-decoder: {finished(records)}; {args.out}/step-{cfg.steps} (a decoder folder)",
               file=sys.stderr)  # fmt: skip
     return 0
+
+
+def _decoder_config(name):
+    """`tiny` names the packaged config unless a file of that name exists."""
+    from pathlib import Path
+
+    if name == "tiny" and not Path(name).exists():
+        return Path(__file__).resolve().parents[1] / "train" / "configs" / "decoder-tiny.yaml"
+    return name
 
 
 def add(sub) -> None:

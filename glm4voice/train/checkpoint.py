@@ -90,7 +90,23 @@ def prune(out: Path, keep_last: int) -> list[Path]:
 
 
 def restore_optimizer(model, opt, state: dict) -> None:
-    """Load a full (gathered) optimizer state into `opt`, sharded or not."""
+    """Load a full (gathered) optimizer state into `opt`, sharded or not.
+
+    A parameter no step had given a gradient when the checkpoint was written (a discriminator before its
+    first adversarial step) has no saved state, and must start without one as it did in the original run:
+    torch's loader first gives every parameter a state by a zero-gradient step, which is taken back here."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
-    set_optimizer_state_dict(model, opt, state["optimizer"], options=StateDictOptions(full_state_dict=True))
+    saved = state["optimizer"].get("state", {})
+    set_optimizer_state_dict(model, opt, state["optimizer"], options=StateDictOptions(full_state_dict=True,
+                                                                                      strict=False))
+    names = {p: _plain_name(n) for n, p in model.named_parameters()}
+    if any(n in saved for n in names.values()):  # the names agree with the saved ones: drop the made-up states
+        for p in [p for p in opt.state if names.get(p) not in saved]:
+            del opt.state[p]
+
+
+def _plain_name(name: str) -> str:
+    """A parameter's name without the wrappers' segments (activation checkpointing, compile), as torch saves it."""
+    return ".".join(part for part in name.split(".") if part not in ("_checkpoint_wrapped_module", "_orig_mod",
+                                                                      "_fsdp_wrapped_module"))  # fmt: skip

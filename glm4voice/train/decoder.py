@@ -2,6 +2,7 @@
 
     glm4voice train-decoder --stage flow --init THUDM/glm-4-voice-decoder --speech-tokenizer TOK \
         --data voice.jsonl --valid voice-dev.jsonl --out runs/dec          # a new voice, on a GPU
+    glm4voice train-decoder --stage flow --config tiny --speech-tokenizer TOK --data ... --out runs/tiny
     torchrun --nproc_per_node 8 -m glm4voice train-decoder --stage flow ...
 
 The loss is the released decoder's (CosyVoice `ConditionalCFM`), on the modules
@@ -19,15 +20,19 @@ so nothing is padded: half of them start at an utterance's first code, as a
 stream's first chunk does. Speech codes come from `--speech-tokenizer`;
 the mel from the one decoder mel function (`audio.decoder_log_mel`).
 Checkpoints `OUT/step-N/` are decoder folders (`decode`, `chat` and
-`SpeechDecoder.from_pretrained` read them); the HiFT vocoder and the config
-come from `--init` (the HiFT stage trains the vocoder).
+`SpeechDecoder.from_pretrained` read them); what the stage does not train
+(the HiFT vocoder, the config) is copied from the start byte for byte. The
+start is `--init` (a decoder folder: the release, for a new voice) or
+`--config` (a config.yaml, the release's layout: random weights of its sizes;
+`tiny` is the packaged CPU-sized one). Validation decodes held-out utterances
+offline: mel L1, mel cepstral distortion of the re-synthesis (DTW-aligned),
+and pocketsphinx's WER of the re-synthesis beside its WER of the recordings.
 """
 
 from __future__ import annotations
 
 import math
 import random
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -152,56 +157,67 @@ def mel_l1(flow, examples: list[Example], device, n_steps: int = 10) -> float:
     return round(total / max(count, 1), 4)
 
 
-def intelligibility(flow, decoder, examples: list[Example], device) -> dict:
-    """pocketsphinx WER of the English utterances re-synthesised (offline flow + the decoder's HiFT), beside
-    its WER on the original recordings of the same sentences (empty without English texts or pocketsphinx)."""
-    try:
-        from ..scoring import errors, recognise_english
-    except ImportError:
-        return {}
-    english = [e for e in examples if e.lang == "en" and e.text and e.audio]
-    if not english:
-        return {}
-    from ..audio import load_audio
+def resynthesis_scores(flow, decoder, examples: list[Example], device) -> dict:
+    """Every held-out utterance re-synthesised from its codes (offline flow + the decoder's HiFT): the mel
+    cepstral distortion against the recording (DTW-aligned), and for the English ones pocketsphinx's WER
+    beside its WER on the original recordings of the same sentences (without pocketsphinx: MCD only)."""
+    from ..audio import decoder_log_mel, load_audio
+    from ..scoring import errors, mel_cepstral_distortion
 
-    totals = [0, 0, 0]  # resynthesis errors, original errors, words
-    for e in english:
+    try:
+        import pocketsphinx  # noqa: F401
+
+        from ..scoring import recognise_english
+    except ImportError:
+        recognise_english = None
+    mcd, totals = 0.0, [0, 0, 0]  # resynthesis errors, original errors, words
+    for e in examples:
+        audio = decoder.vocode(offline_mel(flow, e.codes, e.mel.shape[1], device))
+        mcd += mel_cepstral_distortion(decoder_log_mel(audio.float())[0].numpy(), e.mel.numpy())
+        if recognise_english is None or e.lang != "en" or not e.text or not e.audio:
+            continue
         if e.original_hyp is None:  # the recording's words, recognised once
             e.original_hyp = recognise_english(load_audio(e.audio), 16000)
-        audio = decoder.vocode(offline_mel(flow, e.codes, e.mel.shape[1], device))
         wrong, n = errors(e.text, recognise_english(audio.numpy(), decoder.sample_rate), "en")
         totals[0] += wrong
         totals[1] += errors(e.text, e.original_hyp, "en")[0]
         totals[2] += n
-    return {"valid_wer_resynth": round(totals[0] / max(totals[2], 1), 4),
-            "valid_wer_original": round(totals[1] / max(totals[2], 1), 4)}  # fmt: skip
+    out = {"valid_mcd": round(mcd / len(examples), 3)}
+    if totals[2]:
+        out["valid_wer_resynth"] = round(totals[0] / totals[2], 4)
+        out["valid_wer_original"] = round(totals[1] / totals[2], 4)
+    return out
 
 
 def train_decoder(init, speech_tokenizer, data, out, cfg: RunConfig, *, stage: str = "flow", valid=None,
-                  eval_every: int = 0, crop_codes: int = 40, crop_frames: int = 64, resume=None,
-                  log=None) -> list[dict]:  # fmt: skip
-    """Train one stage of the decoder (flow: codes -> mel; hift: mel -> audio); returns the logged records."""
-    from ..decoder import SpeechDecoder
+                  eval_every: int = 0, crop_codes: int = 40, crop_frames: int = 64, config=None,
+                  adversarial_from: int = 0, resume=None, log=None) -> list[dict]:  # fmt: skip
+    """Train one stage of the decoder (flow: codes -> mel; hift: mel -> audio); returns the logged records.
 
+    Starts from `init` (a decoder folder or hub id) or `config` (a config.yaml: random weights of its sizes);
+    `adversarial_from` (hift): the step from which the discriminators train with the generator (0: never)."""
     if stage not in ("flow", "hift"):
         raise Glm4VoiceError(f"--stage {stage}: flow or hift")
-    if crop_codes < 2 or crop_frames < 16 or eval_every < 0:
-        raise Glm4VoiceError("--crop-codes must be at least 2, --crop-frames at least 16 and --eval-every >= 0")
+    if crop_codes < 2 or crop_frames < 16 or eval_every < 0 or adversarial_from < 0:
+        raise Glm4VoiceError("--crop-codes must be at least 2, --crop-frames at least 16, --eval-every and "
+                             "--adversarial-from >= 0")  # fmt: skip
+    if adversarial_from and stage != "hift":
+        raise Glm4VoiceError("--adversarial-from is for the hift stage (the vocoder's discriminators)")
     if stage == "flow" and speech_tokenizer is None:
         raise Glm4VoiceError("the flow stage needs --speech-tokenizer (the codes it learns to speak)")
-    from ..decoder.model import DECODER_FILES
-    from ..hub import resolve_checkpoint
-
-    if init is None and resume is None:
-        raise Glm4VoiceError("give --init (a decoder folder or hub id: its HiFT and config are kept) or --resume")
+    if init is not None and config is not None:
+        raise Glm4VoiceError("give --init (a decoder to start from) or --config (random weights), not both")
+    if init is None and config is None and resume is None:
+        raise Glm4VoiceError("give --init (a decoder folder or hub id), --config (a decoder config.yaml: random "
+                             "weights of its sizes) or --resume")  # fmt: skip
     state = open_run(out, resume, cfg)
-    source = resolve_checkpoint(resume if resume is not None else init, DECODER_FILES, "decoder")
+    start = decoder_start(init, config, resume, cfg.seed)
     if stage == "hift":
         from .vocoder import train_vocoder
 
-        return train_vocoder(source, data, out, cfg, valid=valid, eval_every=eval_every, crop_frames=crop_frames,
-                             state=state, log=log)  # fmt: skip
-    decoder = SpeechDecoder.from_pretrained(source)  # flow, HiFT and config; the flow is trained
+        return train_vocoder(start, data, out, cfg, valid=valid, eval_every=eval_every, crop_frames=crop_frames,
+                             adversarial_from=adversarial_from, resume=resume, state=state, log=log)  # fmt: skip
+    decoder = start.decoder  # flow, HiFT and config; the flow is trained
     train_set = load_examples(data, speech_tokenizer, decoder.frames, "training")
     valid_set = load_examples(valid, speech_tokenizer, decoder.frames, "validation") if valid is not None else None
     if max(len(e.codes) for e in train_set) < crop_codes:
@@ -238,7 +254,7 @@ def train_decoder(init, speech_tokenizer, data, out, cfg: RunConfig, *, stage: s
                 judged.eval()
                 try:
                     result[0] = {"valid_mel_l1": mel_l1(judged, valid_set, dist.device),
-                                 **intelligibility(judged, decoder, valid_set, dist.device)}  # fmt: skip
+                                 **resynthesis_scores(judged, decoder, valid_set, dist.device)}  # fmt: skip
                 finally:
                     judged.train()
             if dist.sharded:  # every rank returns the same metrics: the loop averages each key over the ranks
@@ -248,7 +264,8 @@ def train_decoder(init, speech_tokenizer, data, out, cfg: RunConfig, *, stage: s
             return result[0]
 
         def write_model(weights: dict, folder: Path) -> None:
-            write_decoder_folder({k.removeprefix("flow."): v for k, v in weights.items()}, source, folder)
+            write_decoder_folder(folder, start.files, {"flow.pt": {k.removeprefix("flow."): v
+                                                                   for k, v in weights.items()}})  # fmt: skip
 
         task = Task(model, batch, loss, write_model, blocks=blocks, after_step=after_step)
         return train(task, cfg, out, dist, state, log=log)
@@ -272,11 +289,56 @@ def whole_flow(model, flow, dist: Dist):
     return copy.to(dist.device)
 
 
-def write_decoder_folder(flow_weights: dict, source: Path, folder: Path) -> None:
-    """A decoder folder: the trained flow, with `source`'s config.yaml and hift.pt beside it."""
-    torch.save({k: v.detach().cpu().clone() for k, v in flow_weights.items()}, folder / "flow.pt")
-    for name in ("config.yaml", "hift.pt"):
-        shutil.copyfile(Path(source) / name, folder / name)
+@dataclass
+class DecoderStart:
+    """What a decoder run starts from: the decoder, and its files as they were (a checkpoint copies the ones
+    its stage does not train byte for byte)."""
+
+    decoder: object  # SpeechDecoder
+    files: dict[str, bytes]  # config.yaml, flow.pt, hift.pt
+
+
+def decoder_start(init, config, resume, seed: int) -> DecoderStart:
+    """The resumed checkpoint, the `init` decoder folder (or hub id), or random weights of `config`'s sizes."""
+    import io
+
+    from ..decoder import SpeechDecoder
+    from ..decoder.model import DECODER_FILES
+    from ..hub import resolve_checkpoint
+
+    if resume is not None or init is not None:
+        folder = resolve_checkpoint(resume if resume is not None else init, DECODER_FILES, "decoder")
+        files = {name: (folder / name).read_bytes() for name in DECODER_FILES}
+        return DecoderStart(SpeechDecoder.from_pretrained(folder), files)
+    from ..decoder.config import parse_config
+    from ..decoder.flow import FlowModel
+    from ..decoder.hift import HiFT
+    from .vocoder import release_weight_norm_stems, split_weight_norm
+
+    try:
+        text = Path(config).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise Glm4VoiceError(f"--config {config}: cannot read it ({getattr(exc, 'strerror', None) or exc})") from None
+    cfg = parse_config(text, str(config))
+    torch.manual_seed(seed)
+    flow, hift = FlowModel(cfg.flow), HiFT(cfg.hift)
+    files = {"config.yaml": text.encode("utf-8")}
+    hift_state = hift.state_dict()
+    for name, weights in (("flow.pt", flow.state_dict()),
+                          ("hift.pt", split_weight_norm(hift_state, release_weight_norm_stems(hift_state)))):
+        buffer = io.BytesIO()
+        torch.save(weights, buffer)
+        files[name] = buffer.getvalue()
+    return DecoderStart(SpeechDecoder(cfg, flow, hift), files)
+
+
+def write_decoder_folder(folder: Path, files: dict[str, bytes], trained: dict[str, dict]) -> None:
+    """A decoder folder: the `trained` state dicts (by file name), the other `files` as they were."""
+    for name, data in files.items():
+        if name in trained:
+            torch.save({k: v.detach().cpu().clone() for k, v in trained[name].items()}, folder / name)
+        else:
+            (folder / name).write_bytes(data)
 
 
 def decoder_defaults(**overrides) -> RunConfig:

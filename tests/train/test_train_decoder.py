@@ -123,6 +123,7 @@ def test_overfits_one_utterance_exports_and_resumes(corpus, golden, tmp_path):
     assert after < before / 2.5, (before, after)  # 150 steps here: 5.4 -> 1.7 (400 steps: 1.2)
     # pocketsphinx judges the re-synthesis beside the recording: the golden HiFT is random, so it is noise
     assert records[-1]["valid_wer_original"] < 0.2 and records[-1]["valid_wer_resynth"] > 0.8
+    assert records[-1]["valid_mcd"] > 0  # DTW-aligned mel cepstral distortion of the re-synthesis
     # the exported folder is a decoder: the same mel as the training model gave
     dec = SpeechDecoder.from_pretrained(tmp_path / "a" / "step-150")
     assert mel_l1(dec.flow.float(), one, "cpu") == after
@@ -208,6 +209,74 @@ def test_hift_stage_learns_one_second_and_exports_the_release_keys(corpus, golde
     assert exported.keys() == released.keys()  # weight_g / weight_v where the release has them
     assert all(exported[k].shape == released[k].shape for k in exported)
     SpeechDecoder.from_pretrained(tmp_path / "run" / "step-60").vocode(second.mel[None])
+
+
+def test_starts_from_a_config_alone(corpus, golden, tmp_path, capsys):
+    """--config: random weights of its sizes; a checkpoint is a decoder folder in the release's layout."""
+    from glm4voice.cli import main
+
+    cfg = RunConfig(steps=2, batch_size=2, log_every=1)
+    train_decoder(None, golden / "tokenizer", corpus / "voice.jsonl", tmp_path / "f", cfg,
+                  config=golden / "decoder" / "config.yaml", crop_codes=8, log=lambda line: None)  # fmt: skip
+    step = tmp_path / "f" / "step-2"
+    assert (step / "config.yaml").read_bytes() == (golden / "decoder" / "config.yaml").read_bytes()
+    released = torch.load(golden / "decoder" / "hift.pt", weights_only=True)
+    assert torch.load(step / "hift.pt", weights_only=True).keys() == released.keys()  # weight_g / weight_v too
+    golden_flow = torch.load(golden / "decoder" / "flow.pt", weights_only=True)
+    trained = torch.load(step / "flow.pt", weights_only=True)
+    assert trained.keys() == golden_flow.keys() and not torch.equal(trained["input_embedding.weight"],
+                                                                    golden_flow["input_embedding.weight"])
+    SpeechDecoder.from_pretrained(step).decode([1, 2, 3, 4, 5])
+    # the packaged tiny sizes through the CLI (the hift stage: no tokenizer needed)
+    argv = ["train-decoder", "--stage", "hift", "--config", "tiny", "--data", str(corpus / "one.jsonl"),
+            "--out", str(tmp_path / "h"), "--steps", "1", "--batch-size", "1"]  # fmt: skip
+    assert main(argv) == 0
+    tiny = SpeechDecoder.from_pretrained(tmp_path / "h" / "step-1")
+    assert tiny.config.hift.base_channels == 64 and tiny.vocab_size == 1024
+    assert main([*argv[:-4], "--init", str(golden / "decoder"), "--out", str(tmp_path / "x"), *argv[-4:-2]]) == 2
+    assert "not both" in capsys.readouterr().err
+
+
+def test_adversarial_training_updates_each_side_by_its_own_loss(golden):
+    from glm4voice.train.discriminators import Discriminators, discriminator_loss
+    from glm4voice.train.vocoder import VocoderLoss
+
+    torch.manual_seed(0)
+    hift = SpeechDecoder.from_pretrained(golden / "decoder").hift.float()
+    model = VocoderLoss(hift, Discriminators(scale=1 / 16))
+    mel, f0, audio = torch.randn(2, 80, 32), torch.full((2, 32), 120.0), 0.1 * torch.randn(2, 32 * 256)
+    torch.manual_seed(1)
+    loss, metrics = model(mel, f0, audio, adversarial=True)
+    loss.backward()
+    assert {"adv_loss", "fm_loss", "disc_loss"} <= metrics.keys()
+    together = {n: p.grad.clone() for n, p in model.disc.named_parameters()}
+    # the discriminators' gradient is that of their own loss alone (the generator's terms leave them be)
+    model.zero_grad()
+    torch.manual_seed(1)
+    predicted = hift.f0(mel)
+    source, _ = hift.source_from_f0(predicted.detach())
+    fake = hift(mel, source)[:, : audio.shape[1]].detach()
+    discriminator_loss(model.disc(audio)[0], model.disc(fake)[0]).backward()
+    assert all(torch.allclose(together[n], p.grad, atol=1e-6) for n, p in model.disc.named_parameters())
+    assert all(p.requires_grad for p in model.disc.parameters())
+
+
+def test_adversarial_stage_starts_at_its_step_and_resumes_exactly(corpus, golden, tmp_path):
+    cfg = RunConfig(steps=4, batch_size=1, save_every=2, log_every=1, lr=1e-3, min_lr=1e-4, warmup_steps=1)
+    kwargs = dict(stage="hift", crop_frames=32, adversarial_from=3, log=lambda line: None)
+    records = train_decoder(golden / "decoder", None, corpus / "one.jsonl", tmp_path / "a", cfg, **kwargs)
+    assert ["disc_loss" in r for r in records] == [False, False, True, True]  # a generator-only warm-up first
+    assert (tmp_path / "a" / "step-2" / "discriminators.pt").is_file()
+    resumed = train_decoder(None, None, corpus / "one.jsonl", tmp_path / "b", cfg, resume=tmp_path / "a" / "step-2",
+                            **kwargs)  # fmt: skip
+    assert [r["loss"] for r in resumed] == [r["loss"] for r in records[2:]]
+    for name in ("hift.pt", "discriminators.pt"):
+        a = torch.load(tmp_path / "a" / "step-4" / name, weights_only=True)
+        b = torch.load(tmp_path / "b" / "step-4" / name, weights_only=True)
+        assert all(torch.equal(a[k], b[k]) for k in a)
+    with pytest.raises(Glm4VoiceError, match="hift stage"):
+        train_decoder(golden / "decoder", golden / "tokenizer", corpus / "one.jsonl", tmp_path / "c", cfg,
+                      adversarial_from=2)  # fmt: skip
 
 
 def test_split_weight_norm_is_exact():
