@@ -35,19 +35,24 @@ import argparse
 import copy
 import os
 import statistics
+import sys
 import time
 from collections import Counter
+from pathlib import Path
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
-from glm4voice.audio import decoder_log_mel
-from glm4voice.decoder import SpeechDecoder
-from glm4voice.decoder.config import DecoderConfig, FlowConfig, HiftConfig
-from glm4voice.decoder.flow import FlowModel
-from glm4voice.decoder.hift import HiFT
-from glm4voice.quant import quantize_linear_int8
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.machine import cpu_info, matmul_peak  # noqa: E402
+from glm4voice.audio import decoder_log_mel  # noqa: E402
+from glm4voice.decoder import SpeechDecoder  # noqa: E402
+from glm4voice.decoder.config import DecoderConfig, FlowConfig, HiftConfig  # noqa: E402
+from glm4voice.decoder.flow import FlowModel  # noqa: E402
+from glm4voice.decoder.hift import HiFT  # noqa: E402
+from glm4voice.quant import quantize_linear_int8  # noqa: E402
 
 REFERENCE_CHUNKS = (25, 50, 100, 150, 200)
 aten = torch.ops.aten
@@ -108,17 +113,6 @@ def full_size_decoder() -> SpeechDecoder:
     torch.manual_seed(0)
     cfg = DecoderConfig(FlowConfig(), HiftConfig())  # the defaults are the released sizes
     return SpeechDecoder(cfg, FlowModel(cfg.flow), HiFT(cfg.hift))
-
-
-def matmul_peak(n: int = 2048, repeats: int = 5) -> float:
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    a @ b
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        a @ b
-        best = min(best, time.perf_counter() - start)
-    return 2 * n**3 / best
 
 
 class FlopModel:
@@ -214,6 +208,7 @@ def main() -> None:
     audio_s = n_frames * dec.samples_per_frame / dec.sample_rate
     peak = matmul_peak()
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    print(f"cpu: {cpu_info()}")
     print(f"threads {torch.get_num_threads()}, fp32 matmul peak {peak / 1e9:.1f} GFLOP/s, load average {load}")
     print(f"reply: {n_ids} ids, {n_frames} mel frames, {audio_s:.2f} s of audio")
 

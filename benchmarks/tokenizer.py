@@ -35,6 +35,7 @@ sys.path.insert(0, str(ROOT))
 warnings.filterwarnings("ignore", category=DeprecationWarning)
 warnings.filterwarnings("ignore", message=".*quantize_per_tensor.*")
 
+from benchmarks.machine import cpu_info, matmul_peak, sync  # noqa: E402
 from glm4voice.audio import load_audio  # noqa: E402
 from glm4voice.quant import quantize_linear_int8  # noqa: E402
 from glm4voice.tokenizer import SpeechTokenizer, TokenizerConfig, WhisperVQEncoder  # noqa: E402
@@ -101,23 +102,6 @@ def linear_flops(cfg: TokenizerConfig, samples: int) -> float:
     return 2 * cfg.n_layers * frames * (4 * d * d + 2 * d * f)
 
 
-def matmul_peak(device: str, dtype: torch.dtype, n: int = 4096, reps: int = 5) -> float:
-    """Best FLOP/s of a square n^3 matmul and of the encoder's fc1 shape, whichever is higher
-    (CPU bf16 kernels are far slower on some square shapes than on the model's own)."""
-    best = 0.0
-    for m, k, o in [(n, n, n), (1500, 1280, 5120)]:
-        a = torch.randn(m, k, device=device, dtype=dtype)
-        w = torch.randn(o, k, device=device, dtype=dtype)  # nn.Linear's layout, as the model runs it
-        torch.nn.functional.linear(a, w)
-        sync(device)
-        for _ in range(reps if dtype == torch.float32 or device != "cpu" else 2):
-            t0 = time.perf_counter()
-            torch.nn.functional.linear(a, w)
-            sync(device)
-            best = max(best, 2 * m * k * o / (time.perf_counter() - t0))
-    return best
-
-
 def int8_peak(n: int = 4096) -> float:
     from torch.ao.quantization import quantize_dynamic
 
@@ -130,11 +114,6 @@ def int8_peak(n: int = 4096) -> float:
         lin(x)
         best = max(best, 2 * n**3 / (time.perf_counter() - t0))
     return best
-
-
-def sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
 
 
 def reference_style_attention(q, k, v, key_mask, block):
@@ -209,10 +188,13 @@ def main() -> None:
     on_gpu = args.device.startswith("cuda")
     default = "ref:1,fp32:1,fp32:8,bf16:1,bf16:8" if on_gpu else "ref:1,fp32:1,fp32:8,int8:1,int8:8,bf16:1"
     configs = (args.configs or default).split(",")
-    peaks = {"fp32": matmul_peak(args.device, torch.float32),
-             "bf16": matmul_peak(args.device, torch.bfloat16, n=1024 if not on_gpu else 8192)}
+    fc1 = ((1500, 1280, 5120),)  # the encoder's fc1 shape
+    peaks = {"fp32": matmul_peak(args.device, torch.float32, n=4096, shapes=fc1),
+             "bf16": matmul_peak(args.device, torch.bfloat16, n=1024 if not on_gpu else 8192, shapes=fc1,
+                                 reps=2 if not on_gpu else 5)}
     if not on_gpu:
         peaks["int8"] = int8_peak()
+    print(f"cpu: {cpu_info()}")
     print(f"device {args.device}, torch threads {torch.get_num_threads()}, audio {args.seconds:.0f} s per input")
     print("matmul peak here: " + ", ".join(f"{k} {v / 1e9:.1f} GFLOP/s" for k, v in peaks.items()))
     print(f"encoder work: {encoder_flops(TokenizerConfig(), int(args.seconds * 16000)) / 1e12:.2f} TFLOP "

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import subprocess
 import sys
 import time
@@ -24,6 +23,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.machine import cpu_info, matmul_peak  # noqa: E402
 from glm4voice.audio import load_audio, whisper_log_mel  # noqa: E402
 from glm4voice.tokenizer.asr import TranscriptCodec, new_asr  # noqa: E402
 
@@ -39,32 +39,6 @@ TEXTS = ["The quick brown fox jumps over the lazy dog near the river bank.",
          "A stitch in time saves nine, and an apple a day keeps the doctor away.",
          "Speech tokens arrive twelve and a half times every second.",
          "Every good boy deserves fudge, said the music teacher once again."]  # fmt: skip
-
-
-def cpu_info() -> str:
-    info = {}
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if ":" in line:
-                key, value = (p.strip() for p in line.split(":", 1))
-                info.setdefault(key, value)
-    except OSError:
-        pass
-    flags = set(info.get("flags", "").split())
-    wanted = [f for f in ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile") if f in flags]
-    return f"{info.get('model name', platform.processor() or 'unknown')}; flags: {' '.join(wanted) or 'none of note'}"
-
-
-def matmul_peak(device: str, n: int = 2048, reps: int = 10) -> float:
-    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
-    best = 0.0
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        a @ b
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        best = max(best, 2 * n**3 / (time.perf_counter() - t0))
-    return best
 
 
 def batch(device: str):
@@ -125,7 +99,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
-    print(f"cpu: {cpu_info()}; torch threads {torch.get_num_threads()}")
+    print(f"cpu: {cpu_info()}")
     results = [run(name, args.steps, args.device) for name in args.configs.split(",")]
     peak = max(matmul_peak(args.device), matmul_peak(args.device, n=1024))  # after the runs too: a busy
     print(json.dumps({"fp32_matmul_peak_gflop_s": round(peak / 1e9, 1)}))  # moment lowers it, never raises it

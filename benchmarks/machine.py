@@ -1,0 +1,54 @@
+"""What every benchmark says about the machine it ran on: the CPU and its flags, and measured matmul peaks.
+
+Results are stated as ratios to these peaks (measured in the same run), so figures from machines with and
+without AVX-512 / VNNI / bf16 can be compared.
+"""
+
+from __future__ import annotations
+
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile")
+
+
+def cpu_info() -> str:
+    """'model name; flags: ...' (the flags of note for matmul kernels) and the torch thread count."""
+    info = {}
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if ":" in line:
+                key, value = (p.strip() for p in line.split(":", 1))
+                info.setdefault(key, value)
+    except OSError:
+        pass
+    flags = set(info.get("flags", "").split())
+    wanted = [f for f in FLAGS if f in flags]
+    name = info.get("model name", platform.processor() or "unknown")
+    return f"{name}; flags: {' '.join(wanted) or 'none of note'}; torch threads {torch.get_num_threads()}"
+
+
+def sync(device: str) -> None:
+    if str(device).startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def matmul_peak(device: str = "cpu", dtype: torch.dtype = torch.float32, n: int = 2048, reps: int = 5,
+                shapes: tuple[tuple[int, int, int], ...] = ()) -> float:  # fmt: skip
+    """Best FLOP/s of an n^3 matmul and of any (rows, in, out) `shapes` run as nn.Linear runs them,
+    whichever is higher (CPU bf16 kernels are far slower on some square shapes than on a model's own)."""
+    best = 0.0
+    for m, k, o in ((n, n, n), *shapes):
+        a = torch.randn(m, k, device=device, dtype=dtype)
+        w = torch.randn(o, k, device=device, dtype=dtype)
+        torch.nn.functional.linear(a, w)  # warm-up
+        sync(device)
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            torch.nn.functional.linear(a, w)
+            sync(device)
+            best = max(best, 2 * m * k * o / (time.perf_counter() - t0))
+    return best
