@@ -1,4 +1,6 @@
-"""Training commands: `train-sft`. Every trainer takes the shared run options (`RunConfig`) the same way."""
+"""Training commands: `train-sft`, `train-tokenizer`, `train-decoder`, `train-bpe`, `extend-vocab`.
+
+Every trainer takes the shared run options (`RunConfig`) the same way."""
 
 from __future__ import annotations
 
@@ -145,7 +147,47 @@ def _decoder_config(name):
     return name
 
 
+def _add_train_bpe(sub) -> None:
+    p = add_command(sub, "train-bpe", "a byte-level BPE text tokenizer for a from-scratch LM (tiktoken format)",
+                    _run_bpe)  # fmt: skip
+    p.add_argument("--corpus", nargs="+", required=True,
+                   help="text: .jsonl rows with text, .parquet from `data text-corpus`, or plain text files")
+    p.add_argument("--vocab-size", type=int, required=True, help="ranks (256 bytes + merges)")
+    p.add_argument("--out", required=True, help="a new folder: tokenizer.model, tokenizer_config.json")
+
+
+def _run_bpe(args) -> int:
+    import json
+
+    from ..data.text_corpus import documents
+    from ..train.bpe import write_bpe_folder
+
+    texts = (doc.text for doc in documents(fortunes=False, files=tuple(args.corpus)))
+    print(json.dumps(write_bpe_folder(texts, args.vocab_size, args.out)))
+    return 0
+
+
+def _add_extend_vocab(sub) -> None:
+    p = add_command(sub, "extend-vocab", "a text LM + the speech vocabulary (audio delimiters, <|audio_k|> ids)",
+                    _run_extend_vocab)  # fmt: skip
+    p.add_argument("--lm", required=True, help="text LM folder or hub id (Glm or ChatGLM layout)")
+    p.add_argument("--n-audio", type=int, required=True, help="speech codes (the tokenizer's codebook size)")
+    p.add_argument("--out", required=True, help="a new folder (transformers Glm layout)")
+    p.add_argument("--seed", type=int, default=0, help="of the new rows' draws")
+
+
+def _run_extend_vocab(args) -> int:
+    import json
+
+    from ..lm.vocab import extend_vocab
+
+    print(json.dumps(extend_vocab(args.lm, args.n_audio, args.out, seed=args.seed)))
+    return 0
+
+
 def add(sub) -> None:
     _add_train_sft(sub)
     _add_train_tokenizer(sub)
     _add_train_decoder(sub)
+    _add_train_bpe(sub)
+    _add_extend_vocab(sub)

@@ -140,6 +140,12 @@ def documents(fortunes: bool = True, langs: tuple[str, ...] = ("en", "zh"), file
         label = path.stem if stems[path.stem] == 1 else f"{path.stem}{k}"
         if not path.is_file():
             raise TextCorpusError(f"{path}: no such file")
+        if path.suffix == ".parquet":  # a corpus this command wrote (id, text, lang)
+            for row in _parquet_rows(path):
+                if row["lang"] in langs and is_prose(row["text"]):
+                    yield Utterance(f"{label}-{row['id']}", text=row["text"], lang=row["lang"],
+                                    extra={"source": str(path)})  # fmt: skip
+            continue
         if path.suffix == ".jsonl":
             for _, row in iter_manifest(path, need=("text",)):
                 text = " ".join(row.text.split()) if "\n" not in row.text else row.text.strip()
@@ -152,6 +158,19 @@ def documents(fortunes: bool = True, langs: tuple[str, ...] = ("en", "zh"), file
             text = clean(entry, lang)
             if lang in langs and is_prose(text):
                 yield Utterance(f"{label}-{n:05d}", text=text, lang=lang, extra={"source": str(path)})
+
+
+def _parquet_rows(path: Path):
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise TextCorpusError(f"{path}: Parquet needs the data extra: pip install 'glm4voice[data]'") from None
+    try:
+        table = pq.read_table(path, columns=["id", "text", "lang"])
+    except Exception as exc:  # not Parquet, damaged, or without those columns
+        detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise TextCorpusError(f"{path}: not a text-corpus Parquet file with id, text, lang ({detail})") from None
+    return table.to_pylist()
 
 
 def write_text_corpus(out: str | os.PathLike, fortunes: bool = True, langs: tuple[str, ...] = ("en", "zh"),

@@ -10,26 +10,19 @@ The ids mean nothing; they exercise every code path the real files do.
 
 from __future__ import annotations
 
-import base64
 import json
 from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
 
-from .text import AUDIO_TOKEN, BUILTIN_SPECIALS
+from .vocab import write_tokenizer_files
 
 # Each merge joins two earlier tokens, so byte-pair encoding can reach it.
 TINY_MERGES = (
     b"he", b"ll", b"llo", b"hello", b" w", b"or", b" wor", b"ld", b" world", b"in", b"ing", b"\n\n",
     b"th", b" th", b" the", b"er", b"ti", b"on", b"tion", b"st", b"re", b"am", b"ream",
 )  # fmt: skip
-EXTRA_SPECIALS = (
-    "<|begin_of_audio|>",
-    "<|end_of_audio|>",
-    "<|begin_of_transcription|>",
-    "<|end_of_transcription|>",
-)
 AUDIO_GAP = 7  # unused ids between the delimiters and <|audio_0|> (the release has a gap too)
 
 
@@ -40,36 +33,9 @@ def tiny_ranks() -> dict[bytes, int]:
     return ranks
 
 
-def write_tiny_tokenizer(folder: str | Path, n_audio: int = 512) -> dict[str, int]:
-    """Write the tokenizer files; returns the special-token ids."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    ranks = tiny_ranks()
-    lines = [f"{base64.b64encode(token).decode()} {rank}" for token, rank in ranks.items()]
-    (folder / "tokenizer.model").write_text("\n".join(lines) + "\n")
-    specials: dict[str, int] = {}
-    next_id = len(ranks)
-    for name in (*BUILTIN_SPECIALS, *EXTRA_SPECIALS):
-        specials[name] = next_id
-        next_id += 1
-    next_id += AUDIO_GAP
-    for code in range(n_audio):
-        specials[AUDIO_TOKEN.format(code)] = next_id + code
-    added = {
-        str(i): {"content": name, "lstrip": False, "normalized": False, "rstrip": False, "single_word": False,
-                 "special": True}
-        for name, i in specials.items()
-    }  # fmt: skip
-    config = {
-        "added_tokens_decoder": added,
-        "clean_up_tokenization_spaces": False,
-        "eos_token": "<|endoftext|>",
-        "pad_token": "<|endoftext|>",
-        "padding_side": "left",
-        "tokenizer_class": "ChatGLM4Tokenizer",
-    }
-    (folder / "tokenizer_config.json").write_text(json.dumps(config, indent=1))
-    return specials
+def write_tiny_tokenizer(folder: str | Path, n_audio: int = 512, speech: bool = True) -> dict[str, int]:
+    """Write the tokenizer files; returns the special-token ids (`speech=False`: a text LM's, no audio)."""
+    return write_tokenizer_files(folder, tiny_ranks(), n_audio if speech else 0, speech, AUDIO_GAP)
 
 
 def write_tiny_lm(
@@ -82,10 +48,12 @@ def write_tiny_lm(
     ffn: int = 96,
     seed: int = 0,
     dtype: torch.dtype = torch.float32,
+    speech: bool = True,
 ) -> Path:
-    """A complete random LM folder (ChatGLM layout + tokenizer files) whose vocab holds the audio ids."""
+    """A complete random LM folder (ChatGLM layout + tokenizer files) whose vocab holds the audio ids
+    (`speech=False`: a text LM, the start of `extend_vocab`)."""
     folder = Path(folder)
-    specials = write_tiny_tokenizer(folder, n_audio)
+    specials = write_tiny_tokenizer(folder, n_audio, speech)
     vocab = max(specials.values()) + 1
     padded = (vocab + 15) // 16 * 16
     head_dim = hidden // heads
