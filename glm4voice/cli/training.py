@@ -1,4 +1,4 @@
-"""Training commands: `train-sft`, `train-tokenizer`, `train-decoder`, `train-bpe`, `extend-vocab`.
+"""Training commands: `train-sft`, `train-lm`, `train-tokenizer`, `train-decoder`, `train-bpe`, `extend-vocab`.
 
 Every trainer takes the shared run options (`RunConfig`) the same way."""
 
@@ -61,6 +61,31 @@ def _run_sft(args) -> int:
     return 0
 
 
+
+
+def _add_train_lm(sub) -> None:
+    from ..train.lm import lm_defaults
+
+    p = add_command(sub, "train-lm", "pre-train the speech LM on a mixture of text, speech, ASR/TTS and "
+                                     "interleaved samples (torchrun: FSDP)", _run_lm)  # fmt: skip
+    p.add_argument("--mixture", required=True, help="JSON: seq_length and sources (kind, path, weight)")
+    p.add_argument("--out", required=True, help="run folder: checkpoints land in OUT/step-N/")
+    p.add_argument("--lm", help="LM folder to start from (either layout; extend-vocab's output)")
+    p.add_argument("--config", help="instead of --lm: JSON of Glm sizes (random weights, from scratch)")
+    p.add_argument("--tokenizer", help="with --config: the folder whose tokenizer files the new LM gets")
+    add_run_options(p, lm_defaults())
+
+
+def _run_lm(args) -> int:
+    from ..train.lm import train_lm
+    from ..train.loop import finished
+
+    cfg = run_config(args)
+    records = train_lm(args.mixture, args.out, cfg, lm=args.lm, config=args.config, tokenizer=args.tokenizer,
+                       resume=args.resume)  # fmt: skip
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"glm4voice train-lm: {finished(records)}; checkpoint {args.out}/step-{cfg.steps}", file=sys.stderr)
+    return 0
 
 
 def _add_train_tokenizer(sub) -> None:
@@ -187,6 +212,7 @@ def _run_extend_vocab(args) -> int:
 
 def add(sub) -> None:
     _add_train_sft(sub)
+    _add_train_lm(sub)
     _add_train_tokenizer(sub)
     _add_train_decoder(sub)
     _add_train_bpe(sub)

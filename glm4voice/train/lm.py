@@ -1,0 +1,136 @@
+"""The speech LM's one trainer: pre-training on a mixture (`train-lm`) and streaming-thoughts fine-tuning
+(`train-sft`) differ only in where their batches come from.
+
+    glm4voice train-lm --lm runs/speech-lm --mixture mix.json --out runs/pt --steps 10000
+    glm4voice train-lm --config tiny-lm.json --tokenizer runs/bpe-speech --mixture mix.json --out runs/pt
+    torchrun --nproc_per_node 8 -m glm4voice train-lm ...     # each decoder layer sharded across the ranks
+
+`train-lm` reads a mixture (`data.mixture`): samples of every source, drawn by their token shares and packed
+into sequences of `seq_length` ids whose samples never see each other (positions restart per sample). Global
+sequence g goes to step g // (batch x ranks), so the data order is a function of (mixture, seed, step) alone
+and a resumed run on any number of ranks reads what the original would have. Defaults are the paper's
+pre-training (SPEC §4): AdamW β (0.9, 0.95), learning rate 6e-5 decaying linearly to 6e-6.
+
+A run starts from an LM folder (either layout; `extend-vocab`'s output for GLM-4-9B-Base) or, for the tiny
+recipe, from a config (transformers Glm keys: sizes) and a tokenizer folder (`train-bpe` then
+`extend-vocab` for the speech ids): random weights, vocabulary from the tokenizer. `OUT/step-N/` is a
+complete LM folder (`load_lm`, `chat` and `serve` take it as it is).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from ..errors import Glm4VoiceError
+from .config import RunConfig
+from .dist import Dist, shard
+from .loop import Task, open_run, train
+
+
+def lm_defaults(**overrides) -> RunConfig:
+    """The paper's pre-training settings (sequence 8192 is the mixture's `seq_length`)."""
+    return RunConfig(**{"lr": 6e-5, "min_lr": 6e-6, "weight_decay": 0.1, "grad_clip": 1.0, **overrides})
+
+
+def fit_lm(source: Path | None, config: dict | None, tokenizer_from: Path, out, cfg: RunConfig, state,
+           make_batch: Callable[[int, Dist], dict], log=None) -> list[dict]:  # fmt: skip
+    """Train the LM of `source` (a folder) or of `config` (random weights) on `make_batch(index, dist)`
+    batches (input_ids, labels, and attention_mask or position_ids); returns the logged records."""
+    dist = Dist()
+    try:
+        torch.manual_seed(cfg.seed)
+        model = _load(source, dist, cfg) if source is not None else _new(config, dist, cfg)
+        model.requires_grad_(True)
+
+        def batch(index: int) -> dict:
+            return {k: v.to(dist.device) for k, v in make_batch(index, dist).items()}
+
+        def loss(model, batch) -> tuple[torch.Tensor, dict]:
+            counted = float((batch["labels"] != -100).sum())  # the ids that carry loss
+            return model(**batch, use_cache=False).loss, {"loss_ids": counted}
+
+        def write_model(weights: dict, folder: Path) -> None:
+            from ..lm.checkpoint import write_glm_folder
+
+            write_glm_folder(weights.items(), model.config, torch.float32, folder, tokenizer_from=tokenizer_from)
+
+        task = Task(model, batch, loss, write_model, blocks=list(model.model.layers), counts=("loss_ids",))
+        return train(task, cfg, out, dist, state, log=log)
+    finally:
+        dist.close()
+
+
+def train_lm(mixture, out, cfg: RunConfig, *, lm=None, config=None, tokenizer=None, resume=None,
+             log=None) -> list[dict]:  # fmt: skip
+    """Pre-train on a mixture file; returns the logged records (see the module docstring)."""
+    from ..data.mixture import PackedStream, load_samples, read_mixture
+    from ..jsonl import read_json_object
+    from ..lm.text import TextTokenizer
+
+    if resume is None and (lm is None) == (config is None):
+        raise Glm4VoiceError("give --lm (an LM folder) or --config with --tokenizer (from scratch), or --resume")
+    if config is not None and tokenizer is None and resume is None:
+        raise Glm4VoiceError("--config needs --tokenizer (the folder whose vocabulary the new LM gets)")
+    state = open_run(out, resume, cfg)
+    mix = read_mixture(mixture)
+    source = Path(resume) if resume is not None else (Path(lm) if lm is not None else None)
+    tokenizer_from = source if source is not None else Path(tokenizer)
+    tok = TextTokenizer.from_pretrained(tokenizer_from)
+    if not tok.n_audio and any(s.kind in ("speech", "asr", "tts") for s in mix.sources):
+        raise Glm4VoiceError(f"{tokenizer_from}: the tokenizer has no audio ids; extend-vocab the LM first")
+    samples = [load_samples(s, tok) for s in mix.sources]
+    raw = None
+    if source is None:
+        raw = read_json_object(config, "--config (Glm sizes)")
+        raw = {**raw, "vocab_size": -(-tok.vocab_size // 16) * 16, "pad_token_id": tok.token_id("<|endoftext|>"),
+               "eos_token_id": [tok.token_id(n) for n in ("<|endoftext|>", "<|user|>", "<|observation|>")]}  # fmt: skip
+    stream = PackedStream(mix, samples, cfg.seed)
+    pad = tok.token_id("<|endoftext|>")
+
+    def make_batch(index: int, dist: Dist) -> dict:
+        first = (index * dist.world + dist.rank) * cfg.batch_size
+        return stream.batch(first, cfg.batch_size, pad)
+
+    return fit_lm(source, raw, tokenizer_from, out, cfg, state, make_batch, log=log)
+
+
+def _new(config: dict, dist: Dist, cfg: RunConfig):
+    """Random weights of a Glm config (the same on every rank: the seed is set), sharded under torchrun."""
+    from transformers import GlmConfig, GlmForCausalLM
+
+    try:
+        model = GlmForCausalLM(GlmConfig(**config)).to(dist.device)
+    except (TypeError, ValueError) as exc:
+        raise Glm4VoiceError(f"--config: not a valid Glm config ({exc})") from None
+    if dist.sharded:
+        shard(model, model.model.layers, cfg.mixed_precision)
+    return model
+
+
+def _load(source: Path, dist: Dist, cfg: RunConfig):
+    """The LM in fp32; under torchrun each decoder layer sharded, without a full copy on any accelerator.
+
+    Every rank builds the model on the meta device and shards it; only rank 0
+    reads the checkpoint (into CPU memory), and its tensors are broadcast
+    straight into the other ranks' shards.
+    """
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+    from ..lm import load_lm
+    from ..lm.checkpoint import meta_lm, rebuild_rotary
+
+    if not dist.sharded:
+        return load_lm(source, device=dist.device, dtype="float32")
+    model = meta_lm(source)
+    shard(model, model.model.layers, cfg.mixed_precision)
+    model.to_empty(device=dist.device)
+    rebuild_rotary(model, dist.device)
+    full = load_lm(source, device="cpu", dtype="float32").state_dict() if dist.rank == 0 else {}
+    set_model_state_dict(model, full, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
+    del full
+    model.name_or_path = str(source)
+    return model
+
