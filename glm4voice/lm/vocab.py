@@ -3,7 +3,8 @@
     glm4voice extend-vocab --lm THUDM/glm-4-9b --n-audio 16384 --out runs/glm-4-9b-speech
 
 GLM-4-Voice starts from a text LM (GLM-4-9B-Base) whose vocabulary gains the audio delimiters and one
-`<|audio_k|>` id per speech code (SPEC §4). `extend_vocab` does that to any Glm/ChatGLM folder: the new
+`<|audio_k|>` id per speech code (SPEC §4). `extend_vocab` does that to any Glm/ChatGLM folder (or to a
+tokenizer folder alone, `train-bpe`'s, for an LM trained from scratch): the new
 ids follow the highest existing one, the embedding and output matrices grow by as many rows (a multiple
 of 16), and each new row is drawn from the per-dimension mean and standard deviation of the old ids' rows
 (the new ids start as typical tokens, not as zeros or outliers). Rows of old ids are copied unchanged, so on
@@ -80,12 +81,21 @@ def extend_vocab(lm: str | os.PathLike, n_audio: int, out: str | os.PathLike, se
 
     if not isinstance(n_audio, int) or n_audio < 1:
         raise CheckpointError(f"--n-audio must be a positive integer, not {n_audio!r}")
-    folder = resolve_checkpoint(lm, ["config.json", "tokenizer.model", "tokenizer_config.json"], "LM")
+    folder = resolve_checkpoint(lm, ["tokenizer.model", "tokenizer_config.json"], "LM or tokenizer")
     out = Path(out).expanduser()
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise CheckpointError(f"{out}: exists and is not an empty folder; pick a new destination")
     tok = TextTokenizer.from_pretrained(folder)
     new = new_speech_ids(tok, n_audio)
+    tokenizer_config = json.loads((folder / "tokenizer_config.json").read_text(encoding="utf-8"))
+    tokenizer_config.setdefault("added_tokens_decoder", {}).update({str(i): _added(name) for name, i in new.items()})
+    report = {"out": str(out), "old_ids": tok.vocab_size, "new_ids": len(new),
+              "first_audio_id": new[AUDIO_TOKEN.format(0)]}  # fmt: skip
+    if not (folder / "config.json").is_file():  # a tokenizer alone (train-bpe's): for an LM from scratch
+        with atomic_path(out, folder=True) as tmp:
+            (tmp / "tokenizer.model").write_bytes((folder / "tokenizer.model").read_bytes())
+            (tmp / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=1))
+        return report
     raw = read_config(folder)
     config = glm_config(folder, raw)
     keep, needed = tok.vocab_size, tok.vocab_size + len(new)
@@ -103,14 +113,10 @@ def extend_vocab(lm: str | os.PathLike, n_audio: int, out: str | os.PathLike, se
                 grown.append(name)
             yield name, tensor
 
-    tokenizer_config = json.loads((folder / "tokenizer_config.json").read_text(encoding="utf-8"))
-    added = tokenizer_config.setdefault("added_tokens_decoder", {})
-    added.update({str(i): _added(name) for name, i in new.items()})
     config.vocab_size = rows
     with atomic_path(out, folder=True) as tmp:
         write_glm_folder(tensors(), config, dtype, tmp, tokenizer_from=folder)
         (tmp / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=1))
         if not grown:
             raise CheckpointError(f"{folder}: no embedding or output matrix among the LM's tensors")
-    return {"out": str(out), "old_ids": keep, "new_ids": len(new), "first_audio_id": new[AUDIO_TOKEN.format(0)],
-            "rows": rows, "grown": grown}  # fmt: skip
+    return {**report, "rows": rows, "grown": grown}

@@ -44,6 +44,16 @@ def test_old_ids_keep_their_logits_and_the_speech_ids_exist(text_lm, tmp_path, l
     assert 0.7 < float(new_rows.std(0).mean() / old_rows.std(0).mean()) < 1.3
 
 
+def test_a_tokenizer_alone_gains_the_speech_ids(tmp_path):
+    from glm4voice.lm.tiny import write_tiny_tokenizer
+
+    write_tiny_tokenizer(tmp_path / "bpe", speech=False)
+    report = extend_vocab(tmp_path / "bpe", 16, tmp_path / "speech")
+    assert sorted(p.name for p in (tmp_path / "speech").iterdir()) == ["tokenizer.model", "tokenizer_config.json"]
+    tok = TextTokenizer.from_pretrained(tmp_path / "speech")
+    assert tok.n_audio == 16 and tok.audio_offset == report["first_audio_id"] and "rows" not in report
+
+
 def test_bad_requests_are_one_line(text_lm, tmp_path, capsys):
     extend_vocab(text_lm, 8, tmp_path / "a")
     with pytest.raises(CheckpointError, match="already has 8 audio tokens"):
