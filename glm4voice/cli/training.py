@@ -47,6 +47,8 @@ def _add_train_sft(sub) -> None:
     p.add_argument("--data", required=True, help="JSONL manifest: question, answer_text, answer_codes per line")
     p.add_argument("--out", required=True, help="run folder: checkpoints land in OUT/step-N/")
     p.add_argument("--max-length", type=int, default=8192, help="ids per sample; a longer one is an error")
+    p.add_argument("--lora", type=int, default=0, metavar="RANK",
+                   help="train LoRA adapters of this rank (PEFT), the LM frozen; checkpoints hold the merged LM")
     add_run_options(p, sft_defaults())
 
 
@@ -55,7 +57,8 @@ def _run_sft(args) -> int:
     from ..train.sft import train_sft
 
     cfg = run_config(args)
-    records = train_sft(args.lm, args.data, args.out, cfg, max_length=args.max_length, resume=args.resume)
+    records = train_sft(args.lm, args.data, args.out, cfg, max_length=args.max_length, lora=args.lora,
+                        resume=args.resume)  # fmt: skip
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"glm4voice train-sft: {finished(records)}; checkpoint {args.out}/step-{cfg.steps}", file=sys.stderr)
     return 0

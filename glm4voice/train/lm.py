@@ -36,14 +36,22 @@ def lm_defaults(**overrides) -> RunConfig:
 
 
 def fit_lm(source: Path | None, config: dict | None, tokenizer_from: Path, out, cfg: RunConfig, state,
-           make_batch: Callable[[int, Dist], dict], log=None) -> list[dict]:  # fmt: skip
+           make_batch: Callable[[int, Dist], dict], lora: int = 0, adapter: Path | None = None,
+           log=None) -> list[dict]:  # fmt: skip
     """Train the LM of `source` (a folder) or of `config` (random weights) on `make_batch(index, dist)`
-    batches (input_ids, labels, and attention_mask or position_ids); returns the logged records."""
+    batches (input_ids, labels, and attention_mask or position_ids); returns the logged records.
+
+    `lora` > 0: PEFT LoRA adapters of that rank on every projection, the LM itself frozen (`adapter`: a
+    resumed run's adapter folder); checkpoints hold the merged LM and `adapter/` (PEFT's own format)."""
     dist = Dist()
     try:
         torch.manual_seed(cfg.seed)
+        if lora and dist.sharded:
+            raise Glm4VoiceError("--lora trains in one process (one GPU's worth of memory); run it without torchrun")
         model = _load(source, dist, cfg) if source is not None else _new(config, dist, cfg)
-        model.requires_grad_(True)
+        model.requires_grad_(not lora)
+        if lora:
+            model = _with_lora(model, lora, adapter)
 
         def batch(index: int) -> dict:
             return {k: v.to(dist.device) for k, v in make_batch(index, dist).items()}
@@ -55,9 +63,12 @@ def fit_lm(source: Path | None, config: dict | None, tokenizer_from: Path, out, 
         def write_model(weights: dict, folder: Path) -> None:
             from ..lm.checkpoint import write_glm_folder
 
+            if lora:
+                weights = _merge_lora(weights, model, folder / ADAPTER)
             write_glm_folder(weights.items(), model.config, torch.float32, folder, tokenizer_from=tokenizer_from)
 
-        task = Task(model, batch, loss, write_model, blocks=list(model.model.layers), counts=("loss_ids",))
+        layers = model.base_model.model.model.layers if lora else model.model.layers
+        task = Task(model, batch, loss, write_model, blocks=list(layers), counts=("loss_ids",))
         return train(task, cfg, out, dist, state, log=log)
     finally:
         dist.close()
@@ -95,6 +106,52 @@ def train_lm(mixture, out, cfg: RunConfig, *, lm=None, config=None, tokenizer=No
         return stream.batch(first, cfg.batch_size, pad)
 
     return fit_lm(source, raw, tokenizer_from, out, cfg, state, make_batch, log=log)
+
+
+ADAPTER = "adapter"  # a LoRA run's adapter inside each step-N (PEFT's adapter_config.json + safetensors)
+LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_up_proj", "down_proj"]
+
+
+def _with_lora(model, rank: int, adapter: Path | None):
+    """The frozen LM with trainable LoRA adapters (alpha = 2 x rank, as is usual), or a resumed run's."""
+    try:
+        from peft import LoraConfig, get_peft_model, set_peft_model_state_dict
+    except ImportError:
+        raise Glm4VoiceError("--lora needs PEFT: pip install 'glm4voice[train]'") from None
+    model = get_peft_model(model, LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=LORA_TARGETS,
+                                             lora_dropout=0.0))  # fmt: skip
+    if adapter is not None:
+        from safetensors.torch import load_file
+
+        if not (adapter / "adapter_model.safetensors").is_file():
+            raise Glm4VoiceError(f"{adapter}: no adapter_model.safetensors to resume the LoRA run from")
+        set_peft_model_state_dict(model, load_file(adapter / "adapter_model.safetensors"))
+    return model
+
+
+def _merge_lora(weights: dict, model, adapter_folder: Path) -> dict:
+    """The merged LM's tensors (W + scale B A, transformers names) from a PEFT model's full state dict;
+    the adapter itself is written to `adapter_folder` in PEFT's format."""
+    from peft import get_peft_model_state_dict
+    from safetensors.torch import save_file
+
+    config = model.peft_config["default"]
+    scale = config.lora_alpha / config.r
+    prefix, merged = "base_model.model.", {}
+    for key, tensor in weights.items():
+        if ".lora_" in key:
+            continue
+        name = key.removeprefix(prefix).replace(".base_layer.", ".")
+        stem = key[: -len(".base_layer.weight")] if key.endswith(".base_layer.weight") else None
+        if stem is not None and f"{stem}.lora_A.default.weight" in weights:
+            a, b = weights[f"{stem}.lora_A.default.weight"], weights[f"{stem}.lora_B.default.weight"]
+            tensor = tensor + scale * (b.float() @ a.float()).to(tensor.dtype)
+        merged[name] = tensor
+    adapter_folder.mkdir()
+    adapter = {k: v.contiguous() for k, v in get_peft_model_state_dict(model, state_dict=weights).items()}
+    save_file(adapter, str(adapter_folder / "adapter_model.safetensors"), metadata={"format": "pt"})
+    config.save_pretrained(str(adapter_folder))
+    return merged
 
 
 def _new(config: dict, dist: Dist, cfg: RunConfig):

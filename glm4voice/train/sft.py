@@ -1,6 +1,7 @@
 """Streaming-thoughts fine-tuning of the speech LM: one process on a laptop CPU, or torchrun + FSDP on a cluster.
 
     glm4voice train-sft --lm LM_DIR --data sft.jsonl --out runs/sft [--steps 1000] [--batch-size 8]
+    glm4voice train-sft --lm LM_DIR --data sft.jsonl --out runs/lora --lora 16   # adapters only: one 24 GB GPU
     torchrun --nproc_per_node 8 -m glm4voice train-sft ...   # each decoder layer sharded across the ranks
 
 Recipe defaults follow the paper (SPEC §4): AdamW β (0.9, 0.95), weight decay
@@ -32,12 +33,19 @@ def sft_defaults(**overrides) -> RunConfig:
 
 
 def train_sft(lm: str | os.PathLike, data: str | os.PathLike, out: str | os.PathLike, cfg: RunConfig,
-              max_length: int = 8192, resume: str | os.PathLike | None = None, log=None) -> list[dict]:  # fmt: skip
-    """Fine-tune; returns the logged records. `max_length`: ids per sample (a longer one is an error, never cut)."""
+              max_length: int = 8192, lora: int = 0, resume: str | os.PathLike | None = None,
+              log=None) -> list[dict]:  # fmt: skip
+    """Fine-tune; returns the logged records. `max_length`: ids per sample (a longer one is an error, never cut).
+
+    `lora` > 0: LoRA adapters of that rank train, the LM stays frozen; a resumed LoRA run starts again from
+    `lm` with the checkpoint's adapter."""
     from ..lm.text import TextTokenizer
 
+    if lora < 0:
+        raise Glm4VoiceError(f"--lora must be a rank >= 1 (0: off), not {lora}")
     state = open_run(out, resume, cfg)
-    source = Path(resume) if resume is not None else Path(lm)
+    source = Path(resume) if resume is not None and not lora else Path(lm)
+    adapter = Path(resume) / "adapter" if resume is not None and lora else None
     text_tokenizer = TextTokenizer.from_pretrained(source)
     samples = read_sft_manifest(data, text_tokenizer)
     longest = max(len(s.input_ids) for s in samples)
@@ -49,4 +57,4 @@ def train_sft(lm: str | os.PathLike, data: str | os.PathLike, out: str | os.Path
         picked = batch_indices(index, dist.rank, dist.world, cfg.batch_size, len(samples), cfg.seed)
         return collate([samples[i] for i in picked], pad)
 
-    return fit_lm(source, None, source, out, cfg, state, make_batch, log=log)
+    return fit_lm(source, None, source, out, cfg, state, make_batch, lora=lora, adapter=adapter, log=log)

@@ -149,3 +149,26 @@ def test_gradient_checkpointing_changes_memory_not_math(setup, tmp_path, monkeyp
     assert all(isinstance(m, GlmForCausalLM) for m in engaged)
     a, b = weights(tmp_path / "a" / "step-3"), weights(tmp_path / "b" / "step-3")
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+
+
+def test_lora_adapters_train_merge_and_resume(setup, tmp_path):
+    peft = pytest.importorskip("peft")
+    cfg = RunConfig(steps=20, save_every=10, **{**FAST, "lr": 2e-2, "min_lr": 2e-3})
+    records = train_sft(setup / "lm", setup / "data.jsonl", tmp_path / "a", cfg, lora=4, log=lambda line: None)
+    assert records[-1]["loss"] < 0.7 * records[0]["loss"]  # the adapters alone learn the turns
+    step = tmp_path / "a" / "step-20"
+    merged, base = load_lm(step, dtype="float32"), load_lm(setup / "lm", dtype="float32")
+    # only the adapted projections moved; embeddings, norms and the output layer are the base's
+    assert torch.equal(merged.lm_head.weight, base.lm_head.weight)
+    assert torch.equal(merged.model.embed_tokens.weight, base.model.embed_tokens.weight)
+    assert not torch.equal(merged.model.layers[0].self_attn.q_proj.weight, base.model.layers[0].self_attn.q_proj.weight)
+    # the adapter folder is PEFT's own: base + adapter gives the merged LM's logits
+    adapted = peft.PeftModel.from_pretrained(base, str(step / "adapter"))
+    ids = torch.tensor([[5, 40, 99, 7, 300]])
+    with torch.no_grad():
+        assert torch.allclose(adapted(ids).logits, merged(ids).logits, atol=1e-5)
+    # resuming a LoRA run: the base again, with the checkpoint's adapter; the same weights at the end
+    train_sft(setup / "lm", setup / "data.jsonl", tmp_path / "b", cfg, lora=4, resume=tmp_path / "a" / "step-10",
+              log=lambda line: None)  # fmt: skip
+    a, b = weights(step), weights(tmp_path / "b" / "step-20")
+    assert all(torch.equal(a[k], b[k]) for k in a)
