@@ -1,0 +1,89 @@
+"""Speech LM training throughput: tokens per second and model-FLOPs utilisation (MFU).
+
+    .venv/bin/python benchmarks/train_lm.py [--configs small,mid] [--seq 512] [--batch 4] [--steps 3]
+
+For each configuration (random weights, transformers' GlmForCausalLM as `train-lm` trains it; `small`: the
+size the tiny recipe trains on this CPU, `mid`: 12 layers of 768) it times whole training steps (forward,
+backward, AdamW) on packed sequences of random ids, and reports tokens/s and MFU: the model's FLOPs per
+token (6 x parameters outside the embedding, plus attention: 12 x layers x width x sequence / 2 for causal)
+times tokens/s, over the fp32 matmul peak measured in the same run; torch's FLOP counter's own count is
+printed beside it. Prints the CPU model and flags first, then one JSON line per config.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.machine import cpu_info, matmul_peak, sync  # noqa: E402
+
+CONFIGS = {
+    "small": {"hidden_size": 256, "intermediate_size": 768, "num_hidden_layers": 4, "num_attention_heads": 4,
+              "num_key_value_heads": 2, "head_dim": 64, "vocab_size": 6144},
+    "mid": {"hidden_size": 768, "intermediate_size": 2048, "num_hidden_layers": 12, "num_attention_heads": 12,
+            "num_key_value_heads": 4, "head_dim": 64, "vocab_size": 21504},
+}  # fmt: skip
+
+
+def run(name: str, args) -> dict:
+    from torch.utils.flop_counter import FlopCounterMode
+    from transformers import GlmConfig, GlmForCausalLM
+
+    torch.manual_seed(0)
+    cfg = GlmConfig(**CONFIGS[name], max_position_embeddings=max(args.seq, 2048), pad_token_id=0)
+    model = GlmForCausalLM(cfg).to(args.device).train()
+    ids = torch.randint(0, cfg.vocab_size, (args.batch, args.seq), device=args.device)
+    positions = torch.arange(args.seq, device=args.device).expand(args.batch, -1)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+
+    def step():
+        model(input_ids=ids, labels=ids, position_ids=positions, use_cache=False).loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    counter = FlopCounterMode(display=False)
+    with counter:
+        step()  # also the warm-up
+    times = []
+    for _ in range(args.steps):
+        t0 = time.perf_counter()
+        step()
+        sync(args.device)
+        times.append(time.perf_counter() - t0)
+    best = min(times)
+    tokens = args.batch * args.seq
+    params = sum(p.numel() for p in model.parameters())
+    dense = params - model.model.embed_tokens.weight.numel()
+    per_token = 6 * dense + 12 * cfg.num_hidden_layers * cfg.hidden_size * args.seq / 2
+    return {"config": name, "params_M": round(params / 1e6, 1), "tokens_per_step": tokens, "step_s": round(best, 3),
+            "tokens_per_s": round(tokens / best, 1), "model_gflop_per_token": round(per_token / 1e9, 4),
+            "model_gflop_s": round(per_token * tokens / best / 1e9, 1),
+            "counted_gflop_s": round(counter.get_total_flops() / best / 1e9, 1)}  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--configs", default="small,mid")
+    parser.add_argument("--seq", type=int, default=512)
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args()
+    print(f"cpu: {cpu_info()}; sequence {args.seq}, batch {args.batch}")
+    results = [run(name, args) for name in args.configs.split(",")]
+    peak = max(matmul_peak(args.device), matmul_peak(args.device, n=1024))  # after the runs: a busy moment
+    print(json.dumps({"fp32_matmul_peak_gflop_s": round(peak / 1e9, 1)}))  # lowers it, never raises it
+    for result in results:
+        result["mfu"] = round(result["model_gflop_s"] * 1e9 / peak, 3)
+        print(json.dumps(result), flush=True)
+
+
+if __name__ == "__main__":
+    main()
