@@ -129,9 +129,11 @@ def test_overfits_a_tiny_mixture_from_scratch_and_resumes_exactly(data, tmp_path
     ({"sources": [{"kind": "text", "path": "nope.jsonl"}]}, "no such file"),
     ({"seq_length": 0, "sources": [{"kind": "text", "path": "texts.jsonl"}]}, "seq_length"),
     ({"sources": [{"kind": "speech", "path": "texts.jsonl"}]}, "cannot read the columns"),
+    ({"sources": [{"kind": "interleaved", "path": "empty"}]}, "no .parquet shards"),
 ])  # fmt: skip
 def test_bad_mixtures_are_one_line(data, tmp_path, capsys, mixture, message):
     root, lm = data
+    (root / "empty").mkdir(exist_ok=True)
     path = root / f"bad-{abs(hash(message))}.json"
     path.write_text(json.dumps(mixture))
     assert main(["train-lm", "--mixture", str(path), "--lm", str(lm), "--out", str(tmp_path / "r"),
