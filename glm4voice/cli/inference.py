@@ -1,4 +1,4 @@
-"""Inference commands: tokenize, decode, convert-lm, chat, serve."""
+"""Inference commands: tokenize, transcribe, decode, convert-lm, t2t, chat, serve."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from .common import (
     add_device,
     add_models,
     add_speech_tokenizer,
+    check_device,
     check_models,
     check_output_file,
     load_chat,
@@ -179,6 +180,36 @@ def _run_convert_lm(args) -> int:
     return 0
 
 
+# --- t2t ------------------------------------------------------------------------------------------
+
+
+def _add_t2t(sub) -> None:
+    from ..lm.t2t import T2TConfig
+
+    d = T2TConfig()
+    p = add_command(sub, "t2t", "text -> speech units with a text-to-token model (JSON lines for `decode`)", _run_t2t)
+    p.add_argument("--t2t", required=True, help="text-to-token model folder (train-t2t's step-N)")
+    p.add_argument("--text", action="append", required=True, help="a text (repeat for a batch)")
+    p.add_argument("--temperature", type=float, default=d.temperature)
+    p.add_argument("--top-p", type=float, default=d.top_p)
+    p.add_argument("--top-k", type=int, default=d.top_k)
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--device", default="cpu", help="torch device (cpu, cuda, ...)")
+
+
+def _run_t2t(args) -> int:
+    import json
+
+    from ..lm.t2t import T2TConfig, TextToToken
+
+    cfg = T2TConfig(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, seed=args.seed)
+    check_device(args.device)
+    model = TextToToken.from_pretrained(args.t2t, device=args.device)
+    for text, codes in zip(args.text, model.generate(args.text, cfg)):
+        print(json.dumps({"text": text, "codes": codes}, ensure_ascii=False))
+    return 0
+
+
 # --- chat -----------------------------------------------------------------------------------------
 
 
@@ -314,5 +345,5 @@ def _check_can_listen(host: str, port: int) -> None:
 
 
 def add(sub) -> None:
-    for add_one in (_add_tokenize, _add_transcribe, _add_decode, _add_convert_lm, _add_chat, _add_serve):
+    for add_one in (_add_tokenize, _add_transcribe, _add_decode, _add_convert_lm, _add_t2t, _add_chat, _add_serve):
         add_one(sub)

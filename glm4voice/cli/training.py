@@ -1,4 +1,5 @@
-"""Training commands: `train-sft`, `train-lm`, `train-tokenizer`, `train-decoder`, `train-bpe`, `extend-vocab`.
+"""Training commands: `train-sft`, `train-lm`, `train-t2t`, `train-tokenizer`, `train-decoder`, `train-bpe`,
+`extend-vocab`.
 
 Every trainer takes the shared run options (`RunConfig`) the same way."""
 
@@ -88,6 +89,31 @@ def _run_lm(args) -> int:
                        resume=args.resume)  # fmt: skip
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"glm4voice train-lm: {finished(records)}; checkpoint {args.out}/step-{cfg.steps}", file=sys.stderr)
+    return 0
+
+
+def _add_train_t2t(sub) -> None:
+    from ..train.t2t import t2t_defaults
+
+    p = add_command(sub, "train-t2t", "train the text-to-token model on (text, speech units) pairs", _run_t2t)
+    p.add_argument("--data", nargs="+", required=True, help="tokenize-corpus shards (files or folders) with text")
+    p.add_argument("--out", required=True, help="run folder: checkpoints land in OUT/step-N/")
+    p.add_argument("--lm", help="LM folder to start from (with audio ids)")
+    p.add_argument("--config", help="instead of --lm: JSON of Glm sizes (random weights, from scratch)")
+    p.add_argument("--tokenizer", help="with --config: the folder whose tokenizer files (with audio ids) it gets")
+    p.add_argument("--seq-length", type=int, default=1024, help="ids per packed sequence")
+    add_run_options(p, t2t_defaults())
+
+
+def _run_t2t(args) -> int:
+    from ..train.loop import finished
+    from ..train.t2t import train_t2t
+
+    cfg = run_config(args)
+    records = train_t2t(args.data, args.out, cfg, lm=args.lm, config=args.config, tokenizer=args.tokenizer,
+                        seq_length=args.seq_length, resume=args.resume)  # fmt: skip
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"glm4voice train-t2t: {finished(records)}; checkpoint {args.out}/step-{cfg.steps}", file=sys.stderr)
     return 0
 
 
@@ -216,6 +242,7 @@ def _run_extend_vocab(args) -> int:
 def add(sub) -> None:
     _add_train_sft(sub)
     _add_train_lm(sub)
+    _add_train_t2t(sub)
     _add_train_tokenizer(sub)
     _add_train_decoder(sub)
     _add_train_bpe(sub)

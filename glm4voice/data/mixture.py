@@ -122,14 +122,14 @@ def load_samples(source: Source, tok: TextTokenizer) -> list[TrainingSample]:
         for path in source.paths:
             samples += read_sft_manifest(path, tok)
     elif source.kind == "interleaved":
-        for row in _parquet_rows(source.paths, ("ids", "loss_mask")):
+        for row in parquet_rows(source.paths, ("ids", "loss_mask")):
             ids, mask = row["ids"], row["loss_mask"]
             if not ids or len(ids) != len(mask):
                 raise Glm4VoiceError(f"{source.name}: a row's ids and loss_mask differ in length (or are empty)")
             samples.append(TrainingSample(list(ids), [i if m else IGNORE for i, m in zip(ids, mask)]))
     else:  # speech, asr, tts: tokenize-corpus shards
         boa, eoa = tok.token_id("<|begin_of_audio|>"), tok.token_id("<|end_of_audio|>")
-        for row in _parquet_rows(source.paths, ("codes", "text")):
+        for row in parquet_rows(source.paths, ("codes", "text")):
             if not row["codes"] or (source.kind != "speech" and not row["text"]):
                 continue  # a failed file, or (asr, tts) an utterance without a transcript
             speech = [boa, *tok.audio_ids(row["codes"]), eoa]
@@ -146,7 +146,8 @@ def load_samples(source: Source, tok: TextTokenizer) -> list[TrainingSample]:
     return samples
 
 
-def _parquet_rows(paths: list[Path], columns: tuple[str, ...]) -> Iterator[dict]:
+def parquet_rows(paths: list[Path], columns: tuple[str, ...]) -> Iterator[dict]:
+    """The rows (dicts of `columns`) of Parquet files, or of every .parquet file in the folders among `paths`."""
     try:
         import pyarrow.parquet as pq
     except ImportError:

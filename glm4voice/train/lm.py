@@ -78,7 +78,6 @@ def train_lm(mixture, out, cfg: RunConfig, *, lm=None, config=None, tokenizer=No
              log=None) -> list[dict]:  # fmt: skip
     """Pre-train on a mixture file; returns the logged records (see the module docstring)."""
     from ..data.mixture import PackedStream, load_samples, read_mixture
-    from ..jsonl import read_json_object
     from ..lm.text import TextTokenizer
 
     if resume is None and (lm is None) == (config is None):
@@ -93,11 +92,7 @@ def train_lm(mixture, out, cfg: RunConfig, *, lm=None, config=None, tokenizer=No
     if not tok.n_audio and any(s.kind in ("speech", "asr", "tts") for s in mix.sources):
         raise Glm4VoiceError(f"{tokenizer_from}: the tokenizer has no audio ids; extend-vocab the LM first")
     samples = [load_samples(s, tok) for s in mix.sources]
-    raw = None
-    if source is None:
-        raw = read_json_object(config, "--config (Glm sizes)")
-        raw = {**raw, "vocab_size": -(-tok.vocab_size // 16) * 16, "pad_token_id": tok.token_id("<|endoftext|>"),
-               "eos_token_id": [tok.token_id(n) for n in ("<|endoftext|>", "<|user|>", "<|observation|>")]}  # fmt: skip
+    raw = scratch_config(config, tok) if source is None else None
     stream = PackedStream(mix, samples, cfg.seed)
     pad = tok.token_id("<|endoftext|>")
 
@@ -152,6 +147,15 @@ def _merge_lora(weights: dict, model, adapter_folder: Path) -> dict:
     save_file(adapter, str(adapter_folder / "adapter_model.safetensors"), metadata={"format": "pt"})
     config.save_pretrained(str(adapter_folder))
     return merged
+
+
+def scratch_config(path, tok) -> dict:
+    """A from-scratch LM's Glm config: the sizes of the `--config` file, the vocabulary and ids of `tok`."""
+    from ..jsonl import read_json_object
+
+    raw = read_json_object(path, "--config (Glm sizes)")
+    return {**raw, "vocab_size": -(-tok.vocab_size // 16) * 16, "pad_token_id": tok.token_id("<|endoftext|>"),
+            "eos_token_id": [tok.token_id(n) for n in ("<|endoftext|>", "<|user|>", "<|observation|>")]}  # fmt: skip
 
 
 def _new(config: dict, dist: Dist, cfg: RunConfig):

@@ -1,0 +1,70 @@
+"""Train the text-to-token model: (text, speech units) pairs -> an LM that writes units for text.
+
+    glm4voice train-t2t --data shards/ --config t2t.json --tokenizer runs/bpe-speech --out runs/t2t --steps 3000
+    glm4voice train-t2t --data shards/ --lm runs/t2t-base --out runs/t2t                 # from an LM folder
+
+The pairs are `tokenize-corpus` shards of a transcribed corpus (rows with text and codes). Each becomes
+`text <|endoftext|> <|begin_of_audio|> units <|end_of_audio|>` with the loss on the units and the end marker
+only (`lm.t2t`); samples are packed as `train-lm` packs them (positions restart per sample, order a pure
+function of seed and step), on the same trainer (`train.lm.fit_lm`): resume, torchrun/FSDP, checkpoints that
+are LM folders `TextToToken.from_pretrained` and `glm4voice t2t` read.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..data.mixture import Mixture, PackedStream, Source, parquet_rows
+from ..data.sft import TrainingSample
+from ..errors import Glm4VoiceError
+from .config import RunConfig
+from .dist import Dist
+from .lm import fit_lm, lm_defaults, scratch_config
+from .loop import open_run
+
+
+def t2t_defaults(**overrides) -> RunConfig:
+    return lm_defaults(**{"lr": 1e-3, "min_lr": 1e-4, "weight_decay": 0.01, "batch_size": 8, **overrides})
+
+
+def load_pairs(paths: list[Path], tok) -> list[TrainingSample]:
+    """Every shard row with text and codes, as a t2t training sample."""
+    from ..lm.t2t import t2t_sample_ids
+
+    samples = [TrainingSample(*t2t_sample_ids(tok, row["text"], row["codes"]))
+               for row in parquet_rows(paths, ("codes", "text")) if row["codes"] and row["text"]]  # fmt: skip
+    if not samples:
+        raise Glm4VoiceError(f"{', '.join(map(str, paths))}: no rows with both text and codes")
+    return samples
+
+
+def train_t2t(data, out, cfg: RunConfig, *, lm=None, config=None, tokenizer=None, seq_length: int = 1024,
+              resume=None, log=None) -> list[dict]:  # fmt: skip
+    """Train on the pairs of `data` (shard files or folders); returns the logged records."""
+    from ..lm.text import TextTokenizer
+
+    if resume is None and (lm is None) == (config is None):
+        raise Glm4VoiceError("give --lm (an LM folder) or --config with --tokenizer (from scratch), or --resume")
+    if config is not None and tokenizer is None and resume is None:
+        raise Glm4VoiceError("--config needs --tokenizer (the folder whose vocabulary the new model gets)")
+    if seq_length < 16:
+        raise Glm4VoiceError(f"--seq-length must be at least 16, not {seq_length}")
+    state = open_run(out, resume, cfg)
+    paths = [Path(p) for p in ([data] if isinstance(data, str | Path) else data)]
+    missing = [p for p in paths if not p.exists()]
+    if missing:
+        raise Glm4VoiceError(f"{missing[0]}: no such file or folder")
+    source = Path(resume) if resume is not None else (Path(lm) if lm is not None else None)
+    tokenizer_from = source if source is not None else Path(tokenizer)
+    tok = TextTokenizer.from_pretrained(tokenizer_from)
+    if not tok.n_audio:
+        raise Glm4VoiceError(f"{tokenizer_from}: the tokenizer has no audio ids; extend-vocab it first")
+    samples = load_pairs(paths, tok)
+    stream = PackedStream(Mixture([Source("tts", paths, 1.0, "pairs")], seq_length), [samples], cfg.seed)
+    pad = tok.token_id("<|endoftext|>")
+
+    def make_batch(index: int, dist: Dist) -> dict:
+        return stream.batch((index * dist.world + dist.rank) * cfg.batch_size, cfg.batch_size, pad)
+
+    raw = scratch_config(config, tok) if source is None else None
+    return fit_lm(source, raw, tokenizer_from, out, cfg, state, make_batch, log=log)
