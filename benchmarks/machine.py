@@ -52,3 +52,32 @@ def matmul_peak(device: str = "cpu", dtype: torch.dtype = torch.float32, n: int 
             sync(device)
             best = max(best, 2 * m * k * o / (time.perf_counter() - t0))
     return best
+
+
+def print_against_peak(results: list[dict], device: str, rate_key: str, share_key: str) -> None:
+    """Measure the fp32 peak after the runs (a busy moment lowers it, never raises it), print it, then each
+    result with `share_key` = its `rate_key` (GFLOP/s) over the peak, as JSON lines."""
+    import json
+
+    peak = max(matmul_peak(device), matmul_peak(device, n=1024))
+    print(json.dumps({"fp32_matmul_peak_gflop_s": round(peak / 1e9, 1)}))
+    for result in results:
+        result[share_key] = round(result[rate_key] * 1e9 / peak, 3)
+        print(json.dumps(result), flush=True)
+
+
+def time_steps(step, steps: int, device: str) -> tuple[float, float]:
+    """(best seconds of `steps` calls of `step`, FLOPs of one call): the first call, counted by torch's FLOP
+    counter, is also the warm-up."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter:
+        step()
+    times = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        step()
+        sync(device)
+        times.append(time.perf_counter() - t0)
+    return min(times), counter.get_total_flops()

@@ -14,9 +14,7 @@ depend on the values). Prints the CPU model and flags first, then one JSON line 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -24,7 +22,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.machine import cpu_info, matmul_peak, sync  # noqa: E402
+from benchmarks.machine import cpu_info, print_against_peak, time_steps  # noqa: E402
 from glm4voice.decoder.config import DecoderConfig, FlowConfig, HiftConfig, read_config  # noqa: E402
 from glm4voice.decoder.flow import FlowModel  # noqa: E402
 from glm4voice.decoder.hift import HiFT  # noqa: E402
@@ -79,19 +77,7 @@ def stage_step(cfg: DecoderConfig, stage: str, batch: int, crop_codes: int, crop
 def run(name: str, stage: str, args) -> dict:
     step, seconds, params = stage_step(config(name), stage, args.batch_size, args.crop_codes, args.crop_frames,
                                        args.device)  # fmt: skip
-    from torch.utils.flop_counter import FlopCounterMode
-
-    counter = FlopCounterMode(display=False)
-    with counter:
-        step()  # also the warm-up
-    flops = counter.get_total_flops()
-    times = []
-    for _ in range(args.steps):
-        t0 = time.perf_counter()
-        step()
-        sync(args.device)
-        times.append(time.perf_counter() - t0)
-    best = min(times)
+    best, flops = time_steps(step, args.steps, args.device)
     return {"config": name, "stage": stage, "params_M": round(params / 1e6, 2), "audio_s_per_step": round(seconds, 2),
             "step_s": round(best, 3), "steps_per_s": round(1 / best, 3), "audio_s_per_s": round(seconds / best, 2),
             "gflop_per_step": round(flops / 1e9, 1), "gflop_s": round(flops / best / 1e9, 1)}  # fmt: skip
@@ -109,12 +95,7 @@ def main() -> None:
     args = parser.parse_args()
     print(f"cpu: {cpu_info()}")
     results = [run(name, stage, args) for name in args.configs.split(",") for stage in args.stages.split(",")]
-    peak = max(matmul_peak(args.device), matmul_peak(args.device, n=1024))  # after the runs: a busy moment
-    print(json.dumps({"fp32_matmul_peak_gflop_s": round(peak / 1e9, 1)}))  # lowers it, never raises it
-    for result in results:
-        result["of_peak"] = round(result["gflop_s"] * 1e9 / peak, 3)
-        print(json.dumps(result), flush=True)
-
+    print_against_peak(results, args.device, "gflop_s", "of_peak")
 
 if __name__ == "__main__":
     main()

@@ -13,16 +13,14 @@ printed beside it. Prints the CPU model and flags first, then one JSON line per 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.machine import cpu_info, matmul_peak, sync  # noqa: E402
+from benchmarks.machine import cpu_info, print_against_peak, time_steps  # noqa: E402
 
 CONFIGS = {
     "small": {"hidden_size": 256, "intermediate_size": 768, "num_hidden_layers": 4, "num_attention_heads": 4,
@@ -33,7 +31,6 @@ CONFIGS = {
 
 
 def run(name: str, args) -> dict:
-    from torch.utils.flop_counter import FlopCounterMode
     from transformers import GlmConfig, GlmForCausalLM
 
     torch.manual_seed(0)
@@ -48,16 +45,7 @@ def run(name: str, args) -> dict:
         opt.step()
         opt.zero_grad(set_to_none=True)
 
-    counter = FlopCounterMode(display=False)
-    with counter:
-        step()  # also the warm-up
-    times = []
-    for _ in range(args.steps):
-        t0 = time.perf_counter()
-        step()
-        sync(args.device)
-        times.append(time.perf_counter() - t0)
-    best = min(times)
+    best, flops = time_steps(step, args.steps, args.device)
     tokens = args.batch * args.seq
     params = sum(p.numel() for p in model.parameters())
     dense = params - model.model.embed_tokens.weight.numel()
@@ -65,7 +53,7 @@ def run(name: str, args) -> dict:
     return {"config": name, "params_M": round(params / 1e6, 1), "tokens_per_step": tokens, "step_s": round(best, 3),
             "tokens_per_s": round(tokens / best, 1), "model_gflop_per_token": round(per_token / 1e9, 4),
             "model_gflop_s": round(per_token * tokens / best / 1e9, 1),
-            "counted_gflop_s": round(counter.get_total_flops() / best / 1e9, 1)}  # fmt: skip
+            "counted_gflop_s": round(flops / best / 1e9, 1)}  # fmt: skip
 
 
 def main() -> None:
@@ -78,12 +66,7 @@ def main() -> None:
     args = parser.parse_args()
     print(f"cpu: {cpu_info()}; sequence {args.seq}, batch {args.batch}")
     results = [run(name, args) for name in args.configs.split(",")]
-    peak = max(matmul_peak(args.device), matmul_peak(args.device, n=1024))  # after the runs: a busy moment
-    print(json.dumps({"fp32_matmul_peak_gflop_s": round(peak / 1e9, 1)}))  # lowers it, never raises it
-    for result in results:
-        result["mfu"] = round(result["model_gflop_s"] * 1e9 / peak, 3)
-        print(json.dumps(result), flush=True)
-
+    print_against_peak(results, args.device, "model_gflop_s", "mfu")
 
 if __name__ == "__main__":
     main()

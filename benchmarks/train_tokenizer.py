@@ -13,17 +13,15 @@ same run. Prints the CPU model and flags first, then one JSON line per config.
 from __future__ import annotations
 
 import argparse
-import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.machine import cpu_info, matmul_peak  # noqa: E402
+from benchmarks.machine import cpu_info, print_against_peak, time_steps  # noqa: E402
 from glm4voice.audio import load_audio, whisper_log_mel  # noqa: E402
 from glm4voice.tokenizer.asr import TranscriptCodec, new_asr  # noqa: E402
 
@@ -72,20 +70,7 @@ def run(name: str, steps: int, device: str) -> dict:
         opt.step()
         opt.zero_grad(set_to_none=True)
 
-    from torch.utils.flop_counter import FlopCounterMode
-
-    counter = FlopCounterMode(display=False)
-    with counter:
-        step()  # also the warm-up
-    flops = counter.get_total_flops()
-    times = []
-    for _ in range(steps):
-        t0 = time.perf_counter()
-        step()
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t0)
-    best = min(times)
+    best, flops = time_steps(step, steps, device)
     audio = sum(len(w) for w in waves) / 16000
     params = sum(p.numel() for p in model.parameters())
     return {"config": name, "params_M": round(params / 1e6, 1), "audio_s_per_step": round(audio, 2),
@@ -101,12 +86,7 @@ def main() -> None:
     args = parser.parse_args()
     print(f"cpu: {cpu_info()}")
     results = [run(name, args.steps, args.device) for name in args.configs.split(",")]
-    peak = max(matmul_peak(args.device), matmul_peak(args.device, n=1024))  # after the runs too: a busy
-    print(json.dumps({"fp32_matmul_peak_gflop_s": round(peak / 1e9, 1)}))  # moment lowers it, never raises it
-    for result in results:
-        result["of_peak"] = round(result["gflop_s"] * 1e9 / peak, 3)
-        print(json.dumps(result), flush=True)
-
+    print_against_peak(results, args.device, "gflop_s", "of_peak")
 
 if __name__ == "__main__":
     main()

@@ -128,3 +128,21 @@ def write_manifest(path: str | os.PathLike, rows: Iterable[Utterance]) -> Path:
     except OSError as exc:
         raise ManifestError(f"{path}: cannot write it ({exc.strerror or exc})") from None
     return path
+
+
+def parquet_rows(paths: list[Path], columns: tuple[str, ...]) -> Iterator[dict]:
+    """The rows (dicts of `columns`) of Parquet files, or of every .parquet file in the folders among `paths`."""
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise Glm4VoiceError("Parquet sources need the data extra: pip install 'glm4voice[data]'") from None
+    files = [f for p in paths for f in (sorted(p.glob("*.parquet")) if p.is_dir() else [p])]
+    if not files:
+        raise Glm4VoiceError(f"{', '.join(map(str, paths))}: no .parquet shards")
+    for f in files:
+        try:
+            table = pq.read_table(f, columns=list(columns))
+        except Exception as exc:  # not Parquet, damaged, or without those columns
+            detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise Glm4VoiceError(f"{f}: cannot read the columns {', '.join(columns)} ({detail})") from None
+        yield from table.to_pylist()

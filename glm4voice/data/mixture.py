@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import functools
 import os
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -38,6 +37,7 @@ import torch
 
 from ..errors import Glm4VoiceError
 from ..lm.text import TextTokenizer
+from .manifest import parquet_rows
 from .sft import IGNORE, TrainingSample
 
 KINDS = ("text", "speech", "asr", "tts", "interleaved", "sft")
@@ -144,24 +144,6 @@ def load_samples(source: Source, tok: TextTokenizer) -> list[TrainingSample]:
     if not samples:
         raise Glm4VoiceError(f"{source.name} ({', '.join(map(str, source.paths))}): no samples")
     return samples
-
-
-def parquet_rows(paths: list[Path], columns: tuple[str, ...]) -> Iterator[dict]:
-    """The rows (dicts of `columns`) of Parquet files, or of every .parquet file in the folders among `paths`."""
-    try:
-        import pyarrow.parquet as pq
-    except ImportError:
-        raise Glm4VoiceError("Parquet sources need the data extra: pip install 'glm4voice[data]'") from None
-    files = [f for p in paths for f in (sorted(p.glob("*.parquet")) if p.is_dir() else [p])]
-    if not files:
-        raise Glm4VoiceError(f"{', '.join(map(str, paths))}: no .parquet shards")
-    for f in files:
-        try:
-            table = pq.read_table(f, columns=list(columns))
-        except Exception as exc:  # not Parquet, damaged, or without those columns
-            detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise Glm4VoiceError(f"{f}: cannot read the columns {', '.join(columns)} ({detail})") from None
-        yield from table.to_pylist()
 
 
 class PackedStream:

@@ -28,7 +28,7 @@ from pathlib import Path
 
 from ..atomic import atomic_path
 from ..errors import Glm4VoiceError
-from .manifest import Utterance, iter_manifest, write_manifest
+from .manifest import Utterance, iter_manifest, parquet_rows, write_manifest
 
 FORTUNES = Path("/usr/share/games/fortunes")
 CHINESE_FILES = ("chinese", "tang300", "song100")  # the fortunes-zh package
@@ -141,7 +141,7 @@ def documents(fortunes: bool = True, langs: tuple[str, ...] = ("en", "zh"), file
         if not path.is_file():
             raise TextCorpusError(f"{path}: no such file")
         if path.suffix == ".parquet":  # a corpus this command wrote (id, text, lang)
-            for row in _parquet_rows(path):
+            for row in parquet_rows([path], ("id", "text", "lang")):
                 if row["lang"] in langs and is_prose(row["text"]):
                     yield Utterance(f"{label}-{row['id']}", text=row["text"], lang=row["lang"],
                                     extra={"source": str(path)})  # fmt: skip
@@ -158,19 +158,6 @@ def documents(fortunes: bool = True, langs: tuple[str, ...] = ("en", "zh"), file
             text = clean(entry, lang)
             if lang in langs and is_prose(text):
                 yield Utterance(f"{label}-{n:05d}", text=text, lang=lang, extra={"source": str(path)})
-
-
-def _parquet_rows(path: Path):
-    try:
-        import pyarrow.parquet as pq
-    except ImportError:
-        raise TextCorpusError(f"{path}: Parquet needs the data extra: pip install 'glm4voice[data]'") from None
-    try:
-        table = pq.read_table(path, columns=["id", "text", "lang"])
-    except Exception as exc:  # not Parquet, damaged, or without those columns
-        detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise TextCorpusError(f"{path}: not a text-corpus Parquet file with id, text, lang ({detail})") from None
-    return table.to_pylist()
 
 
 def write_text_corpus(out: str | os.PathLike, fortunes: bool = True, langs: tuple[str, ...] = ("en", "zh"),

@@ -26,6 +26,17 @@ def _width(channels: int, scale: float) -> int:
     return max(8, round(channels * scale))
 
 
+def _read(convs: nn.ModuleList, post: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """A sub-discriminator's stack: (scores [B, N], every layer's output for feature matching)."""
+    features = []
+    for conv in convs:
+        x = F.leaky_relu(conv(x), SLOPE)
+        features.append(x)
+    x = post(x)
+    features.append(x)
+    return x.flatten(1), features
+
+
 class PeriodDiscriminator(nn.Module):
     def __init__(self, period: int, scale: float):
         super().__init__()
@@ -41,13 +52,7 @@ class PeriodDiscriminator(nn.Module):
         short = (-x.shape[-1]) % self.period
         x = F.pad(x, (0, short), mode="reflect")
         x = x.reshape(x.shape[0], 1, -1, self.period)  # [B, 1, T / p, p]
-        features = []
-        for conv in self.convs:
-            x = F.leaky_relu(conv(x), SLOPE)
-            features.append(x)
-        x = self.post(x)
-        features.append(x)
-        return x.flatten(1), features
+        return _read(self.convs, self.post, x)
 
 
 class ResolutionDiscriminator(nn.Module):
@@ -63,14 +68,7 @@ class ResolutionDiscriminator(nn.Module):
     def forward(self, audio: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         window = torch.hann_window(self.window, device=audio.device, dtype=audio.dtype)
         spec = torch.stft(audio, self.n_fft, self.hop, self.window, window=window, return_complex=True)
-        x = spec.abs().transpose(1, 2)[:, None]  # [B, 1, frames, bins]
-        features = []
-        for conv in self.convs:
-            x = F.leaky_relu(conv(x), SLOPE)
-            features.append(x)
-        x = self.post(x)
-        features.append(x)
-        return x.flatten(1), features
+        return _read(self.convs, self.post, spec.abs().transpose(1, 2)[:, None])  # [B, 1, frames, bins]
 
 
 class Discriminators(nn.Module):

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..data.mixture import Mixture, PackedStream, Source, parquet_rows
+from ..data.manifest import parquet_rows
+from ..data.mixture import Mixture, PackedStream, Source
 from ..data.sft import TrainingSample
 from ..errors import Glm4VoiceError
 from .config import RunConfig
