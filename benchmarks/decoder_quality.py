@@ -8,6 +8,8 @@ Every utterance of the manifest goes through the tokenizer to codes and back thr
   sentences (English rows with text; pocketsphinx misses many words of any synthetic voice, so the
   recording is the bar), and their ratio;
 - mel cepstral distortion of the re-synthesis against the recording (DTW-aligned, `scoring`);
+- the vocoder alone (copy synthesis: HiFT of each recording's own mel): the same WER and MCD, which bound
+  what the flow can reach with this HiFT;
 - streaming: mean |delta log-mel| between the streamed flow (codes pushed one by one, the stream's own
   schedule) and the offline flow with the same noise field, beside the distance between two offline
   decodes that differ only in their noise; the ratio is comparable across decoder sizes (the release's
@@ -29,6 +31,24 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.machine import cpu_info  # noqa: E402
 from glm4voice.decoder import SpeechDecoder  # noqa: E402
 from glm4voice.train.decoder import load_examples, offline_mel, resynthesis_scores  # noqa: E402
+
+
+def copy_synthesis(dec: SpeechDecoder, examples) -> dict:
+    """WER and MCD of HiFT run on the recordings' own mels (no flow, no codes)."""
+    from glm4voice.audio import decoder_log_mel
+    from glm4voice.scoring import errors, mel_cepstral_distortion, recognise_english
+
+    mcd, wrong, words = 0.0, 0, 0
+    for e in examples:
+        audio = dec.vocode(e.mel[None])
+        mcd += mel_cepstral_distortion(decoder_log_mel(audio)[0].numpy(), e.mel.numpy())
+        if e.lang == "en" and e.text:
+            w, n = errors(e.text, recognise_english(audio.numpy(), dec.sample_rate), "en")
+            wrong, words = wrong + w, words + n
+    out = {"vocoder_mcd": round(mcd / len(examples), 3)}
+    if words:
+        out["vocoder_wer"] = round(wrong / words, 4)
+    return out
 
 
 def streaming_closeness(dec: SpeechDecoder, examples) -> dict:
@@ -82,6 +102,7 @@ def main() -> None:
     if "valid_wer_original" in scores:
         scores["wer_ratio"] = round(scores["valid_wer_resynth"] / max(scores["valid_wer_original"], 1e-9), 3)
     print(json.dumps({"utterances": len(examples), **scores}))
+    print(json.dumps(copy_synthesis(dec, examples)))
     print(json.dumps(streaming_closeness(dec, examples)))
     if args.png:
         english = [e for e in examples if e.lang == "en"] or examples

@@ -1,5 +1,6 @@
 """Data commands: `tokenize-corpus` (speech corpus -> speech-code shards on Ray Data) and the `data` group that
-makes the training corpora (`data speak`, `data tiny-texts`, `data text-corpus`, `data import-lhotse`)."""
+makes the training corpora (`data speak`, `data tiny-texts`, `data text-corpus`, `data import-lhotse`,
+`data interleave`)."""
 
 from __future__ import annotations
 
@@ -142,11 +143,43 @@ def _run_import_lhotse(args) -> int:
     return 0
 
 
+def _add_interleave(group) -> None:
+    from ..data.interleave import InterleaveOptions
+
+    d = InterleaveOptions()
+    p = _data_command(group, "interleave", "text corpus -> speech-text interleaved samples (t2t model on Ray)",
+                      _run_interleave)  # fmt: skip
+    p.add_argument("--t2t", required=True, help="text-to-token model folder (train-t2t's step-N)")
+    p.add_argument("--corpus", nargs="+", required=True, help="text: data text-corpus JSONL/Parquet, plain files")
+    p.add_argument("--out", required=True, help="new folder for the Parquet shards (an unfinished run is resumed)")
+    p.add_argument("--eta", type=float, default=d.eta, help="share of the words turned into speech units")
+    p.add_argument("--span-mean", type=float, default=d.span_mean, help="mean span length (Poisson), in words")
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--seq-length", type=int, default=d.seq_length, help="longer samples are cut into pieces")
+    p.add_argument("--docs-per-shard", type=int, default=d.docs_per_shard)
+    p.add_argument("--pairs", nargs="*", default=(), help="tokenize-corpus shards: add speech, ASR and TTS samples")
+    p.add_argument("--actors", type=int, default=1, help="t2t actors (one model each)")
+    p.add_argument("--ray-address", help="a running Ray cluster (auto, or ray://host:port); default: a local one")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _run_interleave(args) -> int:
+    try:
+        from ..data.interleave import InterleaveOptions, interleave
+    except ImportError as exc:
+        raise missing_extra("data", "the pipeline", exc) from None
+    options = InterleaveOptions(args.eta, args.span_mean, args.seed, args.seq_length, args.docs_per_shard)
+    report = interleave(args.t2t, args.corpus, args.out, options, actors=args.actors, ray_address=args.ray_address,
+                        pairs=args.pairs, progress=not args.no_progress)  # fmt: skip
+    print(json.dumps(report, ensure_ascii=False), flush=True)
+    return 1 if report["failed"] else 0
+
+
 def _add_data(sub) -> None:
     help = "make training corpora: synthetic speech, the tiny domain, real text, lhotse imports"
     p = sub.add_parser("data", help=help, description=help)
     group = p.add_subparsers(dest="data_command", required=True, metavar="SUBCOMMAND")
-    for add_one in (_add_speak, _add_tiny_texts, _add_text_corpus, _add_import_lhotse):
+    for add_one in (_add_speak, _add_tiny_texts, _add_text_corpus, _add_import_lhotse, _add_interleave):
         add_one(group)
 
 

@@ -19,6 +19,7 @@ The output is Parquet shards with the columns id, text, seconds, codes (list of 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from pathlib import Path
@@ -79,12 +80,37 @@ def _check_ray_address(address: str | None, timeout: float = 5.0) -> None:
                              f"({getattr(exc, 'strerror', None) or exc})") from None  # fmt: skip
 
 
+@contextlib.contextmanager
+def open_ray(address: str | None, actors: int):
+    """Ray for one pipeline: this machine's cores (at least `actors`) by default, or the cluster at `address`;
+    a connection problem is one line. A Ray already running in this process is used as it is, and left up."""
+    import ray
+
+    _check_ray_address(address)
+    started_here = not ray.is_initialized()
+    if started_here:
+        import logging
+
+        try:
+            ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING,
+                     num_cpus=None if address else max(actors, os.cpu_count() or 1))  # fmt: skip
+        except (ConnectionError, ValueError, RuntimeError) as exc:  # no cluster at `auto`, no ray[client], ...
+            raise Glm4VoiceError(f"--ray-address {address}: {str(exc).splitlines()[0]}") from None
+        logging.getLogger("ray.data").setLevel(logging.WARNING)
+    import ray.data
+
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    try:
+        yield
+    finally:
+        if started_here:
+            ray.shutdown()
+
+
 def tokenize_corpus(speech_tokenizer: str, manifest: str | os.PathLike, out: str | os.PathLike, *, actors: int = 1,
                     batch_size: int = 8, int8: bool = False, ray_address: str | None = None,
                     rows_per_shard: int = 10000) -> dict:  # fmt: skip
     """Run the pipeline; returns a summary (rows, failed, seconds of audio, wall seconds, failures)."""
-    import ray
-
     out = Path(out)
     if out.exists():
         raise Glm4VoiceError(f"{out} already exists: pick a new --out (finished shards are never overwritten)")
@@ -96,22 +122,11 @@ def tokenize_corpus(speech_tokenizer: str, manifest: str | os.PathLike, out: str
 
     SpeechTokenizer.from_pretrained(speech_tokenizer)  # a bad one fails here, once, not in every actor
     start = time.perf_counter()
-    started_here = not ray.is_initialized()
-    if started_here:
-        import logging
-
-        try:
-            ray.init(address=ray_address, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING,
-                     num_cpus=None if ray_address else max(actors, os.cpu_count() or 1))  # fmt: skip
-        except (ConnectionError, ValueError, RuntimeError) as exc:  # no cluster at `auto`, no ray[client], ...
-            raise Glm4VoiceError(f"--ray-address {ray_address}: {str(exc).splitlines()[0]}") from None
-        logging.getLogger("ray.data").setLevel(logging.WARNING)
     try:
         import pyarrow.parquet as pq
         import ray.data
 
-        ray.data.DataContext.get_current().enable_progress_bars = False
-        with atomic_path(out, folder=True, overwrite=False) as tmp:
+        with open_ray(ray_address, actors), atomic_path(out, folder=True, overwrite=False) as tmp:
             ds = ray.data.from_items(rows, override_num_blocks=max(1, min(len(rows), actors * 4)))
             tokenized = ds.map_batches(TokenizeBatch, fn_constructor_args=(str(speech_tokenizer), int8, batch_size),
                                        batch_size=batch_size, concurrency=actors, batch_format="pyarrow")  # fmt: skip
@@ -123,8 +138,5 @@ def tokenize_corpus(speech_tokenizer: str, manifest: str | os.PathLike, out: str
     except FileExistsError:
         raise Glm4VoiceError(f"{out} already exists: pick a new --out (finished shards are never "
                              "overwritten)") from None  # fmt: skip
-    finally:
-        if started_here:
-            ray.shutdown()
     return {"rows": len(rows), "failed": len(errors), "audio_seconds": round(sum(table["seconds"].to_pylist()), 2),
             "wall_seconds": round(time.perf_counter() - start, 2), "failures": errors[:20]}  # fmt: skip
