@@ -5,7 +5,7 @@ batched vs one text at a time.
 
 Without --t2t a random text-to-token model of the tiny recipe's size is made (the work per unit is the real
 one; the units are noise). The corpus is Debian fortunes (`data text-corpus`). Prints the CPU model and
-flags, then one JSON line per measurement: wall seconds, ids/s (all ids written), units/s (speech units
+flags, then one JSON line per measurement: wall seconds, ids/s (all ids written), codes/s (speech codes
 generated), and for the actor runs the speed-up over one actor (linear would be the actor count).
 """
 
@@ -70,7 +70,7 @@ def main() -> None:
             start = time.perf_counter()
             units = sum(len(u) for g in groups for u in model.generate(g, T2TConfig(seed=0)))
             seconds = time.perf_counter() - start
-            print(json.dumps({"run": name, "seconds": round(seconds, 2), "units_per_s": round(units / seconds, 1)}))
+            print(json.dumps({"run": name, "seconds": round(seconds, 2), "codes_per_s": round(units / seconds, 1)}))
         base = None
         for actors in (int(a) for a in args.actors.split(",")):
             out = work / f"out{actors}"

@@ -152,7 +152,7 @@ def _add_interleave(group) -> None:
     p.add_argument("--t2t", required=True, help="text-to-token model folder (train-t2t's step-N)")
     p.add_argument("--corpus", nargs="+", required=True, help="text: data text-corpus JSONL/Parquet, plain files")
     p.add_argument("--out", required=True, help="new folder for the Parquet shards (an unfinished run is resumed)")
-    p.add_argument("--eta", type=float, default=d.eta, help="share of the words turned into speech units")
+    p.add_argument("--eta", type=float, default=d.eta, help="share of the words turned into speech codes")
     p.add_argument("--span-mean", type=float, default=d.span_mean, help="mean span length (Poisson), in words")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--seq-length", type=int, default=d.seq_length, help="longer samples are cut into pieces")

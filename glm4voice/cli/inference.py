@@ -187,7 +187,7 @@ def _add_t2t(sub) -> None:
     from ..lm.t2t import T2TConfig
 
     d = T2TConfig()
-    p = add_command(sub, "t2t", "text -> speech units with a text-to-token model (JSON lines for `decode`)", _run_t2t)
+    p = add_command(sub, "t2t", "text -> speech codes with a text-to-token model (JSON lines for `decode`)", _run_t2t)
     p.add_argument("--t2t", required=True, help="text-to-token model folder (train-t2t's step-N)")
     p.add_argument("--text", action="append", required=True, help="a text (repeat for a batch)")
     p.add_argument("--temperature", type=float, default=d.temperature)

@@ -76,7 +76,7 @@ def _add_train_lm(sub) -> None:
     p.add_argument("--out", required=True, help="run folder: checkpoints land in OUT/step-N/")
     p.add_argument("--lm", help="LM folder to start from (either layout; extend-vocab's output)")
     p.add_argument("--config", help="instead of --lm: JSON of Glm sizes (random weights, from scratch)")
-    p.add_argument("--tokenizer", help="with --config: the folder whose tokenizer files the new LM gets")
+    p.add_argument("--text-tokenizer", help="with --config: the folder whose text tokenizer (with audio ids) it gets")
     add_run_options(p, lm_defaults())
 
 
@@ -85,7 +85,7 @@ def _run_lm(args) -> int:
     from ..train.loop import finished
 
     cfg = run_config(args)
-    records = train_lm(args.mixture, args.out, cfg, lm=args.lm, config=args.config, tokenizer=args.tokenizer,
+    records = train_lm(args.mixture, args.out, cfg, lm=args.lm, config=args.config, text_tokenizer=args.text_tokenizer,
                        resume=args.resume)  # fmt: skip
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"glm4voice train-lm: {finished(records)}; checkpoint {args.out}/step-{cfg.steps}", file=sys.stderr)
@@ -95,12 +95,12 @@ def _run_lm(args) -> int:
 def _add_train_t2t(sub) -> None:
     from ..train.t2t import t2t_defaults
 
-    p = add_command(sub, "train-t2t", "train the text-to-token model on (text, speech units) pairs", _run_t2t)
+    p = add_command(sub, "train-t2t", "train the text-to-token model on (text, speech codes) pairs", _run_t2t)
     p.add_argument("--data", nargs="+", required=True, help="tokenize-corpus shards (files or folders) with text")
     p.add_argument("--out", required=True, help="run folder: checkpoints land in OUT/step-N/")
     p.add_argument("--lm", help="LM folder to start from (with audio ids)")
     p.add_argument("--config", help="instead of --lm: JSON of Glm sizes (random weights, from scratch)")
-    p.add_argument("--tokenizer", help="with --config: the folder whose tokenizer files (with audio ids) it gets")
+    p.add_argument("--text-tokenizer", help="with --config: the folder whose text tokenizer (with audio ids) it gets")
     p.add_argument("--seq-length", type=int, default=1024, help="ids per packed sequence")
     add_run_options(p, t2t_defaults())
 
@@ -110,7 +110,7 @@ def _run_t2t(args) -> int:
     from ..train.t2t import train_t2t
 
     cfg = run_config(args)
-    records = train_t2t(args.data, args.out, cfg, lm=args.lm, config=args.config, tokenizer=args.tokenizer,
+    records = train_t2t(args.data, args.out, cfg, lm=args.lm, config=args.config, text_tokenizer=args.text_tokenizer,
                         seq_length=args.seq_length, resume=args.resume)  # fmt: skip
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"glm4voice train-t2t: {finished(records)}; checkpoint {args.out}/step-{cfg.steps}", file=sys.stderr)

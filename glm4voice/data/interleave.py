@@ -1,12 +1,12 @@
 """Synthetic speech-text interleaved samples from plain text (SPEC §4): the text-to-token model turns
-sampled spans of a text corpus into speech units; no audio is made.
+sampled spans of a text corpus into speech codes; no audio is made.
 
     glm4voice data interleave --t2t runs/t2t/step-3000 --corpus texts.jsonl --out interleaved/ [--eta 0.3] \
         [--seed 0] [--actors 2] [--ray-address auto] [--pairs shards/]
 
 For each document: words (characters for Mandarin) are cut into spans whose lengths follow a Poisson law
 (mean `--span-mean`, at least 1), placed at random where they touch no other span, until the share `--eta`
-of the words is in spans. Each span's text becomes units by the t2t model, between `<|begin_of_audio|>` and
+of the words is in spans. Each span's text becomes speech codes by the t2t model, between `<|begin_of_audio|>` and
 `<|end_of_audio|>`; the text around it stays text. Loss on every id (the paper's pre-training). A sample
 longer than `--seq-length` is cut into pieces. `--pairs` adds the paired kinds of the mixture from
 `tokenize-corpus` shards: speech only, ASR (loss on the text), TTS (loss on the speech).
@@ -52,7 +52,7 @@ class InterleaveOptions:
 
 
 def words_of(text: str, lang: str) -> list[str]:
-    """The units spans are made of: words with their leading space (English), characters (Mandarin), so
+    """The pieces spans are made of: words with their leading space (English), characters (Mandarin), so
     joining any run of them gives back that stretch of the text."""
     if lang == "zh":
         return list(text)
@@ -62,7 +62,7 @@ def words_of(text: str, lang: str) -> list[str]:
 
 
 def sample_spans(n: int, eta: float, mean: float, rng: random.Random) -> list[tuple[int, int]]:
-    """Non-touching [start, stop) spans over n units covering about eta * n of them, sorted; Poisson lengths.
+    """Non-touching [start, stop) spans over n words covering about eta * n of them, sorted; Poisson lengths.
 
     A drawn length keeps its draw: it is placed at another random start when it lands on a span (a new length
     for every miss would favour short spans), and the last span is taken only if it brings the covered count
@@ -131,28 +131,28 @@ def make_shard(model, block: dict, options: InterleaveOptions, out: Path) -> dic
     tok, rng = model.tok, random.Random(block_seed(options.seed, block["index"]))
     plans, failed = [], []
     for doc in block["docs"]:
-        units = words_of(doc["text"], doc["lang"])
-        if not units:
+        words = words_of(doc["text"], doc["lang"])
+        if not words:
             failed.append([doc["id"], "no words"])
             continue
-        plans.append((doc, units, sample_spans(len(units), options.eta, options.span_mean, rng)))
-    texts = ["".join(units[a:b]).strip() for _, units, spans in plans for a, b in spans]
+        plans.append((doc, words, sample_spans(len(words), options.eta, options.span_mean, rng)))
+    texts = ["".join(words[a:b]).strip() for _, words, spans in plans for a, b in spans]
     config = T2TConfig(seed=block_seed(options.seed, block["index"]))
     try:
         speech = model.generate(texts, config) if texts else []
     except Exception as exc:  # the whole block's batch failed: every document in it is reported
         failed += [[d["id"], f"t2t: {exc}"] for d, _, _ in plans]
         plans, speech = [], []
-    rows = {"doc_id": [], "piece": [], "ids": [], "loss_mask": [], "spans": [], "speech_units": [], "text_units": []}
+    rows = {"doc_id": [], "piece": [], "ids": [], "loss_mask": [], "spans": [], "speech_words": [], "text_words": []}
     boa, eoa = tok.token_id("<|begin_of_audio|>"), tok.token_id("<|end_of_audio|>")
     eos, k = tok.token_id("<|endoftext|>"), 0
-    for doc, units, spans in plans:
+    for doc, words, spans in plans:
         ids, at = [], 0
         for a, b in spans:
-            ids += tok.encode("".join(units[at:a]))
+            ids += tok.encode("".join(words[at:a]))
             ids += [boa, *tok.audio_ids(speech[k]), eoa]
             at, k = b, k + 1
-        ids += tok.encode("".join(units[at:])) + [eos]
+        ids += tok.encode("".join(words[at:])) + [eos]
         in_spans = sum(b - a for a, b in spans)
         for piece, start in enumerate(range(0, len(ids), options.seq_length)):
             chunk = ids[start : start + options.seq_length]
@@ -161,8 +161,8 @@ def make_shard(model, block: dict, options: InterleaveOptions, out: Path) -> dic
             rows["ids"].append(chunk)
             rows["loss_mask"].append([1] * len(chunk))
             rows["spans"].append([list(s) for s in spans] if piece == 0 else [])
-            rows["speech_units"].append(in_spans if piece == 0 else 0)
-            rows["text_units"].append(len(units) - in_spans if piece == 0 else 0)
+            rows["speech_words"].append(in_spans if piece == 0 else 0)
+            rows["text_words"].append(len(words) - in_spans if piece == 0 else 0)
     with atomic_path(path) as tmp:
         _write_rows(rows, tmp, failed)
     return _stats_of(path)
@@ -179,8 +179,8 @@ def _write_rows(rows: dict, path: Path, failed: list, kinds: list[str] | None = 
         "ids": pa.array(rows["ids"], pa.list_(pa.int32())),
         "loss_mask": pa.array(rows["loss_mask"], pa.list_(pa.int8())),
         "spans": pa.array(rows["spans"], pa.list_(pa.list_(pa.int32()))),
-        "speech_units": pa.array(rows["speech_units"], pa.int32()),
-        "text_units": pa.array(rows["text_units"], pa.int32()),
+        "speech_words": pa.array(rows["speech_words"], pa.int32()),
+        "text_words": pa.array(rows["text_words"], pa.int32()),
     })  # fmt: skip
     pq.write_table(table.replace_schema_metadata({"failed": json.dumps(failed)}), path)
 
@@ -194,7 +194,7 @@ def _stats_of(path: Path) -> dict:
     failed = json.loads((table.schema.metadata or {}).get(b"failed", b"[]"))
     return {"documents": len(set(table["doc_id"].to_pylist())), "failed": failed, "rows": table.num_rows,
             "ids": sum(len(x) for x in table["ids"].to_pylist()),
-            "speech_units": sum(table["speech_units"].to_pylist()), "text_units": sum(table["text_units"].to_pylist()),
+            "speech_words": sum(table["speech_words"].to_pylist()), "text_words": sum(table["text_words"].to_pylist()),
             "span_lengths": dict(Counter(spans))}  # fmt: skip
 
 
@@ -276,8 +276,8 @@ def _pair_shard(t2t, pairs, options: InterleaveOptions, partial: Path, index: in
     path = partial / SHARD.format(index)
     if not path.exists():
         tok = TextTokenizer.from_pretrained(t2t)
-        rows = {"doc_id": [], "piece": [], "ids": [], "loss_mask": [], "spans": [], "speech_units": [],
-                "text_units": []}  # fmt: skip
+        rows = {"doc_id": [], "piece": [], "ids": [], "loss_mask": [], "spans": [], "speech_words": [],
+                "text_words": []}  # fmt: skip
         kinds = []
         for kind in ("speech", "asr", "tts"):
             for n, s in enumerate(load_samples(Source(kind, [Path(p) for p in pairs], 1.0, kind), tok)):
@@ -286,8 +286,8 @@ def _pair_shard(t2t, pairs, options: InterleaveOptions, partial: Path, index: in
                 rows["ids"].append(s.input_ids[: options.seq_length])
                 rows["loss_mask"].append([int(x != IGNORE) for x in s.labels[: options.seq_length]])
                 rows["spans"].append([])
-                rows["speech_units"].append(0)
-                rows["text_units"].append(0)
+                rows["speech_words"].append(0)
+                rows["text_words"].append(0)
                 kinds.append(kind)
         with atomic_path(path) as tmp:
             _write_rows(rows, tmp, [], kinds)
@@ -297,8 +297,8 @@ def _pair_shard(t2t, pairs, options: InterleaveOptions, partial: Path, index: in
 
 
 def _summary(reports: list[dict], documents: int, seconds: float, options: InterleaveOptions) -> dict:
-    speech = sum(r["speech_units"] for r in reports)
-    text = sum(r["text_units"] for r in reports)
+    speech = sum(r["speech_words"] for r in reports)
+    text = sum(r["text_words"] for r in reports)
     lengths = Counter()
     for r in reports:
         lengths.update({int(k): v for k, v in r["span_lengths"].items()})

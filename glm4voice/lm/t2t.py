@@ -1,18 +1,18 @@
-"""The text-to-token model: text in, 12.5 Hz speech units out (the synthetic-interleaving paper's converter).
+"""The text-to-token model: text in, 12.5 Hz speech codes out (the synthetic-interleaving paper's converter).
 
 It is an LM folder in the project's own format (Glm weights, tokenizer files with the audio ids), so the LM
 loader, the trainer (`train-t2t` is `train-lm` on one TTS source) and this generation code are shared. A
-sample is `text <|endoftext|> <|begin_of_audio|> units <|end_of_audio|>` with the loss on the units and the
-end marker; generation feeds the text and `<|begin_of_audio|>` and samples units until `<|end_of_audio|>`.
+sample is `text <|endoftext|> <|begin_of_audio|> codes <|end_of_audio|>` with the loss on the codes and the
+end marker; generation feeds the text and `<|begin_of_audio|>` and samples codes until `<|end_of_audio|>`.
 
     t2t = TextToToken.from_pretrained("runs/t2t/step-2000")
-    units = t2t.generate(["Hello there.", "你好。"])        # [[907, 33, ...], [...]]
+    codes = t2t.generate(["Hello there.", "你好。"])        # [[907, 33, ...], [...]]
 
 Small TTS LMs fall into loops; two guards keep them out:
-- repetition-aware sampling (VALL-E 2, CosyVoice 2): a unit drawn by top-k/top-p that already fills more
-  than `repeat_share` of the last `repeat_window` units is drawn again from the whole distribution;
-- a length window in units per character of text: the end marker is forbidden before `min_units_per_char`
-  x characters and forced at `max_units_per_char` x characters.
+- repetition-aware sampling (VALL-E 2, CosyVoice 2): a code drawn by top-k/top-p that already fills more
+  than `repeat_share` of the last `repeat_window` codes is drawn again from the whole distribution;
+- a length window in codes per character of text: the end marker is forbidden before `min_codes_per_char`
+  x characters and forced at `max_codes_per_char` x characters.
 Rows are generated together (left-padded, one KV cache), only audio ids and the end marker allowed.
 """
 
@@ -38,20 +38,20 @@ class T2TConfig:
     top_k: int = 25
     repeat_window: int = 10
     repeat_share: float = 0.1
-    min_units_per_char: float = 0.5
-    max_units_per_char: float = 6.0
+    min_codes_per_char: float = 0.5
+    max_codes_per_char: float = 6.0
     seed: int | None = 0
 
     def __post_init__(self):
         SamplingConfig(self.temperature, self.top_p, self.top_k, 1, seed=self.seed)  # the same checks
         if self.repeat_window < 1 or not 0 < self.repeat_share <= 1:
             raise Glm4VoiceError("repeat_window must be >= 1 and repeat_share in (0, 1]")
-        if not 0 <= self.min_units_per_char < self.max_units_per_char:
-            raise Glm4VoiceError("need 0 <= min_units_per_char < max_units_per_char")
+        if not 0 <= self.min_codes_per_char < self.max_codes_per_char:
+            raise Glm4VoiceError("need 0 <= min_codes_per_char < max_codes_per_char")
 
 
 def t2t_sample_ids(tok: TextTokenizer, text: str, codes: Sequence[int]) -> tuple[list[int], list[int]]:
-    """(ids, labels) of one training pair: loss on the units and the end marker only."""
+    """(ids, labels) of one training pair: loss on the codes and the end marker only."""
     prompt = t2t_prompt(tok, text)
     target = [*tok.audio_ids(codes), tok.token_id("<|end_of_audio|>")]
     return prompt + target, [-100] * len(prompt) + target
@@ -76,7 +76,7 @@ class TextToToken:
 
     @torch.inference_mode()
     def generate(self, texts: Sequence[str], config: T2TConfig | None = None) -> list[list[int]]:
-        """Speech units (0 .. n_audio-1) for each text, all rows in one batch."""
+        """Speech codes (0 .. n_audio-1) for each text, all rows in one batch."""
         from transformers import DynamicCache
 
         cfg = config or T2TConfig()
@@ -87,8 +87,8 @@ class TextToToken:
         device = self.model.device
         prompts = [t2t_prompt(self.tok, t) for t in texts]
         chars = [len("".join(t.split())) for t in texts]
-        low = [int(cfg.min_units_per_char * c) for c in chars]
-        high = [max(1, int(cfg.max_units_per_char * c + 0.999)) for c in chars]
+        low = [int(cfg.min_codes_per_char * c) for c in chars]
+        high = [max(1, int(cfg.max_codes_per_char * c + 0.999)) for c in chars]
         width, rows = max(len(p) for p in prompts), len(prompts)
         pad = self.tok.token_id("<|endoftext|>")
         ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=device)
@@ -135,5 +135,5 @@ class TextToToken:
         token = pick(logits)
         recent = history[-cfg.repeat_window :]
         if recent.count(token) >= max(1, cfg.repeat_share * cfg.repeat_window):
-            token = fallback(logits)  # repetition-aware: a looping unit is drawn again from everything
+            token = fallback(logits)  # repetition-aware: a looping code is drawn again from everything
         return token

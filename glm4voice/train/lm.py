@@ -2,7 +2,7 @@
 (`train-sft`) differ only in where their batches come from.
 
     glm4voice train-lm --lm runs/speech-lm --mixture mix.json --out runs/pt --steps 10000
-    glm4voice train-lm --config tiny-lm.json --tokenizer runs/bpe-speech --mixture mix.json --out runs/pt
+    glm4voice train-lm --config tiny-lm.json --text-tokenizer runs/bpe-speech --mixture mix.json --out runs/pt
     torchrun --nproc_per_node 8 -m glm4voice train-lm ...     # each decoder layer sharded across the ranks
 
 `train-lm` reads a mixture (`data.mixture`): samples of every source, drawn by their token shares and packed
@@ -74,20 +74,20 @@ def fit_lm(source: Path | None, config: dict | None, tokenizer_from: Path, out, 
         dist.close()
 
 
-def train_lm(mixture, out, cfg: RunConfig, *, lm=None, config=None, tokenizer=None, resume=None,
+def train_lm(mixture, out, cfg: RunConfig, *, lm=None, config=None, text_tokenizer=None, resume=None,
              log=None) -> list[dict]:  # fmt: skip
     """Pre-train on a mixture file; returns the logged records (see the module docstring)."""
     from ..data.mixture import PackedStream, load_samples, read_mixture
     from ..lm.text import TextTokenizer
 
     if resume is None and (lm is None) == (config is None):
-        raise Glm4VoiceError("give --lm (an LM folder) or --config with --tokenizer (from scratch), or --resume")
-    if config is not None and tokenizer is None and resume is None:
-        raise Glm4VoiceError("--config needs --tokenizer (the folder whose vocabulary the new LM gets)")
+        raise Glm4VoiceError("give --lm (an LM folder) or --config with --text-tokenizer (from scratch), or --resume")
+    if config is not None and text_tokenizer is None and resume is None:
+        raise Glm4VoiceError("--config needs --text-tokenizer (the folder whose vocabulary the new LM gets)")
     state = open_run(out, resume, cfg)
     mix = read_mixture(mixture)
     source = Path(resume) if resume is not None else (Path(lm) if lm is not None else None)
-    tokenizer_from = source if source is not None else Path(tokenizer)
+    tokenizer_from = source if source is not None else Path(text_tokenizer)
     tok = TextTokenizer.from_pretrained(tokenizer_from)
     if not tok.n_audio and any(s.kind in ("speech", "asr", "tts") for s in mix.sources):
         raise Glm4VoiceError(f"{tokenizer_from}: the tokenizer has no audio ids; extend-vocab the LM first")

@@ -1,10 +1,10 @@
-"""Train the text-to-token model: (text, speech units) pairs -> an LM that writes units for text.
+"""Train the text-to-token model: (text, speech codes) pairs -> an LM that writes speech codes for text.
 
-    glm4voice train-t2t --data shards/ --config t2t.json --tokenizer runs/bpe-speech --out runs/t2t --steps 3000
+    glm4voice train-t2t --data shards/ --config t2t.json --text-tokenizer runs/bpe-speech --out runs/t2t --steps 3000
     glm4voice train-t2t --data shards/ --lm runs/t2t-base --out runs/t2t                 # from an LM folder
 
 The pairs are `tokenize-corpus` shards of a transcribed corpus (rows with text and codes). Each becomes
-`text <|endoftext|> <|begin_of_audio|> units <|end_of_audio|>` with the loss on the units and the end marker
+`text <|endoftext|> <|begin_of_audio|> codes <|end_of_audio|>` with the loss on the codes and the end marker
 only (`lm.t2t`); samples are packed as `train-lm` packs them (positions restart per sample, order a pure
 function of seed and step), on the same trainer (`train.lm.fit_lm`): resume, torchrun/FSDP, checkpoints that
 are LM folders `TextToToken.from_pretrained` and `glm4voice t2t` read.
@@ -39,15 +39,15 @@ def load_pairs(paths: list[Path], tok) -> list[TrainingSample]:
     return samples
 
 
-def train_t2t(data, out, cfg: RunConfig, *, lm=None, config=None, tokenizer=None, seq_length: int = 1024,
+def train_t2t(data, out, cfg: RunConfig, *, lm=None, config=None, text_tokenizer=None, seq_length: int = 1024,
               resume=None, log=None) -> list[dict]:  # fmt: skip
     """Train on the pairs of `data` (shard files or folders); returns the logged records."""
     from ..lm.text import TextTokenizer
 
     if resume is None and (lm is None) == (config is None):
-        raise Glm4VoiceError("give --lm (an LM folder) or --config with --tokenizer (from scratch), or --resume")
-    if config is not None and tokenizer is None and resume is None:
-        raise Glm4VoiceError("--config needs --tokenizer (the folder whose vocabulary the new model gets)")
+        raise Glm4VoiceError("give --lm (an LM folder) or --config with --text-tokenizer (from scratch), or --resume")
+    if config is not None and text_tokenizer is None and resume is None:
+        raise Glm4VoiceError("--config needs --text-tokenizer (the folder whose vocabulary the new model gets)")
     if seq_length < 16:
         raise Glm4VoiceError(f"--seq-length must be at least 16, not {seq_length}")
     state = open_run(out, resume, cfg)
@@ -56,7 +56,7 @@ def train_t2t(data, out, cfg: RunConfig, *, lm=None, config=None, tokenizer=None
     if missing:
         raise Glm4VoiceError(f"{missing[0]}: no such file or folder")
     source = Path(resume) if resume is not None else (Path(lm) if lm is not None else None)
-    tokenizer_from = source if source is not None else Path(tokenizer)
+    tokenizer_from = source if source is not None else Path(text_tokenizer)
     tok = TextTokenizer.from_pretrained(tokenizer_from)
     if not tok.n_audio:
         raise Glm4VoiceError(f"{tokenizer_from}: the tokenizer has no audio ids; extend-vocab it first")

@@ -108,7 +108,7 @@ def test_overfits_a_tiny_mixture_from_scratch_and_resumes_exactly(data, tmp_path
     root, lm = data
     cfg = RunConfig(steps=60, batch_size=2, lr=1e-2, min_lr=1e-3, warmup_steps=2, weight_decay=0.0, log_every=5,
                     save_every=30)  # fmt: skip
-    kwargs = dict(config=root / "glm.json", tokenizer=lm, log=lambda line: None)
+    kwargs = dict(config=root / "glm.json", text_tokenizer=lm, log=lambda line: None)
     records = train_lm(root / "mix.json", tmp_path / "a", cfg, **kwargs)
     assert records[-1]["loss"] < 0.1 * records[0]["loss"], (records[0], records[-1])  # 5.8 -> 0.18
     model = load_lm(tmp_path / "a" / "step-60")  # a complete LM folder
@@ -140,7 +140,7 @@ def test_bad_mixtures_are_one_line(data, tmp_path, capsys, mixture, message):
                  "--steps", "1"]) == 2  # fmt: skip
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0], err
-    with pytest.raises(Glm4VoiceError, match="--tokenizer"):
+    with pytest.raises(Glm4VoiceError, match="--text-tokenizer"):
         train_lm(root / "mix.json", tmp_path / "s", RunConfig(steps=1), config=root / "glm.json")
     assert read_mixture(root / "mix.json").seq_length == 24
 
@@ -154,7 +154,7 @@ def test_torchrun_two_ranks_from_scratch(data, tmp_path):
 
     root, lm = data
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    common = ["--mixture", str(root / "mix.json"), "--config", str(root / "glm.json"), "--tokenizer", str(lm),
+    common = ["--mixture", str(root / "mix.json"), "--config", str(root / "glm.json"), "--text-tokenizer", str(lm),
               "--lr", "1e-2", "--min-lr", "1e-3", "--log-every", "1"]  # fmt: skip
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "glm4voice", "train-lm",
            *common, "--out", str(tmp_path / "f"), "--steps", "3", "--batch-size", "2"]  # fmt: skip
@@ -164,5 +164,5 @@ def test_torchrun_two_ranks_from_scratch(data, tmp_path):
     assert [r["step"] for r in logged] == [1, 2, 3]
     load_lm(tmp_path / "f" / "step-3")
     single = train_lm(root / "mix.json", tmp_path / "s", RunConfig(steps=1, batch_size=4, lr=1e-2, min_lr=1e-3),
-                      config=root / "glm.json", tokenizer=lm, log=lambda line: None)  # fmt: skip
+                      config=root / "glm.json", text_tokenizer=lm, log=lambda line: None)  # fmt: skip
     assert abs(logged[0]["loss"] - single[0]["loss"]) < 0.02 * single[0]["loss"]

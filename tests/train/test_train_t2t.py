@@ -35,7 +35,7 @@ def trained(tmp_path_factory):
                    root / "shards" / "part-0.parquet")  # fmt: skip
     (root / "glm.json").write_text(json.dumps(TINY_GLM))
     cfg = RunConfig(steps=120, batch_size=2, lr=1e-2, min_lr=1e-3, warmup_steps=5, weight_decay=0.0, log_every=20)
-    records = train_t2t(root / "shards", root / "run", cfg, config=root / "glm.json", tokenizer=lm, seq_length=64,
+    records = train_t2t(root / "shards", root / "run", cfg, config=root / "glm.json", text_tokenizer=lm, seq_length=64,
                         log=lambda line: None)  # fmt: skip
     return root, lm, records
 
@@ -63,7 +63,7 @@ def test_guards_hold_for_any_sampling(trained):
     t2t = TextToToken.from_pretrained(root / "run" / "step-120")
     text = "in the ring"
     chars = len("".join(text.split()))
-    wild = T2TConfig(temperature=5.0, top_p=1.0, top_k=0, min_units_per_char=1.0, max_units_per_char=2.0, seed=3)
+    wild = T2TConfig(temperature=5.0, top_p=1.0, top_k=0, min_codes_per_char=1.0, max_codes_per_char=2.0, seed=3)
     for seed in range(5):
         (units,) = t2t.generate([text], T2TConfig(**{**wild.__dict__, "seed": seed}))
         assert chars <= len(units) <= 2 * chars and all(0 <= u < 32 for u in units)
