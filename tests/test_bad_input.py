@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -286,6 +287,20 @@ def test_unreadable_weights_say_permission_denied(golden, tmp_path, capsys, monk
 ])  # fmt: skip
 def test_ray_address_fails_at_once(golden, tmp_path, capsys, monkeypatch, address, message):
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    # `auto` finds any Ray on the machine, even the remains of an earlier test's killed run: this test means none
+    import ray._private.services as services
+    import ray._private.utils as ray_utils
+
+    @functools.lru_cache  # Ray clears these caches itself
+    def no_address(*args, **kwargs):
+        return None
+
+    @functools.lru_cache
+    def no_clusters():
+        return []
+
+    monkeypatch.setattr(services, "find_gcs_addresses", no_clusters)
+    monkeypatch.setattr(ray_utils, "read_ray_address", no_address)
     manifest = tmp_path / "m.jsonl"
     manifest.write_text(json.dumps({"id": "a", "audio": str(golden / "tokenizer" / "in0.wav")}) + "\n")
     argv = ["tokenize-corpus", "--speech-tokenizer", str(golden / "tokenizer"), "--manifest", str(manifest),

@@ -6,9 +6,11 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 
 import pytest
@@ -118,18 +120,38 @@ def test_killed_run_finishes_byte_identical(setup, one_actor, tmp_path):
     cmd = [sys.executable, "-m", "glm4voice", "data", "interleave", "--t2t", str(t2t), "--corpus",
            str(root / "corpus.jsonl"), "--out", str(out), "--docs-per-shard", "2", "--seq-length", "64",
            "--pairs", str(root / "pairs"), "--no-progress"]  # fmt: skip
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    ray_home = tempfile.mkdtemp(prefix="il-", dir="/tmp")  # the killed run's Ray lives here (a short path:
+    # Ray's socket names must fit), so its remains can be found and ended
+    env = {**os.environ, "RAY_TMPDIR": str(ray_home)}
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+                            env=env)  # fmt: skip
     partial = tmp_path / "killed.partial"
     deadline = time.time() + 600
     while time.time() < deadline and len(list(partial.glob("shard-*.parquet"))) < 2 and proc.poll() is None:
         time.sleep(0.05)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
+    _end_processes_with(ray_home)  # Ray's workers run in sessions of their own: not in the killed group
     assert not out.exists(), "killed before the end (make the corpus bigger if this machine is that fast)"
+    shutil.rmtree(ray_home, ignore_errors=True)
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-1500:]
     assert shard_bytes(out) == shard_bytes(one_actor) and not list(out.glob(".*"))
     assert json.loads(done.stdout)["documents"] == 19
+
+
+def _end_processes_with(marker: str) -> None:
+    """SIGKILL every process whose environment holds `marker` (the killed run's Ray workers)."""
+    from pathlib import Path
+
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            if marker.encode() in (entry / "environ").read_bytes():
+                os.kill(int(entry.name), signal.SIGKILL)
+        except (OSError, ProcessLookupError):
+            continue
 
 
 def test_bad_input_is_one_line(setup, tmp_path, capsys):
