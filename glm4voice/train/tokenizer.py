@@ -283,24 +283,21 @@ def _read_config(path) -> dict:
 
 @torch.no_grad()
 def _codebook_from_data(model, data: Utterances, groups: list[list[int]], dist: Dist) -> None:
-    """A fresh codebook: distinct random encoder outputs of the first batches (as many batches as it takes to
-    have a frame per code, up to 8; a little noise where codes still outnumber frames). Rank 0's choice is
-    broadcast, so every rank starts from the same codebook."""
+    """A fresh codebook: k-means (10 Lloyd steps) of encoder outputs from batches spread over the corpus's
+    length range (up to 16, until there are four frames per code). Random frames alone make a codebook that
+    collapses: most frames lie nearest a few of them (seen here: 30 of 1024 codes in use, perplexity 4);
+    k-means places the codes where the frames are. An empty cluster restarts at the frame farthest from its
+    code. Rank 0's codebook is broadcast, so every rank starts from the same one."""
+    size = model.vq.size
     chunks, n = [], 0
-    for group in groups[:8]:
+    for group in groups[:: max(1, len(groups) // 16)][:16]:
         features, mask = data.features(group, dist.device)
         _, m, _, h = model.encode(features, mask, bypass=True)
         chunks.append(h[m].float())
         n += len(chunks[-1])
-        if n >= model.vq.size:
+        if n >= 4 * size:
             break
-    frames = torch.cat(chunks)
-    gen = torch.Generator().manual_seed(0)
-    order = torch.randperm(len(frames), generator=gen)
-    pick = order.repeat(-(-model.vq.size // len(frames)))[: model.vq.size].to(frames.device)
-    noise = torch.randn(model.vq.size, frames.shape[1], generator=gen).to(frames)
-    repeated = (torch.arange(model.vq.size, device=frames.device) >= len(frames))[:, None]  # second uses of a frame
-    book = frames[pick] + 0.01 * frames.std() * noise * repeated
+    book = kmeans(torch.cat(chunks), size, steps=10)
     if dist.sharded:
         import torch.distributed as td
 
@@ -308,6 +305,37 @@ def _codebook_from_data(model, data: Utterances, groups: list[list[int]], dist: 
     model.vq.codebook.copy_(book)
     model.vq.ema_weight.copy_(book)
     model.vq.ema_count.fill_(1.0)
+
+
+def kmeans(frames: torch.Tensor, k: int, steps: int = 10, seed: int = 0) -> torch.Tensor:
+    """k centroids [k, D] of frames [N, D]: k-means++ seeding (each next seed drawn with probability growing
+    with its squared distance to the seeds so far; with fewer frames than k, the rest are frames again with a
+    little noise), then Lloyd steps; an empty cluster restarts at the frame farthest from its centroid."""
+    gen = torch.Generator().manual_seed(seed)
+    n = len(frames)
+    seeds = [int(torch.randint(n, (1,), generator=gen))]
+    nearest2 = ((frames - frames[seeds[0]]) ** 2).sum(1)
+    for _ in range(min(k, n) - 1):
+        weights = nearest2.cpu().double()
+        if weights.sum() <= 0:
+            break
+        seeds.append(int(torch.multinomial(weights, 1, generator=gen)))
+        nearest2 = torch.minimum(nearest2, ((frames - frames[seeds[-1]]) ** 2).sum(1))
+    extra = torch.randint(n, (k - len(seeds),), generator=gen).to(frames.device)
+    noise = 0.01 * frames.std() * torch.randn(len(extra), frames.shape[1], generator=gen).to(frames)
+    book = torch.cat([frames[torch.tensor(seeds, device=frames.device)], frames[extra] + noise])
+    for _ in range(steps):
+        distance = torch.cdist(frames, book)  # [N, k]
+        nearest = distance.argmin(1)
+        counts = torch.bincount(nearest, minlength=k)
+        sums = torch.zeros_like(book).index_add_(0, nearest, frames)
+        filled = counts > 0
+        book[filled] = sums[filled] / counts[filled, None].to(book)
+        empty = (~filled).nonzero().flatten()
+        if len(empty):
+            far = distance.gather(1, nearest[:, None]).flatten().argsort(descending=True)[: len(empty)]
+            book[empty[: len(far)]] = frames[far]
+    return book
 
 
 def _export_released(model, out: Path, dist: Dist) -> None:

@@ -106,6 +106,18 @@ def test_vq_warm_up_then_resume_across_it(corpus, tmp_path):
     assert [r["loss"] for r in resumed] == [r["loss"] for r in records[2:]]  # the switch happens at the same step
 
 
+def test_kmeans_finds_separated_clusters_and_fills_every_code():
+    from glm4voice.train.tokenizer import kmeans
+
+    g = torch.Generator().manual_seed(1)
+    for seed in range(3):
+        centres = torch.randn(8, 4, generator=g) * 10
+        frames = torch.cat([c + 0.1 * torch.randn(50, 4, generator=g) for c in centres])
+        book = kmeans(frames, 8, seed=seed)
+        assert torch.cdist(centres, book).min(1).values.max() < 0.2  # one code at each cluster
+    assert kmeans(torch.randn(5, 3), 8).shape == (8, 3)  # fewer frames than codes: all still placed
+
+
 def test_spec_augment_masks_only_real_frames_and_is_pure_in_its_seed():
     from glm4voice.train.tokenizer import spec_augment
 
