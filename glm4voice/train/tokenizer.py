@@ -259,7 +259,7 @@ def train_tokenizer(data: str | os.PathLike, out: str | os.PathLike, cfg: RunCon
                 model.eval()  # validation every `eval_every` steps, and always at the end
                 try:
                     out.update(error_rates(model, codec, valid_set, dist.device, rank=dist.rank, world=dist.world,
-                                           bypass=step < vq_warmup))  # fmt: skip
+                                           bypass=step <= vq_warmup))  # fmt: skip
                 finally:
                     model.train()
             return out or None
@@ -285,7 +285,7 @@ def _read_config(path) -> dict:
 def _codebook_from_data(model, data: Utterances, groups: list[list[int]], dist: Dist) -> None:
     """A fresh codebook: k-means (10 Lloyd steps) of encoder outputs from batches spread over the corpus's
     length range (up to 16, until there are four frames per code). Random frames alone make a codebook that
-    collapses: most frames lie nearest a few of them (seen here: 30 of 1024 codes in use, perplexity 4);
+    collapses: most frames lie nearest a few of them (seen here: 49 codes in a batch, then 3-10);
     k-means places the codes where the frames are. An empty cluster restarts at the frame farthest from its
     code. Rank 0's codebook is broadcast, so every rank starts from the same one."""
     size = model.vq.size

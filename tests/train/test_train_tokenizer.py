@@ -102,6 +102,10 @@ def test_vq_warm_up_then_resume_across_it(corpus, tmp_path):
     # steps 1-3 bypass the quantizer (no commitment, no codes); step 4 starts the codebook from the trained encoder
     assert [r["commit_loss"] for r in records[:3]] == [0.0] * 3 and all(r["commit_loss"] > 0 for r in records[3:])
     assert [r["codes_in_batch"] for r in records[:3]] == [0.0] * 3 and records[3]["codes_in_batch"] > 0
+    # validation after step 3 comes before the codebook exists: it transcribes through the bypassed encoder
+    checked = train_tokenizer(corpus / "train.jsonl", tmp_path / "c", RunConfig(steps=4, **FAST), valid=corpus /
+                              "train.jsonl", eval_every=3, **kwargs)  # fmt: skip
+    assert checked[-2]["vq_bypassed"] and "codes_used" not in checked[-2] and "codes_used" in checked[-1]
     resumed = train_tokenizer(corpus / "train.jsonl", tmp_path / "b", cfg, resume=tmp_path / "a" / "step-2", **kwargs)
     assert [r["loss"] for r in resumed] == [r["loss"] for r in records[2:]]  # the switch happens at the same step
 
