@@ -98,7 +98,9 @@ class Sampler:
         probs = torch.softmax(values / cfg.temperature, dim=-1)
         if cfg.top_p < 1:
             mass_above = torch.cumsum(probs, dim=-1) - probs
-            probs = probs.masked_fill(mass_above >= cfg.top_p, 0.0)
+            cut = mass_above >= cfg.top_p
+            cut[..., 0] = False  # the best candidate always stays (as transformers' min_tokens_to_keep=1)
+            probs = probs.masked_fill(cut, 0.0)
         choice = torch.multinomial(probs, 1, generator=self.generator)
         return int(index[choice])
 

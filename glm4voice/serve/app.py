@@ -11,6 +11,7 @@ computes on the shared models.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import threading
 from pathlib import Path
@@ -89,8 +90,15 @@ class _Connection:
                 item = await self.out.get()
                 if isinstance(item, bytes):
                     await self.ws.send_bytes(item)
-                else:
-                    await self.ws.send_json(item)
+                    continue
+                try:
+                    text = json.dumps(item, ensure_ascii=False)
+                    text.encode("utf-8")
+                except (TypeError, ValueError) as exc:  # a message that cannot be sent must not end the loop
+                    log.error("cannot send a %s message: %s", item.get("type"), exc)
+                    text = json.dumps({"type": "error", "message": f"internal error: a {item.get('type')} message "
+                                                                   "could not be encoded"})  # fmt: skip
+                await self.ws.send_text(text)
         except (WebSocketDisconnect, RuntimeError):  # the client went away
             self.stop.set()
 

@@ -14,6 +14,7 @@ Client -> server
     {"type": "stop"}                     end the reply being generated (barge-in)
     {"type": "reset"}                    forget the conversation
     sampling (all optional): temperature, top_p, top_k, max_new_tokens, seed
+    (a frame is at most 16 MiB: uvicorn closes the connection with 1009 over that)
 
 Server -> client
     {"type": "ready", "input_sample_rate", "output_sample_rate", "audio_format", "speech_input", "speech_output"}
@@ -29,6 +30,7 @@ Server -> client
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, replace
 
 from ..audio import PCM_FORMATS
@@ -56,9 +58,11 @@ class ClientMessage:
 def parse_client(raw: str, defaults: SamplingConfig, max_new_tokens_limit: int) -> ClientMessage:
     """One JSON text frame -> ClientMessage, or ProtocolError saying what is wrong."""
     try:
-        data = json.loads(raw)
+        data = json.loads(raw, parse_constant=_no_constant)
     except json.JSONDecodeError as exc:
         raise ProtocolError(f"not JSON: {exc.msg} at position {exc.pos}") from None
+    except RecursionError:
+        raise ProtocolError("not JSON this server reads: nested too deeply") from None
     if not isinstance(data, dict):
         raise ProtocolError("a message is a JSON object with a 'type'")
     kind = data.get("type")
@@ -73,6 +77,10 @@ def parse_client(raw: str, defaults: SamplingConfig, max_new_tokens_limit: int) 
             raise ProtocolError("a 'text' message needs a non-empty string 'text'")
         if len(text) > MAX_TEXT_CHARS:
             raise ProtocolError(f"'text' is {len(text)} characters; the limit is {MAX_TEXT_CHARS}")
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as exc:  # JSON may escape a lone surrogate (\ud800): no character at all
+            raise ProtocolError(f"'text' is not valid Unicode (a lone surrogate at position {exc.start})") from None
         msg.text = text
     elif kind == "audio.start":
         rate = data.get("sample_rate")
@@ -85,14 +93,20 @@ def parse_client(raw: str, defaults: SamplingConfig, max_new_tokens_limit: int) 
     return msg
 
 
+def _no_constant(name: str):
+    raise ProtocolError(f"not JSON: {name} is not a JSON number")
+
+
 def _sampling(data: dict, defaults: SamplingConfig, max_new_tokens_limit: int) -> SamplingConfig:
     out = {}
     for key, kind in SAMPLING_KEYS.items():
         if key not in data:
             continue
         value = data[key]
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and value != int(value)):
-            raise ProtocolError(f"'{key}' must be a number" + (" (an integer)" if kind is int else ""))
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or (
+            kind is int and value != int(value)
+        ):
+            raise ProtocolError(f"'{key}' must be a finite number" + (" (an integer)" if kind is int else ""))
         out[key] = kind(value)
     if not 1 <= out.get("max_new_tokens", 1) <= max_new_tokens_limit:
         raise ProtocolError(f"'max_new_tokens' must lie in 1..{max_new_tokens_limit}")

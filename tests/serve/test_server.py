@@ -266,3 +266,67 @@ def test_turn_that_fails_ends_with_error_and_done(client):
         assert second == {"type": "done", "text": "", "reason": "error"}
         ws.send_json({"type": "text", "text": "short", "max_new_tokens": 3})
         assert until_done(ws)[-1]["ids"] == 3
+
+
+def test_hardening_cases_each_get_an_error_and_the_connection_stays(client, caplog):
+    """Each case found by fuzzing the WebSocket: an `error`, and the next turn still works."""
+    cases = [
+        ('{"type": "text", "text": "a\\ud800b"}', "lone surrogate"),
+        ('{"type": "text", "text": "hi", "top_k": NaN}', "NaN is not a JSON number"),
+        ('{"type": "text", "text": "hi", "max_new_tokens": Infinity}', "Infinity is not a JSON number"),
+        ('{"type": "text", "text": "hi", "seed": -Infinity}', "-Infinity is not a JSON number"),
+        ('{"type": "text", "text": "hi", "temperature": 1e400}', "finite number"),
+        ('{"type": "text", "text": "hi", "seed": 18446744073709551616}', "seed"),
+        ("[" * 100_000 + "]" * 100_000, "nested too deeply"),
+    ]
+    with connect(client) as ws:
+        for raw, message in cases:
+            ws.send_text(raw)
+            reply = recv(ws)
+            assert reply["type"] == "error" and message in reply["message"], (raw[:60], reply)
+        ws.send_json({"type": "text", "text": "tiny", "top_p": 1e-300})  # the best candidate always stays
+        assert until_done(ws)[-1]["reason"] == "length"
+    assert "Traceback" not in caplog.text
+
+
+def test_protocol_fuzz_never_breaks_the_connection(client, caplog):
+    """Seeded malformed frames (300): each gets an `error` (or is a valid no-op), none ends the connection,
+    no traceback is logged; a real turn works at the end."""
+    import random
+
+    rng = random.Random(15)
+    values = [None, True, -1, 0, 1, 2**70, 1.5, -1e308, "x", "", [], {}, [1, [2]], {"a": {"b": 1}}, "\u00e9"]
+    keys = ["type", "text", "sample_rate", "format", "temperature", "top_p", "top_k", "max_new_tokens", "seed", "?"]
+    types = ["text", "audio.start", "audio.end", "reset", "shout", 7, None]
+
+    def frame() -> tuple[str, object]:
+        kind = rng.random()
+        if kind < 0.15:
+            return "bytes", bytes(rng.randrange(256) for _ in range(rng.randrange(0, 9)))
+        if kind < 0.3:
+            raw = json.dumps({"type": "text", "text": "hi"})
+            cut = rng.randrange(len(raw))
+            raw = raw[:cut] + rng.choice(["", "}", "NaN", "\\ud800", '"', "\x00"]) + raw[cut + 1 :]
+            try:
+                starts_a_turn = json.loads(raw).get("type") == "text"
+            except (ValueError, AttributeError):
+                starts_a_turn = False
+            return "text", raw if not starts_a_turn else "{"  # a damaged frame that is still a turn is no fuzz
+        message = {"type": rng.choice(types)}
+        for key in rng.sample(keys, rng.randrange(0, 4)):
+            message[key] = rng.choice(values)
+        if message["type"] == "text" and "text" not in message:
+            message["text"] = 5  # never a real turn: those are slow
+        return "text", json.dumps(message)
+
+    with connect(client) as ws:
+        for _ in range(300):
+            kind, payload = frame()
+            (ws.send_bytes if kind == "bytes" else ws.send_text)(payload)
+            ws.send_json({"type": "stop"})  # a no-op that also ends any listening, so frames stay independent
+            ws.send_json({"type": "reset"})  # always answered: the marker that this frame's answer is complete
+            while (reply := recv(ws)) != {"type": "reset"}:
+                assert isinstance(reply, dict) and reply["type"] in ("error", "input"), (payload, reply)
+        ws.send_json({"type": "text", "text": "still there?"})
+        assert until_done(ws)[-1]["reason"] == "length"
+    assert "Traceback" not in caplog.text
