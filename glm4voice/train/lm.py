@@ -80,25 +80,34 @@ def train_lm(mixture, out, cfg: RunConfig, *, lm=None, config=None, text_tokeniz
     from ..data.mixture import PackedStream, load_samples, read_mixture
     from ..lm.text import TextTokenizer
 
+    source, tokenizer_from = lm_start(lm, config, text_tokenizer, resume)
+    state = open_run(out, resume, cfg)
+    mix = read_mixture(mixture)
+    tok = TextTokenizer.from_pretrained(tokenizer_from)
+    if not tok.n_audio and any(s.kind in ("speech", "asr", "tts") for s in mix.sources):
+        raise Glm4VoiceError(f"{tokenizer_from}: the tokenizer has no audio ids; extend-vocab the LM first")
+    stream = PackedStream(mix, [load_samples(s, tok) for s in mix.sources], cfg.seed)
+    return fit_packed(stream, tok, source, config, tokenizer_from, out, cfg, state, log)
+
+
+def lm_start(lm, config, text_tokenizer, resume) -> tuple[Path | None, Path]:
+    """(the LM folder a run starts from, None for random weights of `config`; the folder its text tokenizer
+    comes from), after checking that the options name exactly one start."""
     if resume is None and (lm is None) == (config is None):
         raise Glm4VoiceError("give --lm (an LM folder) or --config with --text-tokenizer (from scratch), or --resume")
     if config is not None and text_tokenizer is None and resume is None:
         raise Glm4VoiceError("--config needs --text-tokenizer (the folder whose vocabulary the new LM gets)")
-    state = open_run(out, resume, cfg)
-    mix = read_mixture(mixture)
     source = Path(resume) if resume is not None else (Path(lm) if lm is not None else None)
-    tokenizer_from = source if source is not None else Path(text_tokenizer)
-    tok = TextTokenizer.from_pretrained(tokenizer_from)
-    if not tok.n_audio and any(s.kind in ("speech", "asr", "tts") for s in mix.sources):
-        raise Glm4VoiceError(f"{tokenizer_from}: the tokenizer has no audio ids; extend-vocab the LM first")
-    samples = [load_samples(s, tok) for s in mix.sources]
+    return source, source if source is not None else Path(text_tokenizer)
+
+
+def fit_packed(stream, tok, source, config, tokenizer_from, out, cfg: RunConfig, state, log) -> list[dict]:
+    """`fit_lm` on a `PackedStream`: global sequence g goes to step g // (batch x ranks), rank by rank."""
     raw = scratch_config(config, tok) if source is None else None
-    stream = PackedStream(mix, samples, cfg.seed)
     pad = tok.token_id("<|endoftext|>")
 
     def make_batch(index: int, dist: Dist) -> dict:
-        first = (index * dist.world + dist.rank) * cfg.batch_size
-        return stream.batch(first, cfg.batch_size, pad)
+        return stream.batch((index * dist.world + dist.rank) * cfg.batch_size, cfg.batch_size, pad)
 
     return fit_lm(source, raw, tokenizer_from, out, cfg, state, make_batch, log=log)
 

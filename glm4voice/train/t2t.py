@@ -19,8 +19,7 @@ from ..data.mixture import Mixture, PackedStream, Source
 from ..data.sft import TrainingSample
 from ..errors import Glm4VoiceError
 from .config import RunConfig
-from .dist import Dist
-from .lm import fit_lm, lm_defaults, scratch_config
+from .lm import fit_packed, lm_defaults, lm_start
 from .loop import open_run
 
 
@@ -44,10 +43,7 @@ def train_t2t(data, out, cfg: RunConfig, *, lm=None, config=None, text_tokenizer
     """Train on the pairs of `data` (shard files or folders); returns the logged records."""
     from ..lm.text import TextTokenizer
 
-    if resume is None and (lm is None) == (config is None):
-        raise Glm4VoiceError("give --lm (an LM folder) or --config with --text-tokenizer (from scratch), or --resume")
-    if config is not None and text_tokenizer is None and resume is None:
-        raise Glm4VoiceError("--config needs --text-tokenizer (the folder whose vocabulary the new model gets)")
+    source, tokenizer_from = lm_start(lm, config, text_tokenizer, resume)
     if seq_length < 16:
         raise Glm4VoiceError(f"--seq-length must be at least 16, not {seq_length}")
     state = open_run(out, resume, cfg)
@@ -55,17 +51,9 @@ def train_t2t(data, out, cfg: RunConfig, *, lm=None, config=None, text_tokenizer
     missing = [p for p in paths if not p.exists()]
     if missing:
         raise Glm4VoiceError(f"{missing[0]}: no such file or folder")
-    source = Path(resume) if resume is not None else (Path(lm) if lm is not None else None)
-    tokenizer_from = source if source is not None else Path(text_tokenizer)
     tok = TextTokenizer.from_pretrained(tokenizer_from)
     if not tok.n_audio:
         raise Glm4VoiceError(f"{tokenizer_from}: the tokenizer has no audio ids; extend-vocab it first")
-    samples = load_pairs(paths, tok)
-    stream = PackedStream(Mixture([Source("tts", paths, 1.0, "pairs")], seq_length), [samples], cfg.seed)
-    pad = tok.token_id("<|endoftext|>")
-
-    def make_batch(index: int, dist: Dist) -> dict:
-        return stream.batch((index * dist.world + dist.rank) * cfg.batch_size, cfg.batch_size, pad)
-
-    raw = scratch_config(config, tok) if source is None else None
-    return fit_lm(source, raw, tokenizer_from, out, cfg, state, make_batch, log=log)
+    mixture = Mixture([Source("tts", paths, 1.0, "pairs")], seq_length)
+    stream = PackedStream(mixture, [load_pairs(paths, tok)], cfg.seed)
+    return fit_packed(stream, tok, source, config, tokenizer_from, out, cfg, state, log)
