@@ -149,6 +149,32 @@ def write_wav(path: str | os.PathLike, audio, sample_rate: int) -> None:
         sf.write(tmp, data, sample_rate, subtype="PCM_16", format="WAV")
 
 
+# Encoded reply audio (the OpenAI-compatible API's formats). pcm16 is OpenAI's: raw s16le mono at 24 kHz.
+ENCODINGS = ("wav", "mp3", "flac", "opus", "pcm16")
+PCM16_RATE = 24000
+
+
+def encode_audio(audio, sample_rate: int, fmt: str) -> bytes:
+    """Mono float audio -> file bytes in `fmt` (one of ENCODINGS); opus at 48 kHz and pcm16 at 24 kHz."""
+    data = audio.detach().float().cpu().numpy() if isinstance(audio, torch.Tensor) else np.asarray(audio)
+    data = np.clip(data.reshape(-1).astype(np.float32), -1.0, 1.0)
+    if fmt == "pcm16":
+        return pcm16_bytes(resample(data, sample_rate, PCM16_RATE))
+    if fmt not in ENCODINGS:
+        raise AudioError(f"audio format {fmt!r}", f"expected one of {', '.join(ENCODINGS)}")
+    if fmt == "opus":  # Opus runs at 8/12/16/24/48 kHz only
+        data, sample_rate = resample(data, sample_rate, 48000), 48000
+    out = io.BytesIO()
+    kind = {"wav": ("WAV", "PCM_16"), "mp3": ("MP3", None), "flac": ("FLAC", "PCM_16"), "opus": ("OGG", "OPUS")}
+    sf.write(out, data, sample_rate, format=kind[fmt][0], subtype=kind[fmt][1])
+    return out.getvalue()
+
+
+def pcm16_bytes(audio: np.ndarray) -> bytes:
+    """Float samples -> little-endian int16 bytes (clipped to [-1, 1])."""
+    return (np.clip(np.asarray(audio, np.float32), -1.0, 1.0) * 32767).round().astype("<i2").tobytes()
+
+
 def _describe(source) -> str:
     if isinstance(source, (str, os.PathLike)):
         return str(source)

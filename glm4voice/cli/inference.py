@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 
@@ -305,6 +306,9 @@ def _add_serve(sub) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--max-user-seconds", type=float, default=300.0, help="longest spoken turn accepted")
+    p.add_argument("--api-key", default=os.environ.get("GLM4VOICE_API_KEY"),
+                   help="every route and the WebSocket need it (default: $GLM4VOICE_API_KEY; none: open)")
+    p.add_argument("--model-name", default="glm-4-voice", help="the model id of the OpenAI-compatible API")
     add_models(p)
 
 
@@ -321,9 +325,15 @@ def _run_serve(args) -> int:
         raise Glm4VoiceError("--max-user-seconds must be positive")
     check_models(args)
     _check_can_listen(args.host, args.port)  # before minutes of model loading, not after
+    if args.api_key is not None and not args.api_key.strip():
+        raise Glm4VoiceError("--api-key is empty (unset GLM4VOICE_API_KEY for an open server)")
+    if not args.model_name.strip():
+        raise Glm4VoiceError("--model-name is empty")
     server = ChatServer(load_chat(args), max_user_seconds=args.max_user_seconds,
-                        max_new_tokens_limit=max(args.max_new_tokens, 1))  # fmt: skip
-    print(f"glm4voice: serving on http://{args.host}:{args.port}/ (WebSocket /v1/chat)", file=sys.stderr)
+                        max_new_tokens_limit=max(args.max_new_tokens, 1), api_key=args.api_key,
+                        model_name=args.model_name)  # fmt: skip
+    print(f"glm4voice: serving on http://{args.host}:{args.port}/ (WebSocket /v1/chat, OpenAI API /v1)"
+          + (" with an API key" if args.api_key else ""), file=sys.stderr)  # fmt: skip
     uvicorn.run(create_app(server), host=args.host, port=args.port, log_level="info")
     return 0
 

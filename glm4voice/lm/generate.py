@@ -175,6 +175,17 @@ class Conversation:
         self.turns.append((turn, []))
         return new
 
+    def add_reply(self, ids: Sequence[int]) -> None:
+        """Append an earlier reply as ids, after its `add_user` (a history a stateless client sends back);
+        the model runs on it with the next turn's prefill."""
+        if not self.turns or self.turns[-1][1]:
+            raise Glm4VoiceError("a reply follows a user turn: add_user first")
+        limit = self.context_length
+        if limit and len(self.ids) + len(ids) >= limit:
+            raise Glm4VoiceError(f"the history is longer than the LM's context ({limit} ids)")
+        self.ids += list(ids)
+        self.turns[-1][1].extend(ids)
+
     @property
     def context_length(self) -> int | None:
         """The LM's context (`seq_length` of the checkpoint: 8192 for the release)."""

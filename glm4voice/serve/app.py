@@ -1,25 +1,31 @@
-"""The FastAPI app: `/` (web page), `/health`, and the `/v1/chat` WebSocket (protocol.py, docs/protocol.md).
+"""The FastAPI app: `/` (web page), `/health`, `/metrics`, the `/v1/chat` WebSocket (protocol.py,
+docs/protocol.md) and the OpenAI-compatible `/v1/chat/completions` and `/v1/models` (openai_api.py).
 
 Each connection has a receive loop (this coroutine), a send loop fed by a
 queue, and at most one reply running in a worker thread. The receive loop
 stays live during a reply, so `stop` takes effect at the reply's next event.
 Model work (tokenizing pushed audio, replies) runs in threads under the
-server's lock: the event loop never blocks, and one connection at a time
-computes on the shared models.
+server's `compute()`: the event loop never blocks, and one unit of work at a
+time computes on the shared models.
+
+With an API key, every route and the WebSocket need it: `Authorization: Bearer KEY` (what OpenAI clients
+send), or `?api_key=KEY` in the URL (what a browser can do: the page passes its own URL's key on).
 """
 
 from __future__ import annotations
 
 import asyncio
+import hmac
 import json
 import logging
 import threading
 from pathlib import Path
 
-from fastapi import FastAPI, WebSocket, WebSocketDisconnect
-from fastapi.responses import HTMLResponse
+from fastapi import FastAPI, Request, WebSocket, WebSocketDisconnect
+from fastapi.responses import HTMLResponse, Response
 
 from ..errors import Glm4VoiceError
+from .openai_api import ApiError, add_openai_routes
 from .protocol import ClientMessage, ProtocolError, parse_client
 from .session import ChatServer, Session
 
@@ -27,13 +33,34 @@ log = logging.getLogger("glm4voice.serve")
 PAGE = Path(__file__).parent / "static" / "index.html"
 
 
+def _key_matches(server: ChatServer, headers, query) -> bool:
+    if server.api_key is None:
+        return True
+    given = query.get("api_key") or ""
+    auth = headers.get("authorization") or ""
+    if auth.lower().startswith("bearer "):
+        given = auth[7:].strip()
+    return hmac.compare_digest(given.encode(), server.api_key.encode())
+
+
 def create_app(server: ChatServer) -> FastAPI:
-    app = FastAPI(title="glm4voice", summary="GLM-4-Voice spoken chat over a WebSocket")
+    app = FastAPI(title="glm4voice", summary="GLM-4-Voice spoken chat: WebSocket and OpenAI-compatible API")
     page = PAGE.read_text(encoding="utf-8")
+
+    @app.middleware("http")
+    async def need_key(request: Request, call_next):
+        if not _key_matches(server, request.headers, request.query_params):
+            return ApiError("a valid API key is needed: Authorization: Bearer KEY (or ?api_key=KEY)", 401,
+                            code="invalid_api_key").response()  # fmt: skip
+        return await call_next(request)
 
     @app.get("/", response_class=HTMLResponse)
     def index() -> str:
         return page
+
+    @app.get("/favicon.ico")
+    def favicon() -> Response:
+        return Response(status_code=204)
 
     @app.get("/health")
     def health() -> dict:
@@ -41,11 +68,23 @@ def create_app(server: ChatServer) -> FastAPI:
         info.pop("type")
         return {"status": "ok", **info}
 
+    @app.get("/metrics")
+    def metrics() -> Response:
+        return Response(server.metrics.render(), media_type=server.metrics.content_type)
+
     @app.websocket("/v1/chat")
     async def chat_socket(ws: WebSocket) -> None:
+        if not _key_matches(server, ws.headers, ws.query_params):
+            await ws.close(code=1008, reason="a valid API key is needed (?api_key=KEY)")
+            return
         await ws.accept()
-        await _Connection(ws, server).run()
+        server.metrics.conversations.inc()
+        try:
+            await _Connection(ws, server).run()
+        finally:
+            server.metrics.conversations.dec()
 
+    add_openai_routes(app, server)
     return app
 
 
@@ -104,7 +143,7 @@ class _Connection:
 
     async def _locked(self, fn, *args):
         def work():
-            with self.server.lock:
+            with self.server.compute():
                 return fn(*args)
 
         return await asyncio.to_thread(work)
@@ -151,7 +190,7 @@ class _Connection:
             loop.call_soon_threadsafe(deliver, item)
 
         def work() -> None:
-            with self.server.lock:
+            with self.server.compute():
                 try:
                     self.session.reply(emit, stop, **turn)
                 except Glm4VoiceError as exc:

@@ -5,13 +5,14 @@ kHz) and a `TokenizerStream`, so the user's speech is tokenized while it
 arrives and the reply can start as soon as `audio.end` comes. Replying:
 `reply` runs one `VoiceChat` turn and hands each event to `emit`, checking
 `stop` between events (barge-in). The models are shared by all connections;
-`lock` makes one connection at a time compute on them.
+`compute()` makes one unit of work at a time run on them, and counts who waits.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import numpy as np
 
@@ -23,18 +24,49 @@ from .protocol import ProtocolError
 
 
 class ChatServer:
-    """The loaded models (as one template `VoiceChat`), shared by every connection."""
+    """The loaded models (as one template `VoiceChat`), shared by every connection and API request.
 
-    def __init__(self, template: VoiceChat, max_user_seconds: float = 300.0, max_new_tokens_limit: int = 4000):
+    `api_key`: when set, every route and the WebSocket need it. `model_name`: the id `/v1/models` lists and
+    `/v1/chat/completions` answers to."""
+
+    def __init__(self, template: VoiceChat, max_user_seconds: float = 300.0, max_new_tokens_limit: int = 4000,
+                 api_key: str | None = None, model_name: str = "glm-4-voice"):  # fmt: skip
+        from .metrics import Metrics
+
         self.template = template
         self.lock = threading.Lock()
         self.max_user_seconds = max_user_seconds
         self.max_new_tokens_limit = max_new_tokens_limit
+        self.api_key = api_key or None
+        self.model_name = model_name
+        self.metrics = Metrics()
+        self._waiting = 0
+        self._count = threading.Lock()
 
-    def new_chat(self) -> VoiceChat:
+    @contextmanager
+    def compute(self) -> Iterator[None]:
+        """Hold the models for one unit of work (a turn, a piece of audio); the queue gauge counts waiters."""
+        with self._count:
+            self._waiting += 1
+            self.metrics.queue.set(self._waiting)
+        try:
+            self.lock.acquire()
+        finally:
+            with self._count:
+                self._waiting -= 1
+                self.metrics.queue.set(self._waiting)
+        try:
+            yield
+        finally:
+            self.lock.release()
+
+    def new_chat(self, system: str | None = None, speech_output: bool = True) -> VoiceChat:
+        """A conversation on the shared models (`system`: instead of the template's; `speech_output` False:
+        no decoder, the speech codes are sampled but not turned into audio)."""
         t = self.template
-        return VoiceChat(t.speech_tokenizer, t.lm, t.decoder, t.text_tokenizer, system=t.conversation.system,
-                         sampling=t.sampling, stream_options=t.stream_options)  # fmt: skip
+        return VoiceChat(t.speech_tokenizer, t.lm, t.decoder if speech_output else None, t.text_tokenizer,
+                         system=system if system is not None else t.conversation.system, sampling=t.sampling,
+                         stream_options=t.stream_options)  # fmt: skip
 
     @property
     def output_sample_rate(self) -> int:
@@ -120,6 +152,7 @@ class Session:
         try:
             for event in turn:
                 if stop.is_set():
+                    self.server.metrics.interrupted()
                     emit({"type": "done", "text": "".join(pieces), "reason": "interrupted",
                           "audio_seconds": samples / rate if rate else 0.0})  # fmt: skip
                     return
@@ -133,6 +166,7 @@ class Session:
                     samples += event.audio.numel()
                     emit(event.audio.numpy().astype("<f4").tobytes())
                 elif isinstance(event, Reply):
+                    self.server.metrics.turn(event)
                     t = event.timings
                     emit({"type": "done", "text": event.text, "reason": event.reason, "ids": event.n_ids,
                           "codes": len(event.codes), "audio_seconds": event.seconds,

@@ -44,6 +44,9 @@ VQ_DEFAULTS = {"pooling_kernel_size": 4, "pooling_type": "avg", "quantize_vocab_
                "quantize_causal_block_size": 200, "encoder_causal_convolution": True, "quantize_ema_decay": 0.99,
                "quantize_restart_interval": 100, "quantize_commit_coefficient": 0.25, "quantize_loss_scale": 10.0,
                "skip_language_detection": True}  # fmt: skip
+# Our one field beyond GLM-4-Voice's: the weight of an auxiliary CTC loss on the encoder output (0: the paper's
+# recipe, no CTC head). A model from scratch learns to align far sooner with it (hybrid CTC/attention ASR).
+CTC_FIELD = "ctc_weight"
 # checkpoint name -> module name of the VQ tensors
 VQ_NAMES = {"codebook.weight": "vq.codebook", "ema_count": "vq.ema_count", "ema_weight": "vq.ema_weight"}
 
@@ -110,6 +113,9 @@ def vq_config(base: dict, overrides: dict | None = None) -> dict:
     if not isinstance(layers, int) or layers < 1:
         raise CheckpointError("config: encoder_layers must be a positive integer")
     cfg.setdefault("quantize_position", max(1, layers // 2))
+    cfg.setdefault(CTC_FIELD, 0.0)
+    if not (isinstance(cfg[CTC_FIELD], (int, float)) and 0.0 <= cfg[CTC_FIELD] < 1.0):
+        raise CheckpointError(f"config: {CTC_FIELD} must lie in [0, 1), not {cfg[CTC_FIELD]!r}")
     cfg.setdefault("pooling_position", cfg["quantize_position"])
     if not 0 < cfg["quantize_position"] <= layers:
         raise CheckpointError(f"config: quantize_position must lie in 1..encoder_layers ({layers})")
@@ -157,6 +163,8 @@ class AsrTokenizer(nn.Module):
         with torch.no_grad():  # from scratch: Whisper's sinusoidal encoder positions (a Whisper start overwrites)
             self.encoder.embed_positions.weight.copy_(_sinusoids(cfg.max_positions, d))
         self.decoder = WhisperDecoder(WhisperConfig(**{k: v for k, v in config.items() if k != "architectures"}))
+        # CTC over the transcript vocabulary, <|endoftext|> as the blank (it never occurs inside a transcript)
+        self.ctc_head = nn.Linear(d, config["vocab_size"]) if config[CTC_FIELD] > 0 else None
 
     @property
     def blocks(self) -> list[nn.Module]:
@@ -196,6 +204,14 @@ class AsrTokenizer(nn.Module):
         for layer in dec.layers:
             x = layer(x, causal, encoded, encoder_attention_mask=cross, use_cache=False)
         return F.linear(dec.layer_norm(x), dec.embed_tokens.weight)  # tied, as Whisper's proj_out
+
+    def ctc_loss(self, encoded: torch.Tensor, mask: torch.Tensor, ids: list[list[int]], blank: int) -> torch.Tensor:
+        """CTC of transcript bodies `ids` (no special tokens) over `encoded` [B, T', D]; mean per target id.
+        An utterance with more ids than frames adds nothing (zero_infinity)."""
+        log_probs = F.log_softmax(self.ctc_head(encoded).float(), dim=-1).transpose(0, 1)  # [T', B, vocab]
+        targets = torch.tensor([i for row in ids for i in row], dtype=torch.long, device=encoded.device)
+        lengths = torch.tensor([len(row) for row in ids], dtype=torch.long, device=encoded.device)
+        return F.ctc_loss(log_probs, targets, mask.sum(1), lengths, blank=blank, zero_infinity=True)
 
     @torch.no_grad()
     def transcribe_ids(self, features, mask, codec: TranscriptCodec, max_ids: int = 200,
@@ -241,8 +257,11 @@ class AsrTokenizer(nn.Module):
                 key = f"encoder.{name}"
             state[key] = tensor
         state.update({f"decoder.{k}": v for k, v in parts["decoder"].items()})
-        optional = frozenset() if strict_vq else frozenset({"vq.codebook", "vq.ema_count", "vq.ema_weight",
-                                                             "embed_positions2.weight"})  # fmt: skip
+        if self.ctc_head is not None:  # a folder without one (Whisper's, or trained without CTC) starts it afresh
+            state.update({k[len("model.") :]: v for k, v in parts["other"].items() if k.startswith("model.ctc_head.")})
+        ctc = {"ctc_head.weight", "ctc_head.bias"}
+        optional = frozenset(ctc) if strict_vq else frozenset({"vq.codebook", "vq.ema_count", "vq.ema_weight",
+                                                                "embed_positions2.weight", *ctc})  # fmt: skip
         missing = check_state(own, state, source, optional)
         self.load_state_dict(state, strict=False)
         return missing
@@ -261,7 +280,7 @@ class AsrTokenizer(nn.Module):
                 name = key[len("encoder.") :]
             elif key.startswith("vq."):
                 name = {v: k for k, v in VQ_NAMES.items()}[key]
-            elif key.startswith("decoder."):
+            elif key.startswith(("decoder.", "ctc_head.")):
                 out["model." + key] = tensor.contiguous()
                 continue
             else:
@@ -303,7 +322,8 @@ def new_asr(config: dict, codec: TranscriptCodec) -> AsrTokenizer:
         raise CheckpointError(f"config: {exc}") from None
     ids = {"vocab_size": codec.vocab_size, "pad_token_id": codec.eot, "bos_token_id": codec.eot,
            "eos_token_id": codec.eot, "decoder_start_token_id": codec.sot}  # fmt: skip
-    model = AsrTokenizer(vq_config({**base, **ids}, {k: v for k, v in config.items() if k in VQ_DEFAULTS}))
+    ours = {k: v for k, v in config.items() if k in VQ_DEFAULTS or k == CTC_FIELD}
+    model = AsrTokenizer(vq_config({**base, **ids}, ours))
     model.fresh_vq = True
     return model
 

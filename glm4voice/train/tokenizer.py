@@ -205,6 +205,7 @@ def train_tokenizer(data: str | os.PathLike, out: str | os.PathLike, cfg: RunCon
         if data is not None and data.drop_long_transcripts(codec, limit):
             print(json.dumps({"skipped_transcripts_over_max_target_positions": data.dropped}), flush=True)
     groups = duration_batches(train_set.seconds(), batch_seconds)
+    ctc_weight = model.config["ctc_weight"]
     dist = Dist()
     try:
         model.to(dist.device).requires_grad_(True)
@@ -215,7 +216,7 @@ def train_tokenizer(data: str | os.PathLike, out: str | os.PathLike, cfg: RunCon
             from torch.distributed.fsdp import register_fsdp_forward_method
 
             shard(model, model.blocks, cfg.mixed_precision)
-            for method in ("encode", "logits"):  # called directly by the loss and validation, not via forward
+            for method in ("encode", "logits", "ctc_loss"):  # called directly (loss, validation), not via forward
                 register_fsdp_forward_method(model, method)
 
         def batch(index: int) -> dict:
@@ -223,8 +224,11 @@ def train_tokenizer(data: str | os.PathLike, out: str | os.PathLike, cfg: RunCon
             features, mask = train_set.features(group, dist.device)
             if spec_augment_on:
                 features = spec_augment(features.cpu(), mask.cpu(), cfg.seed * 1_000_003 + index).to(dist.device)
-            inputs, labels = labels_for(codec, [train_set.rows[i] for i in group], dist.device)
-            return {"index": index, "features": features, "mask": mask, "inputs": inputs, "labels": labels}
+            rows = [train_set.rows[i] for i in group]
+            inputs, labels = labels_for(codec, rows, dist.device)
+            bodies = [codec.encode(r.text, r.lang)[len(codec.task) + 2 : -1] for r in rows]  # the CTC targets
+            return {"index": index, "features": features, "mask": mask, "inputs": inputs, "labels": labels,
+                    "bodies": bodies}
 
         def loss(model, b) -> tuple[torch.Tensor, dict]:
             if warm and b["index"] == warm:  # the warm-up is over: the codebook starts from the trained encoder
@@ -237,7 +241,11 @@ def train_tokenizer(data: str | os.PathLike, out: str | os.PathLike, cfg: RunCon
             if not bypass and (b["index"] - warm + 1) % model.vq.restart_every == 0:
                 restarted[0] += model.vq.restart_dead(hidden, mask)  # the same number on every rank
             metrics = {"asr_loss": asr.item(), "commit_loss": vq.loss.item(), "codes_in_batch": vq.used}
-            return asr + vq.loss, metrics
+            if model.ctc_head is None:
+                return asr + vq.loss, metrics
+            ctc = model.ctc_loss(encoded, mask, b["bodies"], codec.eot)
+            metrics["ctc_loss"] = ctc.item()
+            return (1 - ctc_weight) * asr + ctc_weight * ctc + vq.loss, metrics
 
         restarted = [0]  # codes restarted since the last record
 

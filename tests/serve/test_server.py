@@ -12,27 +12,8 @@ from fastapi.testclient import TestClient
 from glm4voice.audio import resample
 from glm4voice.chat import VoiceChat
 from glm4voice.cli import main
-from glm4voice.lm import load_lm
-from glm4voice.lm.generate import SamplingConfig
-from glm4voice.lm.tiny import write_tiny_lm
 from glm4voice.serve import ChatServer, create_app
-
-GREEDY = SamplingConfig(temperature=0, stop_ids=(), max_new_tokens=30)
-
-
-@pytest.fixture(scope="module")
-def lm_folder(tmp_path_factory):
-    return write_tiny_lm(tmp_path_factory.mktemp("serve_lm"), n_audio=512, seed=3)
-
-
-@pytest.fixture(scope="module")
-def template(golden, lm_folder):
-    from glm4voice.decoder import SpeechDecoder
-    from glm4voice.tokenizer import SpeechTokenizer
-
-    tok = SpeechTokenizer.from_pretrained(golden / "tokenizer")
-    dec = SpeechDecoder.from_pretrained(golden / "decoder")
-    return VoiceChat(tok, load_lm(lm_folder), dec, sampling=GREEDY, stream_options={"n_steps": 1})
+from tests.serve.conftest import GREEDY, live_server
 
 
 @pytest.fixture
@@ -183,25 +164,9 @@ def test_serve_cli_errors(capsys, tmp_path):
 
 def test_real_server_over_tcp(template):
     """uvicorn on a free port, a real WebSocket client: the protocol over the wire, not only in-process."""
-    import socket
-    import threading
-    import time
-
-    import uvicorn
     from websockets.sync.client import connect as ws_connect
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    config = uvicorn.Config(create_app(ChatServer(template)), host="127.0.0.1", port=port, log_level="warning")
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    try:
-        deadline = time.monotonic() + 20
-        while not server.started and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert server.started
+    with live_server(ChatServer(template)) as port:
         with ws_connect(f"ws://127.0.0.1:{port}/v1/chat", open_timeout=10) as ws:
             assert json.loads(ws.recv(timeout=10))["type"] == "ready"
             ws.send(json.dumps({"type": "text", "text": "over the wire", "max_new_tokens": 20}))
@@ -214,9 +179,6 @@ def test_real_server_over_tcp(template):
         done = json.loads(frames[-1])
         audio = sum(len(f) // 4 for f in frames if isinstance(f, bytes))
         assert done["ids"] == 20 and audio == round(done["audio_seconds"] * 22050)
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
 
 
 def test_two_connections_share_the_models(client):

@@ -148,6 +148,33 @@ def test_spec_augment_and_label_smoothing_train_and_resume_exactly(corpus, tmp_p
         train_tokenizer(corpus / "train.jsonl", tmp_path / "c", cfg, **{**kwargs, "label_smoothing": 1.0})
 
 
+def test_ctc_head_trains_is_saved_in_the_asr_layout_only_and_resumes_exactly(corpus, tmp_path):
+    from safetensors.torch import load_file
+
+    (tmp_path / "cfg.json").write_text(json.dumps({**TINY, "ctc_weight": 0.3}))
+    cfg = RunConfig(steps=4, save_every=2, **{**FAST, "log_every": 1})
+    kwargs = dict(config=tmp_path / "cfg.json", batch_seconds=4, vocab_size=300, log=lambda line: None)
+    records = train_tokenizer(corpus / "train.jsonl", tmp_path / "a", cfg, **kwargs)
+    # the logged loss is the mix: 0.7 x attention + 0.3 x CTC + commitment
+    r = records[0]
+    assert r["ctc_loss"] > 0 and r["loss"] == pytest.approx(0.7 * r["asr_loss"] + 0.3 * r["ctc_loss"] +
+                                                            r["commit_loss"], rel=1e-4)  # fmt: skip
+    resumed = train_tokenizer(corpus / "train.jsonl", tmp_path / "b", cfg, resume=tmp_path / "a" / "step-2", **kwargs)
+    assert [r["loss"] for r in resumed] == [r["loss"] for r in records[2:]]  # the head came back from the folder
+    assert "model.ctc_head.weight" in load_file(tmp_path / "a" / "step-4" / "model.safetensors")
+    assert not any("ctc" in k for k in load_file(tmp_path / "a" / "tokenizer" / "model.safetensors"))
+    model, codec = load_asr(tmp_path / "a" / "step-4")
+    assert model.ctc_head is not None and json.loads((tmp_path / "a" / "step-4" / "config.json").read_text())[
+        "ctc_weight"] == 0.3  # fmt: skip
+    # the CTC loss itself: an utterance whose transcript has more ids than frames adds nothing (not inf)
+    encoded, mask = torch.randn(2, 3, 64), torch.ones(2, 3, dtype=torch.bool)
+    loss = model.ctc_loss(encoded, mask, [[7, 8], [7, 8, 9, 10, 11]], codec.eot)
+    assert torch.isfinite(loss)
+    (tmp_path / "bad.json").write_text(json.dumps({**TINY, "ctc_weight": 1.0}))
+    with pytest.raises(Exception, match="ctc_weight must lie in"):
+        train_tokenizer(corpus / "train.jsonl", tmp_path / "c", cfg, **{**kwargs, "config": tmp_path / "bad.json"})
+
+
 def test_starts_from_a_transformers_whisper_folder(corpus, tmp_path):
     from transformers import WhisperConfig, WhisperForConditionalGeneration
 
