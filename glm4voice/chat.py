@@ -34,7 +34,8 @@ class VoiceChat:
     and speech codes only, no audio), `text_tokenizer`: the LM's
     `TextTokenizer` (default: read from the folder `load_lm` loaded).
     `sampling` sets the defaults of every turn; `stream_options` go to
-    `decoder.stream(...)`.
+    `decoder.stream(...)`. `trim_history`: when the LM's context is full, drop
+    the oldest turns (False: refuse the turn).
     """
 
     def __init__(
@@ -47,6 +48,7 @@ class VoiceChat:
         system: str | None = None,
         sampling: SamplingConfig | None = None,
         stream_options: dict | None = None,
+        trim_history: bool = True,
     ):
         if text_tokenizer is None:
             source = getattr(lm, "name_or_path", None)
@@ -67,7 +69,7 @@ class VoiceChat:
         self.stream_options = dict(stream_options or {})
         if decoder is not None:
             decoder.stream(**self.stream_options)  # bad options fail now, not at the first spoken reply
-        self.conversation = Conversation(lm, text_tokenizer, system=system)
+        self.conversation = Conversation(lm, text_tokenizer, system=system, trim_history=trim_history)
 
     @classmethod
     def from_pretrained(
@@ -134,6 +136,19 @@ class VoiceChat:
         """
         if sum(x is not None for x in (audio, text, codes)) != 1:
             raise Glm4VoiceError("a turn takes speech audio, text= or codes=, exactly one of them")
+        turn = self.begin(audio, text=text, codes=codes, sample_rate=sample_rate, sampling=sampling)
+        yield turn.user_event
+        while not turn.done:
+            yield from turn.advance(turn.sample())
+            if not turn.done:
+                turn.reply.step()
+
+    def begin(self, audio=None, *, text: str | None = None, codes: list[int] | None = None,
+              sample_rate: int | None = None, sampling: SamplingConfig | None = None) -> ChatTurn:  # fmt: skip
+        """Start a turn (speech is tokenized, the prompt ids appended) and return it, to be driven one id at
+        a time: `turn()` drives it alone, the server's scheduler drives many with one batched LM step."""
+        if sum(x is not None for x in (audio, text, codes)) != 1:
+            raise Glm4VoiceError("a turn takes speech audio, text= or codes=, exactly one of them")
         start = time.perf_counter()
         timings = Timings()
         speech = None if codes is None else list(codes)  # UserInput checks they are integers
@@ -142,53 +157,10 @@ class VoiceChat:
                 raise Glm4VoiceError("speech input needs a speech tokenizer (VoiceChat(speech_tokenizer=...))")
             speech = list(self.speech_tokenizer.tokenize(audio, sample_rate=sample_rate))
             timings.tokenize = time.perf_counter() - start
-        conv = self.conversation
         user = UserInput(text=text, speech=speech)  # validates (e.g. no speech codes)
-        ids = conv.add_user(user)
-        yield UserEvent(ids=list(ids), speech=speech, text=text)
-
-        stream = self.decoder.stream(**self.stream_options) if self.decoder is not None else None
-        rate = int(self.decoder.sample_rate) if self.decoder is not None else 0
-        chunks: list[torch.Tensor] = []
-
-        def chunk(audio_piece) -> AudioChunk | None:
-            if audio_piece is None or audio_piece.numel() == 0:
-                return None
-            audio_piece = audio_piece.detach().float().cpu().reshape(-1)
-            chunks.append(audio_piece)
-            if timings.first_audio is None:
-                timings.first_audio = time.perf_counter() - start
-            return AudioChunk(audio_piece, rate)
-
-        end: EndEvent | None = None
-        for event in conv.generate(sampling or self.sampling):
-            if isinstance(event, EndEvent):
-                end = event
-                break
-            yield event
-            if isinstance(event, TextEvent) and event.text and timings.first_text is None:
-                timings.first_text = time.perf_counter() - start
-            if isinstance(event, AudioEvent) and stream is not None:
-                out = chunk(stream.push(event.codes))
-                if out is not None:
-                    yield out
-        if stream is not None:
-            out = chunk(stream.flush())
-            if out is not None:
-                yield out
-        timings.prefill = end.prefill_seconds
-        timings.total = time.perf_counter() - start
-        timings.ids_per_second = end.ids_per_second
-        audio_out = torch.cat(chunks) if chunks else torch.zeros(0)
-        yield Reply(
-            text=end.text,
-            codes=end.codes,
-            audio=audio_out,
-            sample_rate=rate,
-            reason=end.reason,
-            n_ids=end.n_ids,
-            timings=timings,
-        )
+        ids = self.conversation.add_user(user)
+        return ChatTurn(self, UserEvent(ids=list(ids), speech=speech, text=text), sampling or self.sampling, start,
+                        timings)  # fmt: skip
 
     def reply(self, audio=None, *, text: str | None = None, **kwargs) -> Reply:
         """Run a turn to the end and return its `Reply`."""
@@ -203,3 +175,74 @@ class VoiceChat:
     def history(self) -> str:
         """The conversation so far, as the reference's prompt string."""
         return self.conversation.render()
+
+
+class ChatTurn:
+    """One turn in progress: the LM's `ReplyState` and the decoder's stream. `sample()` the next id, hand it
+    to `advance` (the chat events out: text, codes, audio chunks, and the `Reply` last), run the LM on it
+    (`reply.step()`, or a batched step), until `done`."""
+
+    def __init__(self, chat: VoiceChat, user_event: UserEvent, sampling: SamplingConfig, start: float,
+                 timings: Timings):  # fmt: skip
+        self.chat, self.user_event, self.sampling = chat, user_event, sampling
+        self.start, self.timings = start, timings
+        self.reply = None  # the LM's state, made by `prefill`
+        self.stream = chat.decoder.stream(**chat.stream_options) if chat.decoder is not None else None
+        self.rate = int(chat.decoder.sample_rate) if chat.decoder is not None else 0
+        self.chunks: list[torch.Tensor] = []
+        self.done = False
+
+    def prefill(self) -> None:
+        """Run the prompt ids the LM's cache lacks (the first `sample` does it when not done before)."""
+        from .lm.generate import ReplyState
+
+        self.reply = ReplyState(self.chat.conversation, self.sampling)
+        self.reply.prefill()
+
+    def sample(self) -> int:
+        if self.reply is None:
+            self.prefill()
+        return self.reply.sample()
+
+    def advance(self, token: int) -> list[ChatEvent]:
+        return self._chat_events(self.reply.accept(token))
+
+    def interrupt(self) -> list[ChatEvent]:
+        """End the turn now (barge-in): its `Reply` has reason "interrupted" and the audio made so far."""
+        if self.reply is None:
+            self.prefill()
+        self.stream = None  # no tail: the user spoke over it
+        return self._chat_events(self.reply.finish("interrupted"))
+
+    def _chat_events(self, lm_events) -> list[ChatEvent]:
+        out: list[ChatEvent] = []
+        timings = self.timings
+        for event in lm_events:
+            if isinstance(event, EndEvent):
+                if self.stream is not None:
+                    self._chunk(self.stream.flush(), out)
+                out.append(self._reply(event))
+                continue
+            out.append(event)
+            if isinstance(event, TextEvent) and event.text and timings.first_text is None:
+                timings.first_text = time.perf_counter() - self.start
+            if isinstance(event, AudioEvent) and self.stream is not None:
+                self._chunk(self.stream.push(event.codes), out)
+        return out
+
+    def _chunk(self, audio_piece, out: list) -> None:
+        if audio_piece is None or audio_piece.numel() == 0:
+            return
+        audio_piece = audio_piece.detach().float().cpu().reshape(-1)
+        self.chunks.append(audio_piece)
+        if self.timings.first_audio is None:
+            self.timings.first_audio = time.perf_counter() - self.start
+        out.append(AudioChunk(audio_piece, self.rate))
+
+    def _reply(self, end: EndEvent) -> Reply:
+        self.done = True
+        t = self.timings
+        t.prefill, t.total, t.ids_per_second = end.prefill_seconds, time.perf_counter() - self.start, end.ids_per_second
+        audio = torch.cat(self.chunks) if self.chunks else torch.zeros(0)
+        return Reply(text=end.text, codes=end.codes, audio=audio, sample_rate=self.rate, reason=end.reason,
+                     n_ids=end.n_ids, timings=t)  # fmt: skip

@@ -48,6 +48,8 @@ def add_models(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-new-tokens", type=int, default=2000, help="LM ids per reply, text and speech")
     p.add_argument("--seed", type=int, help="seed the sampler (reproducible replies)")
     p.add_argument("--flow-steps", type=int, default=10, help="decoder flow-matching steps (fewer: faster)")
+    p.add_argument("--context-full", choices=["drop-oldest", "refuse"], default="drop-oldest",
+                   help="when a conversation fills the LM's context: forget its oldest turns, or refuse the turn")
     add_device(p, dtype_help="speech tokenizer and decoder dtype")
     p.add_argument("--int8", action="store_true",
                    help="dynamic int8 linear layers in the speech tokenizer and decoder (CPU)")  # fmt: skip
@@ -76,7 +78,7 @@ def load_chat(args):
     return VoiceChat.from_pretrained(
         args.speech_tokenizer, args.lm, args.decoder, model_dir=args.model_dir, device=args.device, dtype=args.dtype,
         lm_dtype=args.lm_dtype, int8=args.int8, system=args.system, sampling=sampling,
-        stream_options={"n_steps": args.flow_steps},
+        stream_options={"n_steps": args.flow_steps}, trim_history=args.context_full == "drop-oldest",
     )  # fmt: skip
 
 

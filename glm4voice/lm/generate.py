@@ -141,13 +141,15 @@ class Conversation:
     the reply; the next turn only runs what the cache lacks.
     """
 
-    def __init__(self, lm, tokenizer: TextTokenizer, system: str | None = None):
+    def __init__(self, lm, tokenizer: TextTokenizer, system: str | None = None, trim_history: bool = True):
         from transformers import DynamicCache
 
         self.lm = lm
         self.tok = tokenizer
         self.prompts = PromptBuilder(tokenizer)
         self.system = system
+        self.trim_history = trim_history  # at the context's end: drop the oldest turns (False: refuse the turn)
+        self.dropped_turns = 0
         self.ids: list[int] = []
         self.turns: list[tuple[UserInput, list[int]]] = []
         self._cache_cls = DynamicCache
@@ -158,6 +160,7 @@ class Conversation:
         return self.cache.get_seq_length()
 
     def reset(self) -> None:
+        self.dropped_turns = 0
         self.ids.clear()
         self.turns.clear()
         self.cache = self._cache_cls(config=self.lm.config)
@@ -166,6 +169,9 @@ class Conversation:
         """Append the prompt ids of one user turn and open its entry in `turns`; returns the ids."""
         new = self.prompts.turn(turn, first=not self.ids, system=self.system)
         limit = self.context_length
+        if limit and len(self.ids) + len(new) >= limit and self.trim_history and self.turns:
+            self._drop_oldest(len(new), limit)
+            new = self.prompts.turn(turn, first=not self.ids, system=self.system)
         if limit and len(self.ids) + len(new) >= limit:
             raise Glm4VoiceError(
                 f"this turn would make the conversation {len(self.ids) + len(new)} ids long; the LM's context is "
@@ -174,6 +180,18 @@ class Conversation:
         self.ids += new
         self.turns.append((turn, []))
         return new
+
+    def _drop_oldest(self, incoming: int, limit: int) -> None:
+        """Forget the oldest turns until the history and the incoming turn fill at most 3/4 of the context
+        (a quarter stays for the reply). The ids are rebuilt from the kept turns (the system prompt opens
+        them again) and the cache starts over: the next prefill runs them all once."""
+        while self.turns and len(self.ids) + incoming > limit * 3 // 4:
+            self.turns.pop(0)
+            self.dropped_turns += 1
+            self.ids = []
+            for i, (user, reply) in enumerate(self.turns):
+                self.ids += [*self.prompts.turn(user, first=i == 0, system=self.system), *reply]
+        self.cache = self._cache_cls(config=self.lm.config)
 
     def add_reply(self, ids: Sequence[int]) -> None:
         """Append an earlier reply as ids, after its `add_user` (a history a stateless client sends back);
@@ -198,66 +216,109 @@ class Conversation:
 
     def generate(self, sampling: SamplingConfig | None = None) -> Iterator[LMEvent]:
         """Stream a reply to the current `ids` (ending in an assistant header); its ids go to the last turn."""
-        cfg = sampling or SamplingConfig()
-        stop_ids = self.prompts.stop_ids if cfg.stop_ids is None else tuple(cfg.stop_ids)
-        if not _cache_consistent(self.cache) or self.cached > len(self.ids):
-            self.cache = self._cache_cls(config=self.lm.config)  # interrupted mid-step: rebuild
-        if len(self.ids) <= self.cached:
-            raise Glm4VoiceError("nothing to generate from: add a user turn first")
-        pending = self.ids[self.cached :]
-        max_new = cfg.max_new_tokens
-        if self.context_length:  # a reply never runs past the context: it ends on "length"
-            max_new = max(1, min(max_new, self.context_length - len(self.ids)))
-        sampler = Sampler(cfg, device=self.lm.device)
-        text = TextDecoder(self.tok)
-        reply = self.turns[-1][1] if self.turns else []
-        pieces: list[str] = []
-        codes: list[int] = []
-        start = time.perf_counter()
-        first_at = None
-        reason, stop_id = "length", None
-        sampled = 0
-        last_at = None
-        for token in sample_ids(self.lm, pending, self.cache, sampler, max_new, stop_ids):
-            last_at = time.perf_counter()
-            sampled += 1
-            if first_at is None:
-                first_at = last_at
-            if token in stop_ids:
-                reason, stop_id = "stop", token
-                break
-            reply.append(token)
-            self.ids.append(token)
-            code = self.tok.code_of(token)
-            if code is not None:
-                codes.append(code)
-                yield AudioEvent([code])
-            else:
-                delta = text.push(token)
-                pieces.append(delta)
-                yield TextEvent(delta, [token])
-        tail = text.flush()
-        if tail:
-            pieces.append(tail)
-            yield TextEvent(tail, [])
-        end = time.perf_counter()
-        first_at = first_at or end
-        last_at = last_at or end
-        yield EndEvent(
-            reason=reason,
-            stop_id=stop_id,
-            n_ids=len(reply),
-            text="".join(pieces),
-            codes=codes,
-            prompt_ids=len(pending),
-            prefill_seconds=first_at - start,
-            decode_seconds=last_at - first_at,
-            sampled=sampled,
-        )
+        reply = self.start_reply(sampling)
+        while True:
+            yield from reply.accept(reply.sample())
+            if reply.done:
+                return
+            reply.step()
+
+    def start_reply(self, sampling: SamplingConfig | None = None) -> ReplyState:
+        """Prefill what the cache lacks and return the reply's state, ready to sample its first id."""
+        reply = ReplyState(self, sampling or SamplingConfig())
+        reply.prefill()
+        return reply
 
     def render(self) -> str:
         """The whole dialogue as the reference's prompt string."""
         return self.prompts.render(self.ids)
+
+
+class ReplyState:
+    """One reply being sampled: `sample` the next id from `logits`, `accept` it (events out), run the model on
+    it (`step` alone, or the server's batched step for many conversations at once), until `done`.
+
+    A stop id ends the reply; neither it nor the last id of a length-limited reply is run through the model
+    (the cache ends one id short, and the next turn's prefill runs what it lacks)."""
+
+    def __init__(self, conv: Conversation, cfg: SamplingConfig):
+        self.conv = conv
+        self.stop_ids = conv.prompts.stop_ids if cfg.stop_ids is None else tuple(cfg.stop_ids)
+        if not _cache_consistent(conv.cache) or conv.cached > len(conv.ids):
+            conv.cache = conv._cache_cls(config=conv.lm.config)  # interrupted mid-step: rebuild
+        if len(conv.ids) <= conv.cached:
+            raise Glm4VoiceError("nothing to generate from: add a user turn first")
+        self.pending = conv.ids[conv.cached :]
+        self.max_new = cfg.max_new_tokens
+        if conv.context_length:  # a reply never runs past the context: it ends on "length"
+            self.max_new = max(1, min(self.max_new, conv.context_length - len(conv.ids)))
+        self.sampler = Sampler(cfg, device=conv.lm.device)
+        self.text = TextDecoder(conv.tok)
+        self.reply = conv.turns[-1][1] if conv.turns else []
+        self.pieces: list[str] = []
+        self.codes: list[int] = []
+        self.sampled = 0
+        self.start = time.perf_counter()
+        self.first_at: float | None = None
+        self.last_at: float | None = None
+        self.last_id: int | None = None  # the id the model runs next
+        self.logits: torch.Tensor | None = None  # [vocab]: for the next id
+        self.done = False
+
+    def prefill(self) -> None:
+        self.logits = step_logits(self.conv.lm, torch.tensor([self.pending], device=self.conv.lm.device),
+                                  self.conv.cache)  # fmt: skip
+
+    def sample(self) -> int:
+        with torch.inference_mode():
+            return self.sampler(self.logits)
+
+    def step(self) -> None:
+        """Run the last accepted id through the model, alone."""
+        ids = torch.tensor([[self.last_id]], device=self.conv.lm.device)
+        self.logits = step_logits(self.conv.lm, ids, self.conv.cache)
+
+    def accept(self, token: int) -> list[LMEvent]:
+        """Take a sampled id: its event, and when the reply is over the text's tail and the `EndEvent`."""
+        self.last_at = time.perf_counter()
+        self.sampled += 1
+        self.first_at = self.first_at or self.last_at
+        events: list[LMEvent] = []
+        reason, stop_id = None, None
+        if token in self.stop_ids:
+            reason, stop_id = "stop", token
+        else:
+            self.reply.append(token)
+            self.conv.ids.append(token)
+            self.last_id = token
+            code = self.conv.tok.code_of(token)
+            if code is not None:
+                self.codes.append(code)
+                events.append(AudioEvent([code]))
+            else:
+                delta = self.text.push(token)
+                self.pieces.append(delta)
+                events.append(TextEvent(delta, [token]))
+            if self.sampled == self.max_new:
+                reason = "length"
+        if reason is not None:
+            events += self.finish(reason, stop_id)
+        return events
+
+    def finish(self, reason: str, stop_id: int | None = None) -> list[LMEvent]:
+        """End the reply now (`reason`: stop, length, or the caller's, e.g. interrupted)."""
+        self.done = True
+        events: list[LMEvent] = []
+        tail = self.text.flush()
+        if tail:
+            self.pieces.append(tail)
+            events.append(TextEvent(tail, []))
+        end = time.perf_counter()
+        first_at, last_at = self.first_at or end, self.last_at or end
+        events.append(EndEvent(reason=reason, stop_id=stop_id, n_ids=len(self.reply), text="".join(self.pieces),
+                               codes=self.codes, prompt_ids=len(self.pending), prefill_seconds=first_at - self.start,
+                               decode_seconds=last_at - first_at, sampled=self.sampled))  # fmt: skip
+        return events
 
 
 def _cache_consistent(cache) -> bool:
@@ -265,4 +326,4 @@ def _cache_consistent(cache) -> bool:
     return len(lengths) <= 1
 
 
-__all__ = ["Conversation", "Sampler", "SamplingConfig", "sample_ids", "step_logits"]
+__all__ = ["Conversation", "ReplyState", "Sampler", "SamplingConfig", "sample_ids", "step_logits"]

@@ -2,11 +2,11 @@
 docs/protocol.md) and the OpenAI-compatible `/v1/chat/completions` and `/v1/models` (openai_api.py).
 
 Each connection has a receive loop (this coroutine), a send loop fed by a
-queue, and at most one reply running in a worker thread. The receive loop
-stays live during a reply, so `stop` takes effect at the reply's next event.
-Model work (tokenizing pushed audio, replies) runs in threads under the
-server's `compute()`: the event loop never blocks, and one unit of work at a
-time computes on the shared models.
+queue, and at most one reply on the server's scheduler (scheduler.py), which
+batches the replies of every conversation into one LM step per id. The receive
+loop stays live during a reply, so `stop` takes effect at the reply's next id.
+Tokenizing pushed audio runs in a worker thread under the server's
+`compute()`: the event loop never blocks.
 
 With an API key, every route and the WebSocket need it: `Authorization: Bearer KEY` (what OpenAI clients
 send), or `?api_key=KEY` in the URL (what a browser can do: the page passes its own URL's key on).
@@ -19,6 +19,7 @@ import hmac
 import json
 import logging
 import threading
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 from fastapi import FastAPI, Request, WebSocket, WebSocketDisconnect
@@ -27,6 +28,7 @@ from fastapi.responses import HTMLResponse, Response
 from ..errors import Glm4VoiceError
 from .openai_api import ApiError, add_openai_routes
 from .protocol import ClientMessage, ProtocolError, parse_client
+from .scheduler import Busy
 from .session import ChatServer, Session
 
 log = logging.getLogger("glm4voice.serve")
@@ -44,7 +46,13 @@ def _key_matches(server: ChatServer, headers, query) -> bool:
 
 
 def create_app(server: ChatServer) -> FastAPI:
-    app = FastAPI(title="glm4voice", summary="GLM-4-Voice spoken chat: WebSocket and OpenAI-compatible API")
+    @asynccontextmanager
+    async def lifespan(app):
+        yield
+        server.close()  # the scheduler's thread ends with the app
+
+    app = FastAPI(title="glm4voice", summary="GLM-4-Voice spoken chat: WebSocket and OpenAI-compatible API",
+                  lifespan=lifespan)  # fmt: skip
     page = PAGE.read_text(encoding="utf-8")
 
     @app.middleware("http")
@@ -93,7 +101,6 @@ class _Connection:
         self.ws, self.server = ws, server
         self.session = Session(server)
         self.out: asyncio.Queue = asyncio.Queue()
-        self.reply_tasks: set[asyncio.Future] = set()  # reply threads not yet finished
         self.replying = False  # from a turn's start until its `done` is queued (the client may go on then)
         self.stop = threading.Event()
         self.input_codes = 0
@@ -118,9 +125,7 @@ class _Connection:
         except (WebSocketDisconnect, RuntimeError):
             pass
         finally:
-            self.stop.set()
-            if self.reply_tasks:
-                await asyncio.wait(self.reply_tasks)
+            self.stop.set()  # a reply still running ends at its next id
             sender.cancel()
 
     async def _send_loop(self) -> None:
@@ -189,19 +194,13 @@ class _Connection:
         def emit(item) -> None:
             loop.call_soon_threadsafe(deliver, item)
 
-        def work() -> None:
-            with self.server.compute():
-                try:
-                    self.session.reply(emit, stop, **turn)
-                except Glm4VoiceError as exc:
-                    emit({"type": "error", "message": str(exc)})
-                    emit({"type": "done", "text": "", "reason": "error"})
-                except Exception as exc:  # a bug: log it, tell the client, keep serving
-                    log.exception("reply failed")
-                    emit({"type": "error", "message": f"internal error: {type(exc).__name__}: {exc}"})
-                    emit({"type": "done", "text": "", "reason": "error"})
-
+        job = self.session.job(emit, stop, **turn)
+        try:
+            place = self.server.scheduler.submit(job)
+        except Busy as exc:  # the queue is full: this turn is refused, the connection stays
+            self.out.put_nowait({"type": "error", "message": str(exc)})
+            self.out.put_nowait({"type": "done", "text": "", "reason": "busy"})
+            return
         self.replying = True
-        task = asyncio.ensure_future(asyncio.to_thread(work))
-        self.reply_tasks.add(task)
-        task.add_done_callback(self.reply_tasks.discard)
+        if place:
+            self.out.put_nowait({"type": "queued", "position": place})

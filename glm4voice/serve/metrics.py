@@ -32,6 +32,8 @@ class Metrics:
         self.ids = Counter("glm4voice_generated_ids", "LM ids generated (text and speech)", registry=r)
         self.ids_per_second = Gauge("glm4voice_ids_per_second", "decode speed of the last finished turn",
                                     registry=r)  # fmt: skip
+        self.batch = Histogram("glm4voice_batch_size", "replies in each batched LM step",
+                               buckets=(1, 2, 4, 8, 16, 32, 64), registry=r)  # fmt: skip
         self.turns = Counter("glm4voice_turns", "finished turns, by why they ended", ["reason"], registry=r)
 
     def turn(self, reply: Reply) -> None:
@@ -43,9 +45,6 @@ class Metrics:
         self.ids.inc(reply.n_ids)
         self.ids_per_second.set(t.ids_per_second)
         self.turns.labels(reply.reason).inc()
-
-    def interrupted(self) -> None:
-        self.turns.labels("interrupted").inc()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -39,6 +39,7 @@ from ..audio import ENCODINGS, PCM16_RATE, StreamResampler, encode_audio, load_a
 from ..errors import Glm4VoiceError
 from ..events import AudioChunk, Reply, TextEvent
 from ..lm.prompt import UserInput
+from .scheduler import Busy, Job
 
 AUDIO_TTL = 3600.0  # seconds an `audio.id` stays usable in later requests (OpenAI: `expires_at`)
 MAX_STORED = 1000  # replies remembered for their audio ids
@@ -250,9 +251,9 @@ def _audio_part(part: dict, where: str, server) -> bytes:
 # ------------------------------------------------------------------------------------------------ running
 
 
-def run_completion(server, state: ApiState, req: Completion, emit, stop: threading.Event) -> None:
-    """Run the request on the models (the caller holds `server.compute()`): hands `emit` ("text", str),
-    ("audio", float32 array) and finally ("done", dict of reason, ids, audio_id, expires_at, usage)."""
+def prepare(server, state: ApiState, req: Completion):
+    """The request's conversation rebuilt from its messages (speech tokenized: the caller holds
+    `server.compute()`), its last user input and its sampling."""
     chat = server.new_chat(system=req.system, speech_output=req.audio_format is not None)
     conv = chat.conversation
     for turn in req.turns[:-1]:
@@ -270,27 +271,52 @@ def run_completion(server, state: ApiState, req: Completion, emit, stop: threadi
         sampling = replace(chat.sampling, **req.sampling_overrides)
     except Glm4VoiceError as exc:
         raise ApiError(str(exc)) from None
-    events = chat.turn(text=last.text, codes=last.speech, sampling=sampling)
+    return chat, last, sampling
+
+
+async def run_completion(server, state: ApiState, req: Completion, prepared, stop: threading.Event):
+    """The request's items as the scheduler runs it (`prepared`: what `prepare` returned): ("text", str),
+    ("audio", float32 array), then ("done", dict of reason, expires_at, usage, sample_rate) or ("error",
+    ApiError)."""
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue = asyncio.Queue()
+
+    def put(item) -> None:
+        loop.call_soon_threadsafe(queue.put_nowait, item)
+
+    chat, last, sampling = prepared
+    conv = chat.conversation
+
+    def on_event(event) -> None:  # on the scheduler's thread
+        if isinstance(event, tuple):
+            kind, value = event
+            if kind == "error":
+                put(("error", value if isinstance(value, ApiError) else ApiError(str(value), 500)))
+            if kind in ("error", "cancelled"):
+                put(("end", None))
+        elif isinstance(event, TextEvent) and event.text:
+            put(("text", event.text))
+        elif isinstance(event, AudioChunk):
+            put(("audio", event.audio.numpy()))
+        elif isinstance(event, Reply):
+            reply_ids = conv.turns[-1][1]
+            expires = state.remember(req.audio_id, reply_ids)
+            prompt = len(conv.ids) - len(reply_ids)
+            usage = {"prompt_tokens": prompt, "completion_tokens": event.n_ids, "total_tokens": prompt + event.n_ids}
+            put(("done", {"reason": event.reason, "expires_at": expires, "usage": usage,
+                          "sample_rate": event.sample_rate}))  # fmt: skip
+            put(("end", None))
+
+    job = Job(start=lambda: chat.begin(text=last.text, codes=last.speech, sampling=sampling), emit=on_event, stop=stop)
     try:
-        for event in events:
-            if stop.is_set():
-                server.metrics.interrupted()
-                return
-            if isinstance(event, TextEvent) and event.text:
-                emit(("text", event.text))
-            elif isinstance(event, AudioChunk):
-                emit(("audio", event.audio.numpy()))
-            elif isinstance(event, Reply):
-                server.metrics.turn(event)
-                reply_ids = conv.turns[-1][1]
-                expires = state.remember(req.audio_id, reply_ids)
-                prompt = len(conv.ids) - len(reply_ids)
-                usage = {"prompt_tokens": prompt, "completion_tokens": event.n_ids,
-                         "total_tokens": prompt + event.n_ids}  # fmt: skip
-                emit(("done", {"reason": event.reason, "expires_at": expires, "usage": usage,
-                               "sample_rate": event.sample_rate}))  # fmt: skip
-    finally:
-        events.close()
+        server.scheduler.submit(job)
+    except Busy as exc:
+        raise ApiError(str(exc), 503, code="server_busy") from None
+    while True:
+        item = await queue.get()
+        if item[0] == "end":
+            return
+        yield item
 
 
 def _user_input(chat, state: ApiState, turn: Turn) -> UserInput:
@@ -327,38 +353,38 @@ def add_openai_routes(app, server) -> None:
             except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
                 raise ApiError(f"the body is not JSON: {exc}") from None
             req = parse_completion(body, server)
+
+            def work():
+                with server.compute():  # the speech tokenizer
+                    return prepare(server, state, req)
+
+            prepared = await asyncio.to_thread(work)
         except ApiError as exc:
             return exc.response()
         head = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": server.model_name}
         if req.stream:
-            return StreamingResponse(_stream(server, state, req, head), media_type="text/event-stream")
-        return await _complete(server, state, req, head)
+            return StreamingResponse(_stream(server, state, req, prepared, head), media_type="text/event-stream")
+        return await _complete(server, state, req, prepared, head)
 
 
 def _no_constant(name: str):
     raise ApiError(f"the body is not JSON: {name} is not a JSON number")
 
 
-async def _complete(server, state: ApiState, req: Completion, head: dict):
-    items: dict[str, list] = {"text": [], "audio": [], "done": []}
-
-    def emit(item) -> None:
-        items[item[0]].append(item[1])
-
-    def work() -> None:
-        server.metrics.conversations.inc()
-        try:
-            with server.compute():
-                run_completion(server, state, req, emit, threading.Event())
-        finally:
-            server.metrics.conversations.dec()
-
+async def _complete(server, state: ApiState, req: Completion, prepared, head: dict):
+    items: dict[str, list] = {"text": [], "audio": [], "done": [], "error": []}
+    stop = threading.Event()
+    server.metrics.conversations.inc()
     try:
-        await asyncio.to_thread(work)
+        async for kind, value in run_completion(server, state, req, prepared, stop):
+            items[kind].append(value)
     except ApiError as exc:
         return exc.response()
-    except Glm4VoiceError as exc:
-        return ApiError(str(exc)).response()
+    finally:
+        stop.set()  # the client went away mid-reply: it ends at its next id
+        server.metrics.conversations.dec()
+    if items["error"]:
+        return items["error"][0].response()
     end, audio = items["done"][0], items["audio"]
     text = "".join(items["text"])
     message: dict = {"role": "assistant", "content": text, "refusal": None}
@@ -375,69 +401,43 @@ async def _complete(server, state: ApiState, req: Completion, head: dict):
             "usage": end["usage"]}  # fmt: skip
 
 
-async def _stream(server, state: ApiState, req: Completion, head: dict):
-    """Server-sent events: the worker thread's items, as OpenAI's chunks, then `data: [DONE]`."""
-    loop = asyncio.get_running_loop()
-    queue: asyncio.Queue = asyncio.Queue()
-    stop = threading.Event()
+async def _stream(server, state: ApiState, req: Completion, prepared, head: dict):
+    """Server-sent events: the reply's items as OpenAI's chunks, then `data: [DONE]`."""
 
-    def emit(item) -> None:
-        loop.call_soon_threadsafe(queue.put_nowait, item)
-
-    def work() -> None:
-        server.metrics.conversations.inc()
-        try:
-            with server.compute():
-                if not stop.is_set():  # the client may have gone while this waited
-                    run_completion(server, state, req, emit, stop)
-        except ApiError as exc:
-            emit(("error", exc))
-        except Glm4VoiceError as exc:
-            emit(("error", ApiError(str(exc))))
-        except Exception as exc:  # a bug: the stream ends with an error event, the server goes on
-            import logging
-
-            logging.getLogger("glm4voice.serve").exception("completion failed")
-            emit(("error", ApiError(f"internal error: {type(exc).__name__}: {exc}", 500)))
-        finally:
-            server.metrics.conversations.dec()
-            emit(("end", None))
-
-    def chunk(delta: dict, finish: str | None = None, **extra) -> str:
+    def chunk(delta: dict, finish: str | None = None) -> str:
         body = {**head, "object": "chat.completion.chunk",
-                "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}], **extra}
+                "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}]}  # fmt: skip
         return f"data: {json.dumps(body, ensure_ascii=False)}\n\n"
 
-    task = asyncio.ensure_future(asyncio.to_thread(work))
-    _RUNNING.add(task)  # held until the thread ends, even when the client leaves first
-    task.add_done_callback(_RUNNING.discard)
+    def error(exc: ApiError) -> str:
+        return f"data: {json.dumps({'error': {'message': str(exc), 'type': 'invalid_request_error'}})}\n\n"
+
+    stop = threading.Event()
     spoken = req.audio_format is not None
     resampler = StreamResampler(int(server.output_sample_rate), PCM16_RATE) if spoken else None
+    server.metrics.conversations.inc()
     try:
         yield chunk({"role": "assistant", "content": None if spoken else ""})
-        while True:
-            kind, value = await queue.get()
-            if kind == "text":
-                yield chunk({"audio": {"id": req.audio_id, "transcript": value}} if spoken else {"content": value})
-            elif kind == "audio":
-                data = pcm16_bytes(resampler.push(value))
-                yield chunk({"audio": {"id": req.audio_id, "data": base64.b64encode(data).decode("ascii")}})
-            elif kind == "done":
-                if spoken:
-                    tail = pcm16_bytes(resampler.flush())
-                    yield chunk({"audio": {"id": req.audio_id, "data": base64.b64encode(tail).decode("ascii"),
-                                           "expires_at": value["expires_at"]}})  # fmt: skip
-                yield chunk({}, _finish(value["reason"]))
-                if req.include_usage:
-                    body = {**head, "object": "chat.completion.chunk", "choices": [], "usage": value["usage"]}
-                    yield f"data: {json.dumps(body)}\n\n"
-            elif kind == "error":
-                yield f"data: {json.dumps({'error': {'message': str(value), 'type': 'invalid_request_error'}})}\n\n"
-            elif kind == "end":
-                break
+        try:
+            async for kind, value in run_completion(server, state, req, prepared, stop):
+                if kind == "text":
+                    yield chunk({"audio": {"id": req.audio_id, "transcript": value}} if spoken else {"content": value})
+                elif kind == "audio":
+                    data = pcm16_bytes(resampler.push(value))
+                    yield chunk({"audio": {"id": req.audio_id, "data": base64.b64encode(data).decode("ascii")}})
+                elif kind == "done":
+                    if spoken:
+                        tail = base64.b64encode(pcm16_bytes(resampler.flush())).decode("ascii")
+                        yield chunk({"audio": {"id": req.audio_id, "data": tail, "expires_at": value["expires_at"]}})
+                    yield chunk({}, _finish(value["reason"]))
+                    if req.include_usage:
+                        body = {**head, "object": "chat.completion.chunk", "choices": [], "usage": value["usage"]}
+                        yield f"data: {json.dumps(body)}\n\n"
+                elif kind == "error":
+                    yield error(value)
+        except ApiError as exc:
+            yield error(exc)
         yield "data: [DONE]\n\n"
     finally:
-        stop.set()  # the client went away (or the stream ended): a running reply stops at its next event
-
-
-_RUNNING: set = set()
+        stop.set()  # the client went away (or the stream ended): a running reply stops at its next id
+        server.metrics.conversations.dec()

@@ -19,6 +19,7 @@ Client -> server
 Server -> client
     {"type": "ready", "input_sample_rate", "output_sample_rate", "audio_format", "speech_input", "speech_output"}
     {"type": "input", "codes": N}        speech codes final so far in the user's turn
+    {"type": "queued", "position": N}     the turn waits for a free place (sent whenever N changes)
     {"type": "user", "codes": N} or {"type": "user", "text": "..."}
     {"type": "text", "delta": "..."}     reply text as it is sampled
     <binary frame>                       reply audio

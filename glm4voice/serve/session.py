@@ -3,9 +3,9 @@
 Listening: `start_audio` opens a streaming resampler (any client rate -> 16
 kHz) and a `TokenizerStream`, so the user's speech is tokenized while it
 arrives and the reply can start as soon as `audio.end` comes. Replying:
-`reply` runs one `VoiceChat` turn and hands each event to `emit`, checking
-`stop` between events (barge-in). The models are shared by all connections;
-`compute()` makes one unit of work at a time run on them, and counts who waits.
+`job` makes one `VoiceChat` turn for the server's scheduler, which runs it
+beside other conversations' turns and hands each event to `emit` as a protocol
+message; `stop` ends it at its next id (barge-in).
 """
 
 from __future__ import annotations
@@ -21,17 +21,21 @@ from ..chat import VoiceChat
 from ..events import AudioChunk, Reply, UserEvent
 from ..lm.generate import SamplingConfig, TextEvent
 from .protocol import ProtocolError
+from .scheduler import Job
 
 
 class ChatServer:
     """The loaded models (as one template `VoiceChat`), shared by every connection and API request.
 
-    `api_key`: when set, every route and the WebSocket need it. `model_name`: the id `/v1/models` lists and
-    `/v1/chat/completions` answers to."""
+    Replies run on the `scheduler` (batched across conversations); speech tokenization of arriving audio
+    runs under `compute()`. `api_key`: when set, every route and the WebSocket need it. `model_name`: the id
+    `/v1/models` lists and `/v1/chat/completions` answers to."""
 
     def __init__(self, template: VoiceChat, max_user_seconds: float = 300.0, max_new_tokens_limit: int = 4000,
-                 api_key: str | None = None, model_name: str = "glm-4-voice"):  # fmt: skip
+                 api_key: str | None = None, model_name: str = "glm-4-voice", max_active: int = 8,
+                 max_queue: int = 32):  # fmt: skip
         from .metrics import Metrics
+        from .scheduler import Scheduler
 
         self.template = template
         self.lock = threading.Lock()
@@ -40,25 +44,16 @@ class ChatServer:
         self.api_key = api_key or None
         self.model_name = model_name
         self.metrics = Metrics()
-        self._waiting = 0
-        self._count = threading.Lock()
+        self.scheduler = Scheduler(template.lm, self.metrics, max_active, max_queue)
 
     @contextmanager
     def compute(self) -> Iterator[None]:
-        """Hold the models for one unit of work (a turn, a piece of audio); the queue gauge counts waiters."""
-        with self._count:
-            self._waiting += 1
-            self.metrics.queue.set(self._waiting)
-        try:
-            self.lock.acquire()
-        finally:
-            with self._count:
-                self._waiting -= 1
-                self.metrics.queue.set(self._waiting)
-        try:
+        """Hold the speech tokenizer for one piece of work (tokenizing a user's audio)."""
+        with self.lock:
             yield
-        finally:
-            self.lock.release()
+
+    def close(self) -> None:
+        self.scheduler.close()
 
     def new_chat(self, system: str | None = None, speech_output: bool = True) -> VoiceChat:
         """A conversation on the shared models (`system`: instead of the template's; `speech_output` False:
@@ -66,7 +61,7 @@ class ChatServer:
         t = self.template
         return VoiceChat(t.speech_tokenizer, t.lm, t.decoder if speech_output else None, t.text_tokenizer,
                          system=system if system is not None else t.conversation.system, sampling=t.sampling,
-                         stream_options=t.stream_options)  # fmt: skip
+                         stream_options=t.stream_options, trim_history=t.conversation.trim_history)  # fmt: skip
 
     @property
     def output_sample_rate(self) -> int:
@@ -142,38 +137,40 @@ class Session:
 
     # ---------------------------------------------------------------- replying
 
-    def reply(self, emit: Callable[[object], None], stop: threading.Event, *, text: str | None = None,
-              codes: list[int] | None = None, sampling: SamplingConfig | None = None) -> None:  # fmt: skip
-        """Run one turn, handing `emit` dict messages (JSON) and bytes (audio); ends with a `done` message."""
+    def job(self, emit: Callable[[object], None], stop: threading.Event, *, text: str | None = None,
+            codes: list[int] | None = None, sampling: SamplingConfig | None = None) -> Job:  # fmt: skip
+        """One turn for the scheduler; `emit` gets protocol messages (dicts) and reply audio (bytes), ending
+        with a `done` message."""
         rate = self.server.output_sample_rate
-        pieces: list[str] = []
-        samples = 0
-        turn = self.chat.turn(text=text, codes=codes, sampling=sampling)
-        try:
-            for event in turn:
-                if stop.is_set():
-                    self.server.metrics.interrupted()
-                    emit({"type": "done", "text": "".join(pieces), "reason": "interrupted",
-                          "audio_seconds": samples / rate if rate else 0.0})  # fmt: skip
-                    return
-                if isinstance(event, UserEvent):
-                    emit({"type": "user", "text": text} if text is not None
-                         else {"type": "user", "codes": len(event.speech)})  # fmt: skip
-                elif isinstance(event, TextEvent) and event.text:
-                    pieces.append(event.text)
-                    emit({"type": "text", "delta": event.text})
-                elif isinstance(event, AudioChunk):
-                    samples += event.audio.numel()
-                    emit(event.audio.numpy().astype("<f4").tobytes())
-                elif isinstance(event, Reply):
-                    self.server.metrics.turn(event)
-                    t = event.timings
-                    emit({"type": "done", "text": event.text, "reason": event.reason, "ids": event.n_ids,
-                          "codes": len(event.codes), "audio_seconds": event.seconds,
-                          "timings": {"first_text": t.first_text, "first_audio": t.first_audio,
-                                      "total": t.total, "ids_per_second": t.ids_per_second}})  # fmt: skip
-        finally:
-            turn.close()
+
+        def on_event(event) -> None:
+            if isinstance(event, tuple):
+                kind, value = event
+                if kind == "queued":
+                    emit({"type": "queued", "position": value})
+                elif kind == "error":
+                    emit({"type": "error", "message": str(value)})
+                    emit({"type": "done", "text": "", "reason": "error"})
+                elif kind == "cancelled":
+                    emit({"type": "done", "text": "", "reason": "interrupted", "audio_seconds": 0.0})
+            elif isinstance(event, UserEvent):
+                emit({"type": "user", "text": text} if text is not None
+                     else {"type": "user", "codes": len(event.speech)})  # fmt: skip
+            elif isinstance(event, TextEvent) and event.text:
+                emit({"type": "text", "delta": event.text})
+            elif isinstance(event, AudioChunk):
+                emit(event.audio.numpy().astype("<f4").tobytes())
+            elif isinstance(event, Reply):
+                t = event.timings
+                emit({"type": "done", "text": event.text, "reason": event.reason, "ids": event.n_ids,
+                      "codes": len(event.codes), "audio_seconds": event.audio.numel() / rate if rate else 0.0,
+                      "timings": {"first_text": t.first_text, "first_audio": t.first_audio, "total": t.total,
+                                  "ids_per_second": t.ids_per_second}})  # fmt: skip
+
+        def start():
+            return self.chat.begin(text=text, codes=codes, sampling=sampling)
+
+        return Job(start=start, emit=on_event, stop=stop)
 
     def reset(self) -> None:
         self.listening = None

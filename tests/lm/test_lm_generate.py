@@ -164,7 +164,7 @@ def test_consumer_code_runs_outside_inference_mode(bundle):
 
 def test_context_length(bundle):
     lm, tok = bundle
-    conv = Conversation(lm, tok)
+    conv = Conversation(lm, tok, trim_history=False)
     limit = lm.config.max_position_embeddings
     try:
         lm.config.max_position_embeddings = len(conv.prompts.turn(UserInput(text="hello"), first=True)) + 5
@@ -174,5 +174,32 @@ def test_context_length(bundle):
         with pytest.raises(Glm4VoiceError, match="context"):
             list(conv.turn(text="again"))
         assert len(conv.ids) == n  # the refused turn left no trace
+    finally:
+        lm.config.max_position_embeddings = limit
+
+
+def test_a_full_context_drops_the_oldest_turns(bundle):
+    lm, tok = bundle
+    conv = Conversation(lm, tok)  # trim_history is the default
+    limit = lm.config.max_position_embeddings
+    greedy = SamplingConfig(max_new_tokens=8, **GREEDY)
+    try:
+        lm.config.max_position_embeddings = 260  # the system prompt alone is about 150 ids
+        for n in range(12):
+            _run(conv, text=f"turn number {n}", sampling=greedy)
+        assert conv.dropped_turns > 0 and len(conv.ids) <= 260
+        kept = conv.turns
+        assert kept[-1][0].text == "turn number 11" and len(kept) == 12 - conv.dropped_turns
+        # the ids are the prompt of the kept turns, as if the conversation had started with the oldest kept one
+        rebuilt = build_prompt(tok, kept[-1][0], [(u, r) for u, r in kept[:-1]]) + kept[-1][1]
+        assert conv.ids == rebuilt
+        # and generation from the trimmed history equals a fresh conversation given that history
+        fresh = Conversation(lm, tok)
+        for user, reply in kept:
+            fresh.add_user(user)
+            fresh.add_reply(reply)
+        nxt = [e for e in conv.turn(text="next", sampling=greedy) if isinstance(e, EndEvent)][0]
+        again = [e for e in fresh.turn(text="next", sampling=greedy) if isinstance(e, EndEvent)][0]
+        assert nxt.text == again.text and nxt.codes == again.codes
     finally:
         lm.config.max_position_embeddings = limit

@@ -1,0 +1,176 @@
+"""Every conversation's reply on one LM: a thread that samples each active reply's next id, then runs one
+batched LM step for all of them (`lm.batch.ReplyBatch`), with each reply's decoder chunks made in between.
+
+    job = Job(start=lambda: chat.begin(text="hi"), emit=on_event, stop=threading.Event())
+    position = scheduler.submit(job)     # 0: admitted at the next step; n: n-th in the queue (Busy when full)
+
+Admission is first come, first served: at most `max_active` replies generate together, the rest wait in a
+queue of at most `max_queue` (told their place with ("queued", n) whenever it changes). A job that joins is
+started (`start()`: its prompt ids appended), prefilled alone, then joins the batch; a long reply never
+holds the others back by more than one id and one decoder chunk of its own. `stop` ends a reply at its next
+id ("interrupted"). Everything a job hears goes through `emit`: ("queued", place) while it waits, then the
+turn's events (`UserEvent` first, `Reply` last), or ("error", exception) instead of the `Reply` when it
+fails, or ("cancelled", None) when it was stopped before it started.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from ..errors import Glm4VoiceError
+from ..events import Reply
+
+log = logging.getLogger("glm4voice.serve")
+
+
+class Busy(Glm4VoiceError):
+    """The queue is full."""
+
+
+@dataclass(eq=False)
+class Job:
+    start: Callable[[], object]  # -> ChatTurn; runs on the scheduler's thread when the job is admitted
+    emit: Callable[[object], None]
+    stop: threading.Event = field(default_factory=threading.Event)
+    turn: object = None
+
+
+class Scheduler:
+    def __init__(self, lm, metrics=None, max_active: int = 8, max_queue: int = 32):
+        if max_active < 1 or max_queue < 0:
+            raise Glm4VoiceError("max_active must be >= 1 and max_queue >= 0")
+        from ..lm.batch import ReplyBatch
+
+        self.batch = ReplyBatch(lm)
+        self.metrics = metrics
+        self.max_active, self.max_queue = max_active, max_queue
+        self.waiting: deque[Job] = deque()
+        self.active: list[Job] = []
+        self.wake = threading.Condition()
+        self.closed = False
+        self.thread: threading.Thread | None = None
+        self.peak = 0  # most replies ever in one batched step
+
+    def submit(self, job: Job) -> int:
+        """Queue a job; returns its place (0: it starts at the next step). Busy when the queue is full."""
+        with self.wake:
+            if self.closed:
+                raise Glm4VoiceError("the server is shutting down")
+            free = self.max_active - len(self.active) - len(self.waiting)
+            if free <= 0 and len(self.waiting) >= self.max_queue:
+                raise Busy(f"the server is busy ({self.max_active} replies running, {self.max_queue} waiting): "
+                           "try again shortly")  # fmt: skip
+            self.waiting.append(job)
+            position = max(0, len(self.waiting) - max(0, self.max_active - len(self.active)))
+            self._gauge()
+            if self.thread is None:
+                self.thread = threading.Thread(target=self._run, name="glm4voice-scheduler", daemon=True)
+                self.thread.start()
+            self.wake.notify()
+        return position
+
+    def busy(self) -> bool:
+        with self.wake:
+            return bool(self.active or self.waiting)
+
+    def close(self) -> None:
+        with self.wake:
+            self.closed = True
+            self.wake.notify()
+        if self.thread is not None:
+            self.thread.join(timeout=30)
+
+    # --------------------------------------------------------------------------------------- the loop
+
+    def _gauge(self) -> None:
+        if self.metrics is not None:
+            self.metrics.queue.set(max(0, len(self.waiting) - max(0, self.max_active - len(self.active))))
+
+    def _run(self) -> None:
+        while True:
+            with self.wake:
+                while not self.closed and not self.active and not self.waiting:
+                    self.wake.wait()
+                if self.closed:
+                    return
+                joining = []
+                while self.waiting and len(self.active) < self.max_active:
+                    joining.append(self.waiting.popleft())
+                    self.active.append(joining[-1])  # counted as running from now: its place is taken
+                for place, job in enumerate(self.waiting, start=1):
+                    if joining:  # the queue moved: tell who waits where they are now
+                        job.emit(("queued", place))
+                self._gauge()
+            for job in joining:
+                self._admit(job)
+            try:
+                self._one_id()
+            except Exception as exc:  # a bug in a batched step: every active reply fails, the server goes on
+                log.exception("batched step failed")
+                for job in list(self.active):
+                    self._fail(job, Glm4VoiceError(f"internal error: {type(exc).__name__}: {exc}"))
+                self.batch = type(self.batch)(self.batch.lm)
+
+    def _admit(self, job: Job) -> None:
+        if job.stop.is_set():  # stopped (or gone) while it waited: nothing was started
+            self._drop(job)
+            job.emit(("cancelled", None))
+            return
+        try:
+            job.turn = job.start()
+            job.emit(job.turn.user_event)
+            job.turn.prefill()
+        except Exception as exc:
+            if not isinstance(exc, Glm4VoiceError):
+                log.exception("starting a turn failed")
+                exc = Glm4VoiceError(f"internal error: {type(exc).__name__}: {exc}")
+            self._drop(job)
+            job.emit(("error", exc))
+            return
+        self.batch.join(job.turn.reply)
+
+    def _drop(self, job: Job) -> None:
+        with self.wake:
+            if job in self.active:
+                self.active.remove(job)
+            self._gauge()
+
+    def _one_id(self) -> None:
+        """Each active reply takes its next id (or ends); then one LM step for those still going."""
+        for job in list(self.active):
+            try:
+                turn = job.turn
+                events = turn.interrupt() if job.stop.is_set() else turn.advance(turn.sample())
+            except Exception as exc:
+                if not isinstance(exc, Glm4VoiceError):
+                    log.exception("a reply failed")
+                    exc = Glm4VoiceError(f"internal error: {type(exc).__name__}: {exc}")
+                self._fail(job, exc)
+                continue
+            for event in events:
+                if isinstance(event, Reply):
+                    self._leave(job)
+                    if self.metrics is not None:
+                        self.metrics.turn(event)
+                job.emit(event)
+        if len(self.batch):
+            self.peak = max(self.peak, len(self.batch))
+            if self.metrics is not None:
+                self.metrics.batch.observe(len(self.batch))
+            self.batch.step()
+
+    def _leave(self, job: Job) -> None:
+        if job.turn.reply in self.batch:
+            self.batch.leave(job.turn.reply)
+        self._drop(job)
+
+    def _fail(self, job: Job, exc: Exception) -> None:
+        try:
+            self._leave(job)
+        except Exception:  # the batch is being rebuilt after a failed step
+            self._drop(job)
+        job.emit(("error", exc))

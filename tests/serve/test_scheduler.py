@@ -1,0 +1,108 @@
+"""The scheduler: replies of many conversations in one batched LM step each id, first come first served, a
+bounded queue, stop while waiting or running."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+from fastapi.testclient import TestClient
+
+from glm4voice.events import Reply
+from glm4voice.lm.generate import SamplingConfig
+from glm4voice.serve import ChatServer, create_app
+from glm4voice.serve.scheduler import Busy, Job, Scheduler
+from tests.serve.test_server import connect, recv, until_done
+
+TEXTS = ["first", "a second and much longer question", "third one", "the fourth", "fifth"]
+
+
+def run_jobs(server: ChatServer, texts: list[str], n_ids: int = 20) -> list[Reply]:
+    """One turn per text, each in a new conversation, all submitted at once; their Replies."""
+    replies, done = {}, threading.Semaphore(0)
+    sampling = SamplingConfig(temperature=0, stop_ids=(), max_new_tokens=n_ids)
+
+    def job(i: int, text: str) -> Job:
+        chat = server.new_chat()
+
+        def emit(event) -> None:
+            if isinstance(event, Reply) or (isinstance(event, tuple) and event[0] == "error"):
+                replies[i] = event
+                done.release()
+
+        return Job(start=lambda: chat.begin(text=text, sampling=sampling), emit=emit)
+
+    for i, text in enumerate(texts):
+        server.scheduler.submit(job(i, text))
+    for _ in texts:
+        assert done.acquire(timeout=120)
+    return [replies[i] for i in range(len(texts))]
+
+
+def test_batched_replies_equal_replies_one_at_a_time(template):
+    together = ChatServer(template, max_active=8)
+    one_by_one = ChatServer(template, max_active=1)
+    try:
+        batched = run_jobs(together, TEXTS)
+        alone = run_jobs(one_by_one, TEXTS)
+        assert together.scheduler.peak == len(TEXTS) and one_by_one.scheduler.peak == 1
+        for a, b in zip(batched, alone):
+            assert isinstance(a, Reply) and a.text == b.text and a.codes == b.codes and a.n_ids == 20
+            assert a.audio.numel() > 0 and abs(a.audio.numel() - b.audio.numel()) == 0
+        assert "glm4voice_batch_size_bucket" in together.metrics.render().decode()
+    finally:
+        together.close()
+        one_by_one.close()
+
+
+def test_queue_is_first_come_first_served_and_bounded(template):
+    server = ChatServer(template, max_active=1, max_queue=1)
+    try:
+        with TestClient(create_app(server)) as c:
+            with connect(c) as a, connect(c) as b, connect(c) as full:
+                a.send_json({"type": "text", "text": "long one", "max_new_tokens": 4000})
+                assert recv(a)["type"] == "user"
+                b.send_json({"type": "text", "text": "waits", "max_new_tokens": 5})
+                assert recv(b) == {"type": "queued", "position": 1}  # told it waits, and where
+                full.send_json({"type": "text", "text": "no room", "max_new_tokens": 5})
+                busy = [recv(full), recv(full)]
+                assert "busy" in busy[0]["message"] and busy[1]["reason"] == "busy"
+                a.send_json({"type": "stop"})
+                assert until_done(a)[-1]["reason"] == "interrupted"
+                events = until_done(b)  # b runs once a has left
+                assert events[0]["type"] == "user" and events[-1]["ids"] == 5
+                full.send_json({"type": "text", "text": "room now", "max_new_tokens": 5})
+                assert until_done(full)[-1]["ids"] == 5  # the connection that was refused goes on
+    finally:
+        server.close()
+
+
+def test_stop_while_queued_ends_the_turn_before_it_starts(template):
+    server = ChatServer(template, max_active=1, max_queue=4)
+    try:
+        with TestClient(create_app(server)) as c:
+            with connect(c) as a, connect(c) as b:
+                a.send_json({"type": "text", "text": "long one", "max_new_tokens": 4000})
+                assert recv(a)["type"] == "user"
+                b.send_json({"type": "text", "text": "never mind", "max_new_tokens": 5})
+                assert recv(b)["type"] == "queued"
+                b.send_json({"type": "stop"})
+                a.send_json({"type": "stop"})
+                assert until_done(a)[-1]["reason"] == "interrupted"
+                done = until_done(b)
+                assert done == [{"type": "done", "text": "", "reason": "interrupted", "audio_seconds": 0.0}]
+                b.send_json({"type": "text", "text": "now then", "max_new_tokens": 5})
+                events = until_done(b)
+                assert events[0] == {"type": "user", "text": "now then"}  # the stopped turn left no trace
+    finally:
+        server.close()
+
+
+def test_bad_limits_and_closed_scheduler(template):
+    with pytest.raises(Exception, match="max_active"):
+        Scheduler(template.lm, max_active=0)
+    s = Scheduler(template.lm, max_active=1, max_queue=0)
+    s.close()
+    with pytest.raises(Exception, match="shutting down"):
+        s.submit(Job(start=lambda: None, emit=lambda e: None))
+    assert issubclass(Busy, Exception)
