@@ -1,4 +1,5 @@
-"""Server overhead: a spoken turn over the real WebSocket (uvicorn, TCP) vs the same turn in-process.
+"""Server overhead and many users: a spoken turn over the real WebSocket (uvicorn, TCP) vs in-process, and
+1, 4 and 8 conversations at once.
 
 Uses the demo bundle (golden tokenizer, tiny random LM, golden decoder; built
 on the spot like `make demo`) so it runs anywhere in seconds; the models are
@@ -12,7 +13,13 @@ For each of --repeats runs (alternating), it prints the median of:
 The client sends 16-bit PCM at 48 kHz in 20 ms frames as fast as it can
 (real clients send in real time, so tokenization then overlaps the speech).
 
-    .venv/bin/python benchmarks/serve.py [--repeats 5] [--tokens 60]
+Many users (`--clients 1,4,8`): that many WebSocket clients at once, each sending --turns typed turns one
+after the other (a reply of --tokens ids each, greedy, no stop); it prints the turns per second of all
+of them together and the first audio p50/p90 as the clients see it (from sending the turn to the first
+audio frame), with the server's batched scheduler and, beside it as the baseline, the same server with
+--max-active 1 (one reply at a time, as before batching).
+
+    .venv/bin/python benchmarks/serve.py [--repeats 5] [--tokens 60] [--clients 1,4,8] [--turns 3]
 """
 
 from __future__ import annotations
@@ -68,6 +75,73 @@ def over_the_wire(port: int, pcm48: bytes, tokens: int) -> dict:
                 return out
 
 
+def typed_turns(port: int, turns: int, tokens: int, barrier: threading.Barrier) -> list[float]:
+    """One client: `turns` typed turns in a row; the first-audio latency of each."""
+    from websockets.sync.client import connect
+
+    firsts = []
+    with connect(f"ws://127.0.0.1:{port}/v1/chat", max_size=None) as ws:
+        json.loads(ws.recv())
+        barrier.wait()
+        for n in range(turns):
+            start = time.perf_counter()
+            ws.send(json.dumps({"type": "text", "text": f"question {n}: {QUESTION}", "max_new_tokens": tokens}))
+            first = None
+            while True:
+                frame = ws.recv()
+                if isinstance(frame, bytes):
+                    first = first or time.perf_counter() - start
+                elif json.loads(frame)["type"] == "done":
+                    break
+            firsts.append(first)
+    return firsts
+
+
+def many_users(chat: VoiceChat, clients: int, turns: int, tokens: int, max_active: int) -> dict:
+    server = ChatServer(chat, max_active=max_active)
+    with serving(server) as port:
+        barrier = threading.Barrier(clients + 1)
+        results: list[list[float]] = [[] for _ in range(clients)]
+
+        def client(i: int) -> None:
+            results[i] = typed_turns(port, turns, tokens, barrier)
+
+        threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
+        for t in threads:
+            t.start()
+        barrier.wait()
+        start = time.perf_counter()
+        for t in threads:
+            t.join()
+        wall = time.perf_counter() - start
+    firsts = sorted(x for r in results for x in r)
+    return {"clients": clients, "max_active": max_active, "turns_per_s": round(clients * turns / wall, 3),
+            "first_audio_p50": round(float(np.percentile(firsts, 50)), 3),
+            "first_audio_p90": round(float(np.percentile(firsts, 90)), 3), "peak_batch": server.scheduler.peak}
+
+
+class serving:
+    """uvicorn serving a ChatServer on a free port (a context manager yielding the port)."""
+
+    def __init__(self, chat_server: ChatServer):
+        import uvicorn
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.server = uvicorn.Server(uvicorn.Config(create_app(chat_server), host="127.0.0.1", port=self.port,
+                                                    log_level="warning"))  # fmt: skip
+
+    def __enter__(self) -> int:
+        threading.Thread(target=self.server.run, daemon=True).start()
+        while not self.server.started:
+            time.sleep(0.05)
+        return self.port
+
+    def __exit__(self, *exc) -> None:
+        self.server.should_exit = True
+
+
 def in_process(chat: VoiceChat, speech16: np.ndarray) -> dict:
     chat.reset()
     start = time.perf_counter()
@@ -88,23 +162,27 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--tokens", type=int, default=60, help="reply tokens (greedy, no stop)")
+    ap.add_argument("--clients", help="comma-separated numbers of clients at once (e.g. 1,4,8): the many-users run")
+    ap.add_argument("--turns", type=int, default=3, help="turns per client in the many-users run")
     args = ap.parse_args()
     wav = subprocess.run(["espeak-ng", "-v", "en-us", "--stdout", QUESTION], check=True, capture_output=True).stdout
     speech16 = load_audio(wav)
     pcm48 = (np.clip(resample(speech16, 16000, 48000), -1, 1) * 32767).astype("<i2").tobytes()
-    bundle = make_bundle(ROOT / "out" / "bench-serve" / "bundle")
+    bundle = make_bundle(ROOT / "out" / "bench-serve" / "bundle", ROOT / "tests" / "golden")
     sampling = SamplingConfig(temperature=0, stop_ids=(), max_new_tokens=args.tokens)
     chat = VoiceChat.from_pretrained(model_dir=bundle, sampling=sampling, stream_options={"n_steps": 10})
-    import uvicorn
+    from benchmarks.machine import cpu_info
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_app(ChatServer(chat)), host="127.0.0.1", port=port,
-                                           log_level="warning"))  # fmt: skip
-    threading.Thread(target=server.run, daemon=True).start()
-    while not server.started:
-        time.sleep(0.05)
+    print(f"cpu: {cpu_info()}")
+    if args.clients:
+        print(f"many users: typed turns of {args.tokens} reply ids (10 flow steps), {args.turns} per client")
+        for n in [int(x) for x in args.clients.split(",")]:
+            for max_active in (8, 1):  # batched scheduler, then one reply at a time (the baseline)
+                print(json.dumps(many_users(chat, n, args.turns, args.tokens, max_active)), flush=True)
+        return
+    served = serving(ChatServer(chat))
+    port = served.__enter__()
+    server = served.server
     print(f"question: {len(speech16) / 16000:.2f} s of espeak-ng speech, reply {args.tokens} tokens, 10 flow steps")
     wire, local = [], []
     over_the_wire(port, pcm48, args.tokens), in_process(chat, speech16)  # warm-up

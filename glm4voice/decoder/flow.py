@@ -76,21 +76,23 @@ class FlowModel(nn.Module):
         return t
 
     def solve(self, noise, mu, cond, n_steps: int = 10) -> torch.Tensor:
-        """Euler integration with classifier-free guidance; all [1, 80, T]."""
+        """Euler integration with classifier-free guidance; all [B, 80, T] (B streams of the same length
+        are solved together, as one would be alone)."""
         est = self.decoder.estimator
         rate = self.cfg.inference_cfg_rate
-        spk = self.speaker(mu.dtype, mu.device)
-        if rate > 0:  # one batched pass: row 0 conditioned, row 1 unconditioned (zeros)
+        b = noise.shape[0]
+        spk = self.speaker(mu.dtype, mu.device).expand(b, -1)
+        if rate > 0:  # one batched pass: rows [:b] conditioned, rows [b:] unconditioned (zeros)
             mu2, cond2 = torch.cat([mu, torch.zeros_like(mu)]), torch.cat([cond, torch.zeros_like(cond)])
             spk2 = torch.cat([spk, torch.zeros_like(spk)])
         grid = self.time_grid(n_steps)
         x, t, dt = noise, grid[0], grid[1] - grid[0]
         for step in range(1, len(grid)):
             if rate > 0:
-                v2 = est(torch.cat([x, x]), mu2, t.expand(2).to(x.device), spk2, cond2)
-                v = (1.0 + rate) * v2[:1] - rate * v2[1:]
+                v2 = est(torch.cat([x, x]), mu2, t.expand(2 * b).to(x.device), spk2, cond2)
+                v = (1.0 + rate) * v2[:b] - rate * v2[b:]
             else:
-                v = est(x, mu, t.expand(1).to(x.device), spk, cond)
+                v = est(x, mu, t.expand(b).to(x.device), spk, cond)
             x = x + dt.to(x.dtype) * v
             t = t + dt
             if step < len(grid) - 1:

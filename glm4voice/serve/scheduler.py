@@ -97,23 +97,31 @@ class Scheduler:
                     self.wake.wait()
                 if self.closed:
                     return
-                joining = []
-                while self.waiting and len(self.active) < self.max_active:
-                    joining.append(self.waiting.popleft())
-                    self.active.append(joining[-1])  # counted as running from now: its place is taken
-                for place, job in enumerate(self.waiting, start=1):
-                    if joining:  # the queue moved: tell who waits where they are now
-                        job.emit(("queued", place))
-                self._gauge()
-            for job in joining:
-                self._admit(job)
+            self._admit_waiting()
             try:
                 self._one_id()
             except Exception as exc:  # a bug in a batched step: every active reply fails, the server goes on
                 log.exception("batched step failed")
-                for job in list(self.active):
-                    self._fail(job, Glm4VoiceError(f"internal error: {type(exc).__name__}: {exc}"))
-                self.batch = type(self.batch)(self.batch.lm)
+                self._fail_all(exc)
+            # (helpers keep the jobs in their own frames: while this thread waits, it holds no finished job)
+
+    def _fail_all(self, exc: Exception) -> None:
+        for job in list(self.active):
+            self._fail(job, Glm4VoiceError(f"internal error: {type(exc).__name__}: {exc}"))
+        self.batch = type(self.batch)(self.batch.lm)
+
+    def _admit_waiting(self) -> None:
+        with self.wake:
+            joining = []
+            while self.waiting and len(self.active) < self.max_active:
+                joining.append(self.waiting.popleft())
+                self.active.append(joining[-1])  # counted as running from now: its place is taken
+            if joining:
+                for place, job in enumerate(self.waiting, start=1):  # the queue moved: tell who waits where
+                    job.emit(("queued", place))
+            self._gauge()
+        for job in joining:
+            self._admit(job)
 
     def _admit(self, job: Job) -> None:
         if job.stop.is_set():  # stopped (or gone) while it waited: nothing was started
