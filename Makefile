@@ -10,7 +10,7 @@ SYSTEM_PACKAGES := espeak-ng sox libsndfile1 flite festival festvox-us-slt-hts f
 SYSTEM_CHECKS := espeak-ng sox flite festival text2wave /usr/share/festival/voices/us/cmu_us_slt_arctic_hts \
 	/usr/share/festival/voices/english/kal_diphone /usr/share/games/fortunes/fortunes /usr/share/games/fortunes/tang300
 
-.PHONY: test demo lint system-deps clean
+.PHONY: test demo lint system-deps browser clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -36,7 +36,17 @@ system-deps:
 	  fi; \
 	fi
 
-test: system-deps $(STAMP)
+# The page's browser tests use Debian's chromium: installed when apt can, skipped (with the reason) when not.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing chromium with apt-get (the web page's tests)"; \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null 2>&1 || \
+	      { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null 2>&1; } || \
+	      echo "chromium could not be installed: the page's browser tests will be skipped"; \
+	  else echo "no chromium: the page's browser tests will be skipped (sudo apt-get install chromium)"; fi; }
+
+test: system-deps browser $(STAMP)
 	$(PY) -m ruff check glm4voice tests benchmarks
 	$(PY) -m pytest -q
 

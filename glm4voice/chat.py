@@ -191,6 +191,7 @@ class ChatTurn:
         self.rate = int(chat.decoder.sample_rate) if chat.decoder is not None else 0
         self.chunks: list[torch.Tensor] = []
         self.done = False
+        self.defer_audio = False  # True: codes only go into the stream; the caller decodes (decode_due), `audio`
 
     def prefill(self) -> None:
         """Run the prompt ids the LM's cache lacks (the first `sample` does it when not done before)."""
@@ -227,7 +228,16 @@ class ChatTurn:
             if isinstance(event, TextEvent) and event.text and timings.first_text is None:
                 timings.first_text = time.perf_counter() - self.start
             if isinstance(event, AudioEvent) and self.stream is not None:
-                self._chunk(self.stream.push(event.codes), out)
+                if self.defer_audio:
+                    self.stream.add(event.codes)
+                else:
+                    self._chunk(self.stream.push(event.codes), out)
+        return out
+
+    def audio(self, piece: torch.Tensor) -> list[ChatEvent]:
+        """The event for audio the caller decoded from this turn's stream (deferred decoding)."""
+        out: list[ChatEvent] = []
+        self._chunk(piece, out)
         return out
 
     def _chunk(self, audio_piece, out: list) -> None:

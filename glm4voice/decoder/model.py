@@ -185,16 +185,18 @@ class SpeechDecoder:
         return self.solve(all_codes, total, mel_prompt, n_steps, noise)
 
     def solve(self, codes: torch.Tensor, total: int, mel_prompt, n_steps: int, noise) -> torch.Tensor:
-        """The flow for checked codes [1, N] over `total` mel frames, the first ones given by `mel_prompt`
-        [1, 80, F] (or None): returns the new frames [1, 80, total - F] (float32). `noise` [1, 80, total] or None
-        (the reference's seed-42 draw). `flow_mel` and the stream's chunks both come here."""
+        """The flow for checked codes [B, N] over `total` mel frames, the first ones given by `mel_prompt`
+        [B, 80, F] (or None): returns the new frames [B, 80, total - F] (float32). `noise` [B, 80, total] or
+        None (the reference's seed-42 draw, B = 1). `flow_mel` and the streams' chunks all come here; B
+        streams of the same shapes are solved in one batch."""
         n_mels = self.config.flow.output_size
         n_prompt = 0 if mel_prompt is None else mel_prompt.shape[2]
+        b = codes.shape[0]
         if noise is None:
             g = torch.Generator().manual_seed(42)
-            noise = torch.randn(1, n_mels, total, generator=g)
-        elif tuple(noise.shape) != (1, n_mels, total):
-            raise Glm4VoiceError(f"noise: expected shape [1, {n_mels}, {total}], got {tuple(noise.shape)}")
+            noise = torch.randn(1, n_mels, total, generator=g).expand(b, -1, -1)
+        elif tuple(noise.shape) != (b, n_mels, total):
+            raise Glm4VoiceError(f"noise: expected shape [{b}, {n_mels}, {total}], got {tuple(noise.shape)}")
         noise = noise.to(self.device, self.dtype)
         mu = self.flow.mu(codes, total)
         cond = torch.zeros_like(mu)

@@ -54,6 +54,21 @@ class StreamOptions:
 
 
 @dataclass
+class ChunkPlan:
+    """One chunk's flow inputs: codes [a, b) after the context from s; `codes` [1, n], `prompt` [1, 80, F]."""
+
+    a: int
+    b: int
+    s: int
+    final: bool
+    codes: torch.Tensor
+    total: int
+    prompt: torch.Tensor | None
+    noise: torch.Tensor
+    started: float
+
+
+@dataclass
 class ChunkStat:
     codes: int
     context_codes: int
@@ -127,14 +142,22 @@ class DecoderStream:
     # ------------------------------------------------------------------ public
 
     def push(self, codes) -> torch.Tensor:
+        self.add(codes)
+        pieces = []
+        while self.due():
+            pieces.append(self._decode_chunk(self.state.decoded + self._next_size(), final=False))
+        return torch.cat(pieces) if pieces else torch.zeros(0)
+
+    def add(self, codes) -> None:
+        """Take codes without decoding: `decode_due` decodes the chunks they complete (many streams at once)."""
         st = self.state
         new = self.dec.check_codes(codes, allow_empty=True)
         st.codes = torch.cat([st.codes, new], dim=1)
         st.n_codes += new.shape[1]
-        pieces = []
-        while st.n_codes - st.decoded >= self._next_size():
-            pieces.append(self._decode_chunk(st.decoded + self._next_size(), final=False))
-        return torch.cat(pieces) if pieces else torch.zeros(0)
+
+    def due(self) -> bool:
+        """A whole chunk of codes waits to be decoded."""
+        return self.state.n_codes - self.state.decoded >= self._next_size()
 
     def flush(self) -> torch.Tensor:
         st = self.state
@@ -161,7 +184,12 @@ class DecoderStream:
 
     @torch.inference_mode()
     def _decode_chunk(self, b: int, final: bool) -> torch.Tensor:
-        start_time = time.perf_counter()
+        plan = self._plan(b, final)
+        return self._finish(plan, self.dec.solve(plan.codes, plan.total, plan.prompt, self.options.n_steps,
+                                                 plan.noise))  # fmt: skip
+
+    def _plan(self, b: int, final: bool) -> ChunkPlan:
+        """The flow's inputs for the chunk of codes [decoded, b)."""
         dec, opts, st = self.dec, self.options, self.state
         a, bs = st.decoded, dec.block_size
         s = 0 if opts.context_codes is None or a == 0 else max(0, (a - opts.context_codes) // bs * bs)
@@ -173,19 +201,25 @@ class DecoderStream:
             noise = dec.positional_noise(fs, fb)
         else:
             noise = torch.randn(1, prompt.shape[1], total, generator=torch.Generator().manual_seed(42))
-        mel = dec.solve(codes, total, prompt if prompt.shape[2] else None, opts.n_steps, noise)
-        mel = mel.to(dec.dtype)  # frames [committed, fb)
+        return ChunkPlan(a, b, s, final, codes, total, prompt if prompt.shape[2] else None, noise,
+                         time.perf_counter())  # fmt: skip
+
+    def _finish(self, plan: ChunkPlan, mel: torch.Tensor) -> torch.Tensor:
+        """The solved frames [1, 80, new] of `plan`: cross-fade the seam, commit, vocode."""
+        opts, st = self.options, self.state
+        mel = mel.to(self.dec.dtype)  # frames [committed, fb)
         if st.tail is not None:
             m = st.tail.shape[2]
             fade_in, fade_out = (w.to(mel.device, mel.dtype) for w in _fade(m, opts.fade))
             mel = torch.cat([mel[:, :, :m] * fade_in + st.tail * fade_out, mel[:, :, m:]], dim=2)
-        if final or opts.overlap_frames == 0:
+        if plan.final or opts.overlap_frames == 0:
             commit, st.tail = mel, None
         else:
             commit, st.tail = mel[:, :, : -opts.overlap_frames], mel[:, :, -opts.overlap_frames :]
-        audio = self._commit(commit, st.tail, trim_before=b)
-        st.decoded, st.chunk = b, st.chunk + 1
-        self.stats.append(ChunkStat(b - a, a - s, total, audio.numel(), time.perf_counter() - start_time))
+        audio = self._commit(commit, st.tail, trim_before=plan.b)
+        st.decoded, st.chunk = plan.b, st.chunk + 1
+        self.stats.append(ChunkStat(plan.b - plan.a, plan.a - plan.s, plan.total, audio.numel(),
+                                    time.perf_counter() - plan.started))  # fmt: skip
         return audio
 
     def _commit(self, mel, lookahead, trim_before: int | None = None) -> torch.Tensor:
@@ -203,3 +237,33 @@ class DecoderStream:
             st.codes = st.codes[:, keep_from - st.codes_start :]
             st.codes_start = keep_from
         return self.vocoder.push(mel, lookahead)
+
+
+@torch.inference_mode()
+def decode_due(streams: list[DecoderStream]) -> list[torch.Tensor]:
+    """Decode every due chunk of `streams` (codes given with `add`), the chunks of the same shapes (codes,
+    prompt, frames; the same decoder and steps) in one batched flow solve; returns each stream's audio.
+
+    A stream's audio equals what its own `push` would give (the rows of a batch do not mix). Many
+    conversations' chunks fall due together (a server's replies advance one id per step side by side), and a
+    small flow computes several streams in little more time than one."""
+    out: list[list[torch.Tensor]] = [[] for _ in streams]
+    while True:
+        groups: dict[tuple, list[tuple[int, ChunkPlan]]] = {}
+        for i, stream in enumerate(streams):
+            if stream.due():
+                plan = stream._plan(stream.state.decoded + stream._next_size(), final=False)
+                prompt = 0 if plan.prompt is None else plan.prompt.shape[2]
+                key = (id(stream.dec), stream.options.n_steps, plan.codes.shape[1], prompt, plan.total)
+                groups.setdefault(key, []).append((i, plan))
+        if not groups:
+            break
+        for group in groups.values():
+            stream = streams[group[0][0]]
+            plans = [p for _, p in group]
+            prompt = None if plans[0].prompt is None else torch.cat([p.prompt for p in plans])
+            mel = stream.dec.solve(torch.cat([p.codes for p in plans]), plans[0].total, prompt,
+                                   stream.options.n_steps, torch.cat([p.noise for p in plans]))  # fmt: skip
+            for row, (i, plan) in enumerate(group):
+                out[i].append(streams[i]._finish(plan, mel[row : row + 1]))
+    return [torch.cat(pieces) if pieces else torch.zeros(0) for pieces in out]

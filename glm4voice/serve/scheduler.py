@@ -4,13 +4,14 @@ batched LM step for all of them (`lm.batch.ReplyBatch`), with each reply's decod
     job = Job(start=lambda: chat.begin(text="hi"), emit=on_event, stop=threading.Event())
     position = scheduler.submit(job)     # 0: admitted at the next step; n: n-th in the queue (Busy when full)
 
-Admission is first come, first served: at most `max_active` replies generate together, the rest wait in a
-queue of at most `max_queue` (told their place with ("queued", n) whenever it changes). A job that joins is
-started (`start()`: its prompt ids appended), prefilled alone, then joins the batch; a long reply never
-holds the others back by more than one id and one decoder chunk of its own. `stop` ends a reply at its next
-id ("interrupted"). Everything a job hears goes through `emit`: ("queued", place) while it waits, then the
-turn's events (`UserEvent` first, `Reply` last), or ("error", exception) instead of the `Reply` when it
-fails, or ("cancelled", None) when it was stopped before it started.
+The decoder chunks that fall due in a step are decoded together too (`decode_due`: one flow solve for the
+chunks of the same shapes). Admission is first come, first served: at most `max_active` replies generate
+together, the rest wait in a queue of at most `max_queue` (told their place with ("queued", n) whenever it
+changes). A job that joins is started (`start()`: its prompt ids appended), prefilled alone, then joins the
+batch; a long reply never holds the others back by more than one id and one decoder chunk. `stop` ends a
+reply at its next id ("interrupted"). Everything a job hears goes through `emit`: ("queued", place) while
+it waits, then the turn's events (`UserEvent` first, `Reply` last), or ("error", exception) instead of the
+`Reply` when it fails, or ("cancelled", None) when it was stopped before it started.
 """
 
 from __future__ import annotations
@@ -139,6 +140,7 @@ class Scheduler:
             self._drop(job)
             job.emit(("error", exc))
             return
+        job.turn.defer_audio = True  # its chunks are decoded with the others' (`_decode`)
         self.batch.join(job.turn.reply)
 
     def _drop(self, job: Job) -> None:
@@ -165,11 +167,24 @@ class Scheduler:
                     if self.metrics is not None:
                         self.metrics.turn(event)
                 job.emit(event)
+        self._decode()
         if len(self.batch):
             self.peak = max(self.peak, len(self.batch))
             if self.metrics is not None:
                 self.metrics.batch.observe(len(self.batch))
             self.batch.step()
+
+    def _decode(self) -> None:
+        """The decoder chunks that fell due this step, of every reply at once (same shapes: one flow solve)."""
+        from ..decoder.streaming import decode_due
+
+        due = [job for job in self.active if job.turn is not None and job.turn.stream is not None
+               and not job.turn.done and job.turn.stream.due()]  # fmt: skip
+        if not due:
+            return
+        for job, audio in zip(due, decode_due([job.turn.stream for job in due])):
+            for event in job.turn.audio(audio):
+                job.emit(event)
 
     def _leave(self, job: Job) -> None:
         if job.turn.reply in self.batch:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import threading
 
 import pytest
+import torch
 from fastapi.testclient import TestClient
 
 from glm4voice.events import Reply
@@ -48,7 +49,12 @@ def test_batched_replies_equal_replies_one_at_a_time(template):
         assert together.scheduler.peak == len(TEXTS) and one_by_one.scheduler.peak == 1
         for a, b in zip(batched, alone):
             assert isinstance(a, Reply) and a.text == b.text and a.codes == b.codes and a.n_ids == 20
-            assert a.audio.numel() > 0 and abs(a.audio.numel() - b.audio.numel()) == 0
+            assert a.audio.numel() == b.audio.numel() > 0
+            assert torch.allclose(a.audio, b.audio, atol=1e-4)  # decoded in one batch or alone: the same
+        # and the same as a conversation outside the server (the decoder's own push, chunk by chunk)
+        plain = together.new_chat().reply(text=TEXTS[1], sampling=SamplingConfig(temperature=0, stop_ids=(),
+                                                                                   max_new_tokens=20))  # fmt: skip
+        assert plain.codes == batched[1].codes and torch.allclose(plain.audio, batched[1].audio, atol=1e-4)
         assert "glm4voice_batch_size_bucket" in together.metrics.render().decode()
     finally:
         together.close()
