@@ -337,7 +337,8 @@ def _cap(text: str) -> str:
 
 
 def _contents():
-    """(task, content key, {lang: (slot values, answer)}, answer rate) for every question content."""
+    """(task, content key, {lang: (slot values, answer, key)}, answer rate) for every question content; the
+    key is what a reply must say to be right (Paris, four legs, 巴黎): the eval's `qa` suite checks it."""
     for task, op, pairs in (("add", "plus", [(a, b) for a in range(11) for b in range(11)]),
                             ("subtract", "minus", [(a, b) for a in range(11) for b in range(a + 1)]),
                             ("multiply", "times", [(a, b) for a in range(6) for b in range(6)])):  # fmt: skip
@@ -346,37 +347,39 @@ def _contents():
             c = {"plus": a + b, "minus": a - b, "times": a * b}[op]
             yield task, f"{a},{b}", {
                 "en": ({"a": en_number(a), "b": en_number(b)},
-                       f"{_cap(en_number(a))} {op} {en_number(b)} is {en_number(c)}."),
+                       f"{_cap(en_number(a))} {op} {en_number(b)} is {en_number(c)}.", en_number(c)),
                 "zh": ({"a": zh_number(a), "b": zh_number(b)},
-                       f"{zh_number(a)}{zh_op}{zh_number(b)}等于{zh_number(c)}。"),
+                       f"{zh_number(a)}{zh_op}{zh_number(b)}等于{zh_number(c)}。", zh_number(c)),
             }, 1.0  # fmt: skip
     for en, zh, city, zh_city in COUNTRIES:
-        yield "capital", en, {"en": ({"x": en}, f"The capital of {en} is {city}."),
-                              "zh": ({"x": zh}, f"{zh}的首都是{zh_city}。")}, 1.0  # fmt: skip
+        yield "capital", en, {"en": ({"x": en}, f"The capital of {en} is {city}.", city),
+                              "zh": ({"x": zh}, f"{zh}的首都是{zh_city}。", zh_city)}, 1.0  # fmt: skip
     for i, (en, zh) in enumerate(WEEKDAYS):
         (en_a, zh_a), (en_b, zh_b) = WEEKDAYS[(i + 1) % 7], WEEKDAYS[i - 1]
-        yield "day_after", en, {"en": ({"x": en}, f"The day after {en} is {en_a}."),
-                                "zh": ({"x": zh}, f"{zh}的后一天是{zh_a}。")}, 1.0  # fmt: skip
-        yield "day_before", en, {"en": ({"x": en}, f"The day before {en} is {en_b}."),
-                                 "zh": ({"x": zh}, f"{zh}的前一天是{zh_b}。")}, 1.0  # fmt: skip
+        yield "day_after", en, {"en": ({"x": en}, f"The day after {en} is {en_a}.", en_a),
+                                "zh": ({"x": zh}, f"{zh}的后一天是{zh_a}。", zh_a)}, 1.0  # fmt: skip
+        yield "day_before", en, {"en": ({"x": en}, f"The day before {en} is {en_b}.", en_b),
+                                 "zh": ({"x": zh}, f"{zh}的前一天是{zh_b}。", zh_b)}, 1.0  # fmt: skip
     for i, (en, zh) in enumerate(MONTHS):
         en_n, zh_n = MONTHS[(i + 1) % 12]
-        yield "month", en, {"en": ({"x": en}, f"The month after {en} is {en_n}."),
-                            "zh": ({"x": zh}, f"{zh}的下一个月是{zh_n}。")}, 1.0  # fmt: skip
+        yield "month", en, {"en": ({"x": en}, f"The month after {en} is {en_n}.", en_n),
+                            "zh": ({"x": zh}, f"{zh}的下一个月是{zh_n}。", zh_n)}, 1.0  # fmt: skip
     for en, zh, en_o, zh_o in OPPOSITES:
-        yield "opposite", en, {"en": ({"x": en}, f"The opposite of {en} is {en_o}."),
-                               "zh": ({"x": zh}, f"{zh}的反义词是{zh_o}。")}, 1.0  # fmt: skip
+        yield "opposite", en, {"en": ({"x": en}, f"The opposite of {en} is {en_o}.", en_o),
+                               "zh": ({"x": zh}, f"{zh}的反义词是{zh_o}。", zh_o)}, 1.0  # fmt: skip
     for en, zh, colour, zh_colour in COLOURS:
-        yield "colour", en, {"en": ({"x": en}, f"{_cap(en)} is {colour}."),
-                             "zh": ({"x": zh}, f"{zh}是{zh_colour}的。")}, 1.0  # fmt: skip
+        yield "colour", en, {"en": ({"x": en}, f"{_cap(en)} is {colour}.", colour),
+                             "zh": ({"x": zh}, f"{zh}是{zh_colour}的。", zh_colour)}, 1.0  # fmt: skip
     for en, zh, legs in LEGS:
         n = int(legs)
         en_answer = f"{_cap(en)} has no legs." if n == 0 else f"{_cap(en)} has {en_number(n)} legs."
-        zh_answer = f"{zh}没有腿。" if n == 0 else f"{zh}有{'两' if n == 2 else zh_number(n)}条腿。"
-        yield "legs", en, {"en": ({"x": en}, en_answer), "zh": ({"x": zh}, zh_answer)}, 1.0
+        zh_n = "没有" if n == 0 else "两" if n == 2 else zh_number(n)
+        zh_answer = f"{zh}没有腿。" if n == 0 else f"{zh}有{zh_n}条腿。"
+        en_key = "no legs" if n == 0 else f"{en_number(n)} legs"
+        yield "legs", en, {"en": ({"x": en}, en_answer, en_key), "zh": ({"x": zh}, zh_answer, zh_n)}, 1.0
     for task, rate in (("say", 1.0), ("say_slowly", SLOW), ("say_quickly", FAST)):
         for en, zh in PHRASES:
-            yield task, en, {"en": ({"x": en}, _cap(en) + "."), "zh": ({"x": zh}, zh + "。")}, rate
+            yield task, en, {"en": ({"x": en}, _cap(en) + ".", en), "zh": ({"x": zh}, zh + "。", zh)}, rate
 
 
 def tiny_texts(langs: tuple[str, ...] = ("en", "zh")) -> list[Utterance]:
@@ -393,21 +396,21 @@ def tiny_texts(langs: tuple[str, ...] = ("en", "zh")) -> list[Utterance]:
                                                        "pitch": 0.0})  # fmt: skip
         return answers[key].id
 
-    def question(lang, task, split, text, answer, rate):
+    def question(lang, task, split, text, answer, rate, key):
         index[lang, task] += 1
         questions.append(Utterance(f"{lang}-{task}-{index[lang, task]:05d}", text=text, lang=lang, extra={
-            "role": "question", "task": task, "split": split, "answer": answer,
+            "role": "question", "task": task, "split": split, "answer": answer, "key": key,
             "answer_id": answer_id(lang, answer, rate), "answer_rate": rate}))  # fmt: skip
 
     contents = list(_contents())
     held = {task: _held_out(task, [key for t, key, _, _ in contents if t == task]) for task in PHRASINGS}
     for task, key, by_lang, rate in contents:
         for lang in langs:
-            slots, answer = by_lang[lang]
+            slots, answer, answer_key = by_lang[lang]
             phrasings = PHRASINGS[task][0 if lang == "en" else 1]
             for k, phrasing in enumerate(phrasings):
                 split = "test" if key in held[task] or k == len(phrasings) - 1 else "train"
-                question(lang, task, split, phrasing.format(**slots), answer, rate)
+                question(lang, task, split, phrasing.format(**slots), answer, rate, answer_key)
             if task not in ("add", "subtract", "multiply", "say", "say_slowly", "say_quickly"):
                 index[lang, "fact"] += 1
                 facts.append(Utterance(f"{lang}-fact-{index[lang, 'fact']:05d}", text=answer, lang=lang,
@@ -417,7 +420,7 @@ def tiny_texts(langs: tuple[str, ...] = ("en", "zh")) -> list[Utterance]:
         for lang in langs:
             variants, answer = (en_variants, en_answer) if lang == "en" else (zh_variants, zh_answer)
             for k, text in enumerate(variants):
-                question(lang, task, "test" if k == len(variants) - 1 else "train", text, answer, 1.0)
+                question(lang, task, "test" if k == len(variants) - 1 else "train", text, answer, 1.0, answer)
     held_stories = _held_out("story", [f"{t}-{n}" for t in range(len(STORIES)) for n in range(len(NAMES))])
     for t, template in enumerate(STORIES):
         for n, (name, gender, zh_name) in enumerate(NAMES):

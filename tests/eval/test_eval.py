@@ -1,0 +1,174 @@
+"""`glm4voice eval`: each suite on tiny fixtures (golden tokenizer and decoder, a tiny random LM, a tiny ASR
+trained on the spot), with cases that must score 1 and cases that must score 0, and the report files."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from glm4voice.cli import main
+from glm4voice.eval import Bundle, evaluate, parse_suites, suites
+from glm4voice.events import Reply, Timings
+from glm4voice.lm.tiny import write_tiny_lm
+from tests.conftest import espeak
+
+QUESTIONS = [("q1", "en", "What is the capital of France?", "Paris", "capital"),
+             ("q2", "zh", "法国的首都是哪里？", "巴黎", "capital"),
+             ("s1", "en", "Say good night.", "good night", "say"),
+             ("s2", "en", "Say good night slowly.", "good night", "say_slowly"),
+             ("s3", "en", "Say good night quickly.", "good night", "say_quickly")]  # fmt: skip
+STORY = ("Tom was thirsty.", "He drank a glass of cold water.", "He ate sand.")
+
+
+@pytest.fixture(scope="module")
+def bundle_dir(tmp_path_factory, golden):
+    root = tmp_path_factory.mktemp("bundle")
+    for part in ("tokenizer", "decoder"):
+        (root / part).symlink_to(golden / part, target_is_directory=True)
+    write_tiny_lm(root / "lm", n_audio=512, seed=3)
+    write_tiny_lm(root / "t2t", n_audio=512, seed=4)  # a random text-to-token model: the suite runs, scores badly
+    return root
+
+
+@pytest.fixture(scope="module")
+def manifest(tmp_path_factory):
+    root = tmp_path_factory.mktemp("rows")
+    rows = []
+    for id_, lang, text, key, task in QUESTIONS:
+        sf.write(root / f"{id_}.wav", espeak(text, voice="en-us" if lang == "en" else "cmn"), 16000)
+        rows.append({"id": id_, "audio": f"{id_}.wav", "text": text, "lang": lang, "role": "question",
+                     "task": task, "key": key})  # fmt: skip
+    story, right, wrong = STORY
+    for name, ending in (("right", right), ("wrong", wrong)):
+        sf.write(root / f"{name}.wav", espeak(f"{story} {ending}"), 16000)
+        rows.append({"id": f"st-{name}", "audio": f"{name}.wav", "text": f"{story} {ending}", "lang": "en",
+                     "role": "story", "pair": "st", "story": story, "ending": ending, "right": name == "right"})
+    (root / "m.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    return root / "m.jsonl"
+
+
+def rows_of(manifest):
+    from glm4voice.data.manifest import read_manifest
+
+    return read_manifest(manifest, need=())
+
+
+class FakeChat:
+    """Replies with a text and an audio of a given length: what a perfect (or a useless) model would say."""
+
+    def __init__(self, answer, seconds=1.0):
+        self.answer, self.seconds = answer, seconds
+
+    def reply(self, audio):
+        text, seconds = self.answer(audio), self.seconds(audio) if callable(self.seconds) else self.seconds
+        return Reply(text=text, codes=[], audio=torch.zeros(int(seconds * 22050)), sample_rate=22050,
+                     reason="stop", n_ids=3, timings=Timings())  # fmt: skip
+
+
+def test_says_compares_words_and_characters():
+    assert suites.says("The capital of France is Paris.", "Paris", "en")
+    assert not suites.says("Parisian food.", "Paris", "en")  # whole words in English
+    assert suites.says("法国的首都是巴黎。", "巴黎", "zh") and not suites.says("不知道", "巴黎", "zh")
+
+
+def test_qa_scores_one_for_right_answers_and_zero_for_wrong(bundle_dir, manifest, monkeypatch):
+    bundle, rows = Bundle(bundle_dir), rows_of(manifest)
+    keys = iter([q[3] for q in QUESTIONS])
+    monkeypatch.setattr(bundle, "chat", lambda n=300: FakeChat(lambda audio: f"I think it is {next(keys)}."))
+    good = suites.qa(bundle, rows)
+    assert good["s2t_en"] == 1.0 and good["s2t_zh"] == 1.0 and good["n_s2t_en"] == 4
+    assert good["s2s_en"] == 0.0  # the fake reply's audio is silence: pocketsphinx hears no answer
+    monkeypatch.setattr(bundle, "chat", lambda n=300: FakeChat(lambda audio: "no idea"))
+    bad = suites.qa(bundle, rows)
+    assert bad["s2t_en"] == 0.0 and bad["s2t_zh"] == 0.0
+
+
+def test_rate_is_the_ratio_of_reply_durations(bundle_dir, manifest, monkeypatch):
+    bundle, rows = Bundle(bundle_dir), rows_of(manifest)
+    by_task = {r.extra["task"]: r for r in rows if r.extra.get("task", "").startswith("say")}
+    lengths = {"say": 2.0, "say_slowly": 3.0, "say_quickly": 1.0}
+    seconds = iter(lengths[r.extra["task"]] for r in rows if r.extra.get("task") in lengths)
+    monkeypatch.setattr(bundle, "chat", lambda n=300: FakeChat(lambda audio: "", lambda audio: next(seconds)))
+    out = suites.rate(bundle, rows)
+    assert len(by_task) == 3 and out["slow_over_normal"] == 1.5 and out["normal_over_quick"] == 2.0
+
+
+def test_log_likelihood_and_cloze(bundle_dir, manifest, monkeypatch):
+    bundle, rows = Bundle(bundle_dir), rows_of(manifest)
+    lm = bundle.lm
+    context, continuation = [5, 6, 7], [8, 9]
+    with torch.no_grad():
+        logp = torch.log_softmax(lm(input_ids=torch.tensor([context + continuation])).logits[0].float(), -1)
+    expected = float(logp[2, 8] + logp[3, 9])
+    assert suites.log_likelihood(lm, context, continuation) == pytest.approx(expected, abs=1e-4)
+    real = suites.cloze(bundle, rows)  # the random LM: some answer, on every kind with the data for it
+    assert set(real) == {"t2t", "s2s", "n_t2t", "n_s2s"} and real["n_t2t"] == 1 and 0 <= real["t2t"] <= 1
+    # the decision: a scorer that likes longer endings picks the right one here (1), one that likes shorter
+    # endings picks the wrong one (0)
+    monkeypatch.setattr(suites, "log_likelihood", lambda lm, ctx, cont: float(len(cont)))
+    assert suites.cloze(bundle, rows)["t2t"] == 1.0
+    monkeypatch.setattr(suites, "log_likelihood", lambda lm, ctx, cont: -float(len(cont)))
+    assert suites.cloze(bundle, rows)["t2t"] == 0.0
+
+
+def test_asr_perfect_and_all_wrong(tmp_path, manifest):
+    """A tiny ASR trained on three utterances transcribes them exactly (WER 0); against other texts, all wrong."""
+    from glm4voice.train.config import RunConfig
+    from glm4voice.train.tokenizer import train_tokenizer
+    from tests.train.test_train_tokenizer import FAST, TINY
+
+    rows = [r for r in rows_of(manifest) if r.id in ("q1", "s1", "q2")]
+    data = tmp_path / "train.jsonl"
+    data.write_text("".join(json.dumps(r.to_json(), ensure_ascii=False) + "\n" for r in rows))
+    (tmp_path / "tiny.json").write_text(json.dumps(TINY))
+    train_tokenizer(data, tmp_path / "run", RunConfig(steps=100, **FAST), config=tmp_path / "tiny.json",
+                    batch_seconds=5, vocab_size=300, log=lambda line: None)  # fmt: skip
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "tokenizer").symlink_to(tmp_path / "run" / "step-100", target_is_directory=True)
+    bundle = Bundle(tmp_path / "b")
+    perfect = suites.asr(bundle, rows)
+    assert perfect["wer_en"] == 0.0 and perfect["cer_zh"] == 0.0
+    english = [r for r in rows if r.lang == "en"]
+    english[0].text, english[1].text = english[1].text, english[0].text  # each scored against the other's words
+    assert suites.asr(bundle, english)["wer_en"] >= 1.0
+
+
+def test_cli_runs_recon_tts_latency_and_writes_the_report(bundle_dir, manifest, tmp_path, capsys):
+    two = tmp_path / "two.jsonl"  # one English and one Mandarin question: enough for every figure, quick
+    two.write_text("".join(json.dumps(r.to_json(), ensure_ascii=False) + "\n" for r in rows_of(manifest)
+                           if r.id in ("q1", "q2")))  # fmt: skip
+    code = main(["eval", "--model-dir", str(bundle_dir), "--suite", "recon,tts,latency", "--manifest", str(two),
+                 "--out", str(tmp_path / "report")])  # fmt: skip
+    assert code == 0, capsys.readouterr().err
+    results = json.loads((tmp_path / "report" / "results.json").read_text())["suites"]
+    assert results["recon"]["mcd"] > 0 and results["recon"]["n_words"] > 0 and "wer_ratio" in results["recon"]
+    assert "wer_tts" in results["tts"] and results["latency"]["first_audio_p50"] > 0
+    table = (tmp_path / "report" / "results.md").read_text()
+    assert "| latency | first_audio_p50" in table and "<= 1.0" in table
+    assert (tmp_path / "report" / "latency.png").stat().st_size > 1000
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--suite", "nope"], "choose from"),
+    (["--suite", "asr"], "--manifest is needed"),
+    (["--suite", "qa", "--manifest", "MANIFEST", "--limit", "0"], "--limit"),
+    (["--suite", "asr", "--manifest", "MANIFEST"], "no tokenizer/"),
+])  # fmt: skip
+def test_bad_input_is_one_line(tmp_path, manifest, capsys, argv, message):
+    (tmp_path / "empty").mkdir()
+    argv = [str(manifest) if a == "MANIFEST" else a for a in argv]
+    code = main(["eval", "--model-dir", str(tmp_path / "empty"), "--out", str(tmp_path / "r"), *argv])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+    assert parse_suites("all") == list(suites.SUITES)
+
+
+def test_a_suite_without_its_rows_says_so(bundle_dir, tmp_path):
+    (tmp_path / "m.jsonl").write_text(json.dumps({"id": "x", "text": "hello", "lang": "en"}) + "\n")
+    with pytest.raises(Exception, match="no spoken questions"):
+        evaluate(bundle_dir, ["qa"], tmp_path / "m.jsonl", tmp_path / "r", log=lambda line: None)
+    assert np.isfinite(0.0)
