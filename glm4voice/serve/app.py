@@ -97,17 +97,40 @@ def create_app(server: ChatServer) -> FastAPI:
 
 
 class _Connection:
+    """One WebSocket. What it sends waits in `out`; `backlog` counts what was handed over and not yet sent
+    (the reply's events in flight included). At `server.send_limit` the reply pauses (it steps out of the
+    scheduler's batch); a client that reads nothing for `server.slow_client_seconds` is cut off and its
+    queue given back."""
+
     def __init__(self, ws: WebSocket, server: ChatServer):
         self.ws, self.server = ws, server
         self.session = Session(server)
         self.out: asyncio.Queue = asyncio.Queue()
+        self.backlog = 0
+        self.count = threading.Lock()
         self.replying = False  # from a turn's start until its `done` is queued (the client may go on then)
         self.stop = threading.Event()
         self.input_codes = 0
+        self.cut_off = False
+
+    def put(self, item) -> None:
+        """Queue an item to send (on the event loop)."""
+        if self.cut_off:
+            return
+        self.out.put_nowait(item)
+
+    def full(self) -> bool:
+        return self.backlog >= self.server.send_limit
+
+    def _counted(self, change: int) -> None:
+        with self.count:
+            self.backlog += change
 
     async def run(self) -> None:
         sender = asyncio.create_task(self._send_loop())
-        self.out.put_nowait(self.server.ready_message())
+        watchdog = asyncio.create_task(self._watch())
+        self._counted(1)
+        self.put(self.server.ready_message())
         try:
             while True:
                 message = await self.ws.receive()
@@ -121,17 +144,44 @@ class _Connection:
                             parse_client(message["text"], self.server.template.sampling,
                                          self.server.max_new_tokens_limit))  # fmt: skip
                 except Glm4VoiceError as exc:  # bad input costs only that message
-                    self.out.put_nowait({"type": "error", "message": str(exc)})
+                    self._counted(1)
+                    self.put({"type": "error", "message": str(exc)})
         except (WebSocketDisconnect, RuntimeError):
             pass
         finally:
             self.stop.set()  # a reply still running ends at its next id
             sender.cancel()
+            watchdog.cancel()
+
+    async def _watch(self) -> None:
+        """Cut off a client whose outgoing queue stays full for `slow_client_seconds`."""
+        full_since = None
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(min(1.0, self.server.slow_client_seconds / 4))
+            if not self.full():
+                full_since = None
+                continue
+            full_since = full_since or loop.time()
+            if loop.time() - full_since >= self.server.slow_client_seconds:
+                log.warning("a client read nothing for %.0f s with %d messages waiting: cut off",
+                            self.server.slow_client_seconds, self.backlog)  # fmt: skip
+                self.cut_off = True
+                self.stop.set()
+                self.out = asyncio.Queue()  # its memory goes back now, not when the socket finally closes
+                with self.count:
+                    self.backlog = 0
+                try:
+                    await asyncio.wait_for(self.ws.close(code=1008, reason="not reading: cut off"), timeout=5)
+                except Exception:  # the socket is stuck: the server forgets it all the same
+                    pass
+                return
 
     async def _send_loop(self) -> None:
         try:
             while True:
                 item = await self.out.get()
+                self._counted(-1)
                 if isinstance(item, bytes):
                     await self.ws.send_bytes(item)
                     continue
@@ -159,7 +209,8 @@ class _Connection:
         n = await self._locked(self.session.push_audio, data)
         if n != self.input_codes:
             self.input_codes = n
-            self.out.put_nowait({"type": "input", "codes": n})
+            self._counted(1)
+            self.put({"type": "input", "codes": n})
 
     async def _on_message(self, m: ClientMessage) -> None:
         if m.type == "stop":  # racy by nature: with nothing running it is a no-op
@@ -170,7 +221,8 @@ class _Connection:
             raise ProtocolError(f"{m.type} while a reply is in progress: send stop first, then wait for done")
         if m.type == "reset":
             self.session.reset()
-            self.out.put_nowait({"type": "reset"})
+            self._counted(1)
+            self.put({"type": "reset"})
         elif m.type == "audio.start":
             self.session.start_audio(m.sample_rate, m.format, m.sampling)
             self.input_codes = 0
@@ -189,18 +241,22 @@ class _Connection:
         def deliver(item) -> None:  # on the event loop, in emit order
             if isinstance(item, dict) and item["type"] == "done":
                 self.replying = False
-            self.out.put_nowait(item)
+            self.put(item)
 
-        def emit(item) -> None:
+        def emit(item) -> None:  # on the scheduler's thread
+            self._counted(1)
             loop.call_soon_threadsafe(deliver, item)
 
         job = self.session.job(emit, stop, **turn)
+        job.paused = self.full
         try:
             place = self.server.scheduler.submit(job)
         except Busy as exc:  # the queue is full: this turn is refused, the connection stays
-            self.out.put_nowait({"type": "error", "message": str(exc)})
-            self.out.put_nowait({"type": "done", "text": "", "reason": "busy"})
+            self._counted(2)
+            self.put({"type": "error", "message": str(exc)})
+            self.put({"type": "done", "text": "", "reason": "busy"})
             return
         self.replying = True
         if place:
-            self.out.put_nowait({"type": "queued", "position": place})
+            self._counted(1)
+            self.put({"type": "queued", "position": place})

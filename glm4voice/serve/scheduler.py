@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -37,6 +38,7 @@ class Job:
     start: Callable[[], object]  # -> ChatTurn; runs on the scheduler's thread when the job is admitted
     emit: Callable[[object], None]
     stop: threading.Event = field(default_factory=threading.Event)
+    paused: Callable[[], bool] | None = None  # True while its client is not reading: it waits out of the batch
     turn: object = None
 
 
@@ -100,7 +102,8 @@ class Scheduler:
                     return
             self._admit_waiting()
             try:
-                self._one_id()
+                if not self._one_id():
+                    time.sleep(0.01)  # every active reply waits for its reader: nothing to compute
             except Exception as exc:  # a bug in a batched step: every active reply fails, the server goes on
                 log.exception("batched step failed")
                 self._fail_all(exc)
@@ -149,9 +152,19 @@ class Scheduler:
                 self.active.remove(job)
             self._gauge()
 
-    def _one_id(self) -> None:
-        """Each active reply takes its next id (or ends); then one LM step for those still going."""
+    def _one_id(self) -> bool:
+        """Each active reply takes its next id (or ends); then one LM step for those still going. A paused
+        reply (its client's outgoing queue is full) steps out of the batch until its client reads again.
+        Returns whether any reply moved."""
+        moved = False
         for job in list(self.active):
+            if job.paused is not None and job.paused() and not job.stop.is_set():
+                if job.turn.reply in self.batch:
+                    self.batch.leave(job.turn.reply)
+                continue
+            if job.turn.reply not in self.batch:
+                self.batch.join(job.turn.reply)
+            moved = True
             try:
                 turn = job.turn
                 events = turn.interrupt() if job.stop.is_set() else turn.advance(turn.sample())
@@ -173,6 +186,7 @@ class Scheduler:
             if self.metrics is not None:
                 self.metrics.batch.observe(len(self.batch))
             self.batch.step()
+        return moved
 
     def _decode(self) -> None:
         """The decoder chunks that fell due this step, of every reply at once (same shapes: one flow solve)."""

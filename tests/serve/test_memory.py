@@ -53,3 +53,32 @@ def test_turns_and_connections_leave_memory_flat(template):
     assert after_200 - after_50 < 25, (after_50, after_200)
     assert after_connections - after_200 < 25, (after_200, after_connections)
     server.close()
+
+
+def test_a_client_that_stops_reading_is_paused_then_cut_off(template, caplog):
+    """Its reply steps out of the batch once its queue is full (others go on), and after
+    `slow_client_seconds` of not reading the server closes the connection and forgets what it queued."""
+    import json
+    import time
+
+    from websockets.sync.client import connect as ws_connect
+
+    from tests.serve.conftest import live_server
+
+    server = ChatServer(template, send_limit=16, slow_client_seconds=1.5)
+    with live_server(server) as port:
+        with ws_connect(f"ws://127.0.0.1:{port}/v1/chat", max_queue=2, max_size=None) as stuck:
+            stuck.send(json.dumps({"type": "text", "text": "a long reply, never read", "max_new_tokens": 4000}))
+            with ws_connect(f"ws://127.0.0.1:{port}/v1/chat") as other:  # meanwhile someone else is served
+                json.loads(other.recv(timeout=10))
+                other.send(json.dumps({"type": "text", "text": "hi", "max_new_tokens": 5}))
+                while True:
+                    frame = other.recv(timeout=60)
+                    if isinstance(frame, str) and json.loads(frame)["type"] == "done":
+                        break
+            deadline = time.monotonic() + 90
+            while server.scheduler.busy() and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert not server.scheduler.busy(), "the unread reply kept its place"
+            assert any("cut off" in r.getMessage() for r in caplog.records)
+    server.close()
