@@ -1,7 +1,7 @@
 """The `glm4voice` command line: a thin layer over the library, one module per kind of command.
 
 `inference` (tokenize, decode, convert-lm, chat, serve), `data` (the corpus
-pipeline), `training` (the trainers), `evaluate` (eval); `common` holds the
+pipeline), `training` (the trainers), `evaluate` (eval), `recipe`; `common` holds the
 options they share.
 Errors on bad input print one line (`glm4voice CMD: error: ...`) and exit 2;
 they never show a traceback.
@@ -14,7 +14,7 @@ import sys
 
 from .. import __version__
 from ..errors import Glm4VoiceError
-from . import data, evaluate, inference, training
+from . import data, evaluate, inference, recipe, training
 
 
 class Parser(argparse.ArgumentParser):
@@ -28,7 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="glm4voice", description="GLM-4-Voice end to end: speech in, speech out.")
     parser.add_argument("--version", action="version", version=f"glm4voice {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in (inference, data, training, evaluate):
+    for module in (inference, data, training, evaluate, recipe):
         module.add(sub)
     return parser
 

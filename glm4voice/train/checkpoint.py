@@ -46,6 +46,16 @@ def check_run_folder(out: Path, resume: Path | None, saves: list[int]) -> None:
         raise Glm4VoiceError(f"--out {out}: cannot create the run folder ({exc.strerror})") from None
 
 
+def latest_checkpoint(out: Path) -> Path | None:
+    """The run folder's step-N with the highest N that holds a trainer state (what `--resume` takes), if any."""
+    steps = []
+    for folder in Path(out).glob("step-*"):
+        suffix = folder.name[len("step-") :]
+        if suffix.isdigit() and (folder / STATE_FILE).is_file():
+            steps.append((int(suffix), folder))
+    return max(steps)[1] if steps else None
+
+
 def load_trainer_state(folder: Path) -> dict:
     """`trainer_state.pt` of a checkpoint folder; any damage is one clear error."""
     try:

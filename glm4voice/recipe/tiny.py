@@ -1,0 +1,141 @@
+"""The tiny recipe: the system trained from nothing on this project's 2-core CPU (issue 14).
+
+Stages so far, each a folder of OUT:
+
+    texts      the tiny domain (`data tiny-texts`) and short Debian fortunes -> train / test text manifests
+    speech     train texts spoken by every voice with augmentation (answers in the assistant's voice), the
+               test questions in held-out voice settings (faster, higher) -> corpus manifests
+    tokenizer  the speech tokenizer from scratch (`train-tokenizer`, packaged config tokenizer-tiny.json)
+
+The later stages (decoder, text-to-token, interleaved data, LM, streaming-thoughts SFT, the bundle) follow
+the same pattern and are not written yet. `--smoke` runs every stage on a handful of rows in seconds.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import Stage
+
+CONFIGS = Path(__file__).resolve().parents[1] / "train" / "configs"
+HELD_OUT_VOICES = {"rate": (1.15, 1.3), "pitch": (2.0, 4.0), "seed": 7}  # test speakers: settings never trained on
+AUGMENTS = ("tempo", "pitch", "noise", "reverb")
+
+
+@dataclass(frozen=True)
+class Sizes:
+    rows: int | None  # rows of each (language, role) kept (None: all)
+    fortunes: dict  # language -> short fortunes spoken beside the domain (their words: vocabulary)
+    max_fortune_chars: int
+    tokenizer_config: dict | None  # None: the packaged tokenizer-tiny.json
+    tokenizer_steps: int
+    vq_warmup: int
+    batch_seconds: float
+    vocab_size: int
+    lr: float
+    eval_every: int
+    save_every: int
+    workers: int
+
+
+FULL = Sizes(rows=None, fortunes={"en": 2500, "zh": 1500}, max_fortune_chars=160, tokenizer_config=None,
+             tokenizer_steps=30000, vq_warmup=8000, batch_seconds=30.0, vocab_size=500, lr=1e-3, eval_every=1000,
+             save_every=500, workers=2)  # fmt: skip
+SMOKE = Sizes(rows=2, fortunes={"en": 1, "zh": 1}, max_fortune_chars=80,
+              tokenizer_config={"d_model": 64, "encoder_layers": 2, "quantize_position": 1, "pooling_position": 1,
+                                "encoder_attention_heads": 4, "encoder_ffn_dim": 128, "decoder_layers": 1,
+                                "decoder_attention_heads": 4, "decoder_ffn_dim": 128, "num_mel_bins": 128,
+                                "quantize_vocab_size": 32, "max_target_positions": 128, "ctc_weight": 0.5},
+              tokenizer_steps=2, vq_warmup=1, batch_seconds=10.0, vocab_size=300, lr=1e-3, eval_every=0,
+              save_every=1, workers=1)  # fmt: skip
+
+
+def _write_rows(path: Path, rows: list[dict]) -> None:
+    from ..atomic import atomic_path
+
+    with atomic_path(path) as tmp:
+        Path(tmp).write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+
+
+def _first(rows: list[dict], n: int | None) -> list[dict]:
+    """The first n rows of each (language, role, split), keeping their order (all when n is None)."""
+    if n is None:
+        return rows
+    seen: dict = {}
+    keep = []
+    for r in rows:
+        key = (r.get("lang"), r.get("role"), r.get("split"))
+        if seen.get(key, 0) < n:
+            seen[key] = seen.get(key, 0) + 1
+            keep.append(r)
+    return keep
+
+
+def texts(sizes: Sizes):
+    def run(folder: Path, done: dict) -> dict:
+        from ..data.domain import write_tiny_texts
+        from ..data.text_corpus import documents
+
+        write_tiny_texts(folder / "domain.jsonl")
+        rows = [json.loads(line) for line in (folder / "domain.jsonl").read_text(encoding="utf-8").splitlines()]
+        train = _first([r for r in rows if r.get("split", "train") == "train"], sizes.rows)
+        test = _first([r for r in rows if r.get("role") == "question" and r.get("split") == "test"], sizes.rows)
+        counts = {lang: 0 for lang in sizes.fortunes}
+        for doc in documents(fortunes=True, langs=tuple(sizes.fortunes)):
+            if counts[doc.lang] < sizes.fortunes[doc.lang] and len(doc.text) <= sizes.max_fortune_chars:
+                counts[doc.lang] += 1
+                train.append({"id": doc.id, "text": doc.text, "lang": doc.lang, "role": "fortune"})
+        _write_rows(folder / "train-texts.jsonl", train)
+        _write_rows(folder / "test-texts.jsonl", test)
+        return {"train_texts": str(folder / "train-texts.jsonl"), "test_texts": str(folder / "test-texts.jsonl"),
+                "train_rows": len(train), "test_rows": len(test), "fortunes": counts}  # fmt: skip
+
+    return Stage("texts", run, "the tiny domain and short fortunes -> train/test text manifests")
+
+
+def speech(sizes: Sizes):
+    def run(folder: Path, done: dict) -> dict:
+        from ..data.speak import SpeakSettings, speak
+
+        made = {}
+        held_out = SpeakSettings(**HELD_OUT_VOICES)
+        for split, settings in (("train", SpeakSettings(augment=AUGMENTS)), ("test", held_out)):
+            summary = speak(done["texts"][f"{split}_texts"], folder / split, settings, workers=sizes.workers,
+                            progress=False)  # fmt: skip
+            made[split] = {"manifest": str(folder / split / "manifest.jsonl"), "rows": summary["spoken"],
+                           "failed": summary["failed"], "audio_seconds": summary["audio_seconds"]}  # fmt: skip
+        return made
+
+    return Stage("speech", run, "train texts in every voice (augmented), test questions in held-out voice settings")
+
+
+def tokenizer(sizes: Sizes):
+    def run(folder: Path, done: dict) -> dict:
+        from ..train.checkpoint import latest_checkpoint
+        from ..train.config import RunConfig
+        from ..train.tokenizer import train_tokenizer
+
+        config = CONFIGS / "tokenizer-tiny.json"
+        if sizes.tokenizer_config is not None:
+            config = folder / "config.json"
+            _write_rows(config, [sizes.tokenizer_config])
+        cfg = RunConfig(steps=sizes.tokenizer_steps, lr=sizes.lr, min_lr=sizes.lr / 10, weight_decay=0.0,
+                        warmup_steps=min(500, sizes.tokenizer_steps // 10), save_every=sizes.save_every,
+                        keep_last=2)  # fmt: skip
+        records = train_tokenizer(done["speech"]["train"]["manifest"], folder / "run", cfg, config=config,
+                                  valid=done["speech"]["test"]["manifest"], eval_every=sizes.eval_every,
+                                  batch_seconds=sizes.batch_seconds, vocab_size=sizes.vocab_size,
+                                  vq_warmup=sizes.vq_warmup, resume=latest_checkpoint(folder / "run"))  # fmt: skip
+        last = records[-1] if records else {}
+        figures = {k: last[k] for k in ("wer_en", "cer_zh", "codes_used", "code_perplexity") if k in last}
+        return {"released": str(folder / "run" / "tokenizer"), "asr": str(folder / "run" / f"step-{cfg.steps}"),
+                **figures}  # fmt: skip
+
+    return Stage("tokenizer", run, "the speech tokenizer from scratch (ASR through the 12.5 Hz VQ, CTC beside)")
+
+
+def stages(smoke: bool = False) -> list[Stage]:
+    sizes = SMOKE if smoke else FULL
+    return [texts(sizes), speech(sizes), tokenizer(sizes)]

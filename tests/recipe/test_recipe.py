@@ -1,0 +1,39 @@
+"""`recipe tiny --smoke`: every stage written so far runs on a handful of rows; a finished stage is skipped
+on the next run, an interrupted one runs again and its trainer resumes from its last checkpoint."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+from glm4voice.cli import main
+from glm4voice.tokenizer import SpeechTokenizer
+
+
+def test_smoke_recipe_runs_skips_and_resumes(tmp_path, capsys):
+    out = tmp_path / "tiny"
+    assert main(["recipe", "tiny", "--smoke", "--out", str(out)]) == 0
+    done = {s: json.loads((out / s / "done.json").read_text()) for s in ("texts", "speech", "tokenizer")}
+    assert done["texts"]["test_rows"] > 0 and done["texts"]["fortunes"] == {"en": 1, "zh": 1}
+    assert done["speech"]["train"]["failed"] == 0 and done["speech"]["test"]["rows"] > 0
+    tok = SpeechTokenizer.from_pretrained(done["tokenizer"]["released"])
+    assert tok.config.codebook_size == 32
+    log = capsys.readouterr().out
+    assert '"state": "finished"' in log
+    # again: every stage is done
+    assert main(["recipe", "tiny", "--smoke", "--out", str(out)]) == 0
+    assert capsys.readouterr().out.count('"state": "done before"') == 3
+    # an interrupted tokenizer stage: no marker, its last checkpoint left -> it resumes from there
+    (out / "tokenizer" / "done.json").unlink()
+    shutil.rmtree(out / "tokenizer" / "run" / "step-2")
+    shutil.rmtree(out / "tokenizer" / "run" / "tokenizer")
+    assert main(["recipe", "tiny", "--smoke", "--out", str(out)]) == 0
+    metrics = [json.loads(line) for line in (out / "tokenizer" / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in metrics if "step" in m][-1] == 2 and (out / "tokenizer" / "run" / "tokenizer").is_dir()
+
+
+def test_until_and_bad_stage(tmp_path, capsys):
+    assert main(["recipe", "tiny", "--smoke", "--out", str(tmp_path / "t"), "--until", "texts"]) == 0
+    assert (tmp_path / "t" / "texts" / "done.json").is_file() and not (tmp_path / "t" / "speech").exists()
+    assert main(["recipe", "tiny", "--smoke", "--out", str(tmp_path / "t"), "--until", "nope"]) == 2
+    assert "the stages are texts, speech, tokenizer" in capsys.readouterr().err
