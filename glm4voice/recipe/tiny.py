@@ -4,11 +4,14 @@ Stages so far, each a folder of OUT:
 
     texts      the tiny domain (`data tiny-texts`) and short Debian fortunes -> train / test text manifests
     speech     train texts spoken by every voice with augmentation (answers in the assistant's voice), the
-               test questions in held-out voice settings (faster, higher) -> corpus manifests
+               test questions in held-out voice settings (faster, higher); and the domain's texts in the
+               assistant's voice alone (the decoder's data) -> corpus manifests
     tokenizer  the speech tokenizer from scratch (`train-tokenizer`, packaged config tokenizer-tiny.json)
+    decoder    the flow (codes of that tokenizer -> mel of the assistant's voice), then HiFT (mel -> audio),
+               from random weights of the packaged decoder-tiny.yaml -> a decoder folder
 
-The later stages (decoder, text-to-token, interleaved data, LM, streaming-thoughts SFT, the bundle) follow
-the same pattern and are not written yet. `--smoke` runs every stage on a handful of rows in seconds.
+The later stages (text-to-token, interleaved data, LM, streaming-thoughts SFT, the bundle) follow the same
+pattern and are not written yet. `--smoke` runs every stage on a handful of rows in seconds.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..data.domain import ASSISTANT
 from . import Stage
 
 CONFIGS = Path(__file__).resolve().parents[1] / "train" / "configs"
@@ -38,6 +42,11 @@ class Sizes:
     eval_every: int
     save_every: int
     workers: int
+    flow_steps: int = 4000
+    hift_steps: int = 3000
+    decoder_batch: int = 8
+    crop_codes: int = 40
+    crop_frames: int = 64
 
 
 FULL = Sizes(rows=None, fortunes={"en": 2500, "zh": 1500}, max_fortune_chars=160, tokenizer_config=None,
@@ -49,7 +58,8 @@ SMOKE = Sizes(rows=2, fortunes={"en": 1, "zh": 1}, max_fortune_chars=80,
                                 "decoder_attention_heads": 4, "decoder_ffn_dim": 128, "num_mel_bins": 128,
                                 "quantize_vocab_size": 32, "max_target_positions": 128, "ctc_weight": 0.5},
               tokenizer_steps=2, vq_warmup=1, batch_seconds=10.0, vocab_size=300, lr=1e-3, eval_every=0,
-              save_every=1, workers=1)  # fmt: skip
+              save_every=1, workers=1, flow_steps=2, hift_steps=2, decoder_batch=2, crop_codes=8,
+              crop_frames=32)  # fmt: skip
 
 
 def _write_rows(path: Path, rows: list[dict]) -> None:
@@ -87,10 +97,15 @@ def texts(sizes: Sizes):
             if counts[doc.lang] < sizes.fortunes[doc.lang] and len(doc.text) <= sizes.max_fortune_chars:
                 counts[doc.lang] += 1
                 train.append({"id": doc.id, "text": doc.text, "lang": doc.lang, "role": "fortune"})
+        # the assistant's voice: every domain text it could say (its answers, facts, stories), at rate 1 unless
+        # the row asks for another (the slow and quick answers)
+        voice = [{k: v for k, v in r.items() if k not in ("voice", "pitch")} for r in train if r["role"] != "fortune"]
         _write_rows(folder / "train-texts.jsonl", train)
         _write_rows(folder / "test-texts.jsonl", test)
+        _write_rows(folder / "assistant-texts.jsonl", voice)
         return {"train_texts": str(folder / "train-texts.jsonl"), "test_texts": str(folder / "test-texts.jsonl"),
-                "train_rows": len(train), "test_rows": len(test), "fortunes": counts}  # fmt: skip
+                "assistant_texts": str(folder / "assistant-texts.jsonl"), "train_rows": len(train),
+                "test_rows": len(test), "assistant_rows": len(voice), "fortunes": counts}  # fmt: skip
 
     return Stage("texts", run, "the tiny domain and short fortunes -> train/test text manifests")
 
@@ -101,14 +116,18 @@ def speech(sizes: Sizes):
 
         made = {}
         held_out = SpeakSettings(**HELD_OUT_VOICES)
-        for split, settings in (("train", SpeakSettings(augment=AUGMENTS)), ("test", held_out)):
-            summary = speak(done["texts"][f"{split}_texts"], folder / split, settings, workers=sizes.workers,
+        assistant = SpeakSettings(voices=tuple(ASSISTANT.values()), rate=(1.0, 1.0), pitch=(0.0, 0.0))
+        jobs = (("train", "train", SpeakSettings(augment=AUGMENTS)), ("test", "test", held_out),
+                ("assistant", "assistant", assistant), ("assistant-test", "test", assistant))  # fmt: skip
+        for split, texts_of, settings in jobs:
+            summary = speak(done["texts"][f"{texts_of}_texts"], folder / split, settings, workers=sizes.workers,
                             progress=False)  # fmt: skip
             made[split] = {"manifest": str(folder / split / "manifest.jsonl"), "rows": summary["spoken"],
                            "failed": summary["failed"], "audio_seconds": summary["audio_seconds"]}  # fmt: skip
         return made
 
-    return Stage("speech", run, "train texts in every voice (augmented), test questions in held-out voice settings")
+    return Stage("speech", run, "train texts in every voice (augmented), test questions in held-out voice settings, "
+                 "the domain in the assistant's voice")  # fmt: skip
 
 
 def tokenizer(sizes: Sizes):
@@ -136,6 +155,34 @@ def tokenizer(sizes: Sizes):
     return Stage("tokenizer", run, "the speech tokenizer from scratch (ASR through the 12.5 Hz VQ, CTC beside)")
 
 
+def decoder(sizes: Sizes):
+    def run(folder: Path, done: dict) -> dict:
+        from ..train.checkpoint import latest_checkpoint
+        from ..train.config import RunConfig
+        from ..train.decoder import train_decoder
+
+        voice, dev = done["speech"]["assistant"]["manifest"], done["speech"]["assistant-test"]["manifest"]
+        common = dict(valid=dev, crop_codes=sizes.crop_codes, crop_frames=sizes.crop_frames, log=None)
+        figures = {}
+        for stage, steps, lr in (("flow", sizes.flow_steps, 5e-4), ("hift", sizes.hift_steps, 2e-4)):
+            run_dir = folder / stage
+            resume = latest_checkpoint(run_dir)
+            cfg = RunConfig(steps=steps, lr=lr, min_lr=lr / 10, warmup_steps=min(200, steps // 10),
+                            batch_size=sizes.decoder_batch, save_every=sizes.save_every, keep_last=2)  # fmt: skip
+            if stage == "flow":
+                start = dict(init=None, config=None if resume else CONFIGS / "decoder-tiny.yaml")
+                records = train_decoder(start["init"], done["tokenizer"]["released"], voice, run_dir, cfg,
+                                        stage="flow", config=start["config"], resume=resume, **common)  # fmt: skip
+            else:
+                init = None if resume else folder / "flow" / f"step-{sizes.flow_steps}"
+                records = train_decoder(init, None, voice, run_dir, cfg, stage="hift", resume=resume, **common)
+            last = records[-1] if records else {}
+            figures[stage] = {k: v for k, v in last.items() if k.startswith("valid") or "wer" in k or "mcd" in k}
+        return {"decoder": str(folder / "hift" / f"step-{sizes.hift_steps}"), **figures}
+
+    return Stage("decoder", run, "the flow on the tokenizer's codes, then HiFT, in the assistant's voice")
+
+
 def stages(smoke: bool = False) -> list[Stage]:
     sizes = SMOKE if smoke else FULL
-    return [texts(sizes), speech(sizes), tokenizer(sizes)]
+    return [texts(sizes), speech(sizes), tokenizer(sizes), decoder(sizes)]

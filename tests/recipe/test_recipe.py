@@ -8,21 +8,31 @@ import shutil
 
 from glm4voice.cli import main
 from glm4voice.tokenizer import SpeechTokenizer
+from tests.conftest import espeak
+
+
+def espeak_clip():
+    return espeak("hello there")
 
 
 def test_smoke_recipe_runs_skips_and_resumes(tmp_path, capsys):
     out = tmp_path / "tiny"
     assert main(["recipe", "tiny", "--smoke", "--out", str(out)]) == 0
-    done = {s: json.loads((out / s / "done.json").read_text()) for s in ("texts", "speech", "tokenizer")}
+    done = {s: json.loads((out / s / "done.json").read_text()) for s in ("texts", "speech", "tokenizer", "decoder")}
     assert done["texts"]["test_rows"] > 0 and done["texts"]["fortunes"] == {"en": 1, "zh": 1}
     assert done["speech"]["train"]["failed"] == 0 and done["speech"]["test"]["rows"] > 0
     tok = SpeechTokenizer.from_pretrained(done["tokenizer"]["released"])
     assert tok.config.codebook_size == 32
+    assert done["speech"]["assistant"]["rows"] > 0 and done["speech"]["assistant-test"]["rows"] > 0
+    from glm4voice.decoder import SpeechDecoder
+
+    decoder = SpeechDecoder.from_pretrained(done["decoder"]["decoder"])  # the flow and HiFT, trained in turn
+    assert decoder.decode(tok.tokenize(espeak_clip())).numel() > 0
     log = capsys.readouterr().out
     assert '"state": "finished"' in log
     # again: every stage is done
     assert main(["recipe", "tiny", "--smoke", "--out", str(out)]) == 0
-    assert capsys.readouterr().out.count('"state": "done before"') == 3
+    assert capsys.readouterr().out.count('"state": "done before"') == 4
     # an interrupted tokenizer stage: no marker, its last checkpoint left -> it resumes from there
     (out / "tokenizer" / "done.json").unlink()
     shutil.rmtree(out / "tokenizer" / "run" / "step-2")
@@ -36,4 +46,4 @@ def test_until_and_bad_stage(tmp_path, capsys):
     assert main(["recipe", "tiny", "--smoke", "--out", str(tmp_path / "t"), "--until", "texts"]) == 0
     assert (tmp_path / "t" / "texts" / "done.json").is_file() and not (tmp_path / "t" / "speech").exists()
     assert main(["recipe", "tiny", "--smoke", "--out", str(tmp_path / "t"), "--until", "nope"]) == 2
-    assert "the stages are texts, speech, tokenizer" in capsys.readouterr().err
+    assert "the stages are texts, speech, tokenizer, decoder" in capsys.readouterr().err
