@@ -26,7 +26,7 @@ def _run_recipe(args) -> int:
         raise Glm4VoiceError(f"--until {args.until!r}: the stages are {', '.join(names)}")
     run_stages(chosen, args.out, until=args.until)
     print(f"glm4voice recipe: {args.out} (stages written so far: {', '.join(names)}; the rest of the recipe, "
-          "text-to-token to bundle, is not written yet)", file=sys.stderr)  # fmt: skip
+          "interleaved data to bundle, is not written yet)", file=sys.stderr)  # fmt: skip
     return 0
 
 

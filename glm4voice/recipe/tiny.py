@@ -9,9 +9,12 @@ Stages so far, each a folder of OUT:
     tokenizer  the speech tokenizer from scratch (`train-tokenizer`, packaged config tokenizer-tiny.json)
     decoder    the flow (codes of that tokenizer -> mel of the assistant's voice), then HiFT (mel -> audio),
                from random weights of the packaged decoder-tiny.yaml -> a decoder folder
+    codes      both corpora through that tokenizer (`tokenize-corpus`, Ray Data) -> Parquet shards
+    text-tokenizer  a byte-level BPE on the training texts (`train-bpe`), then the speech ids (`extend-vocab`)
+    t2t        the text-to-token model from scratch on the assistant's (text, codes) pairs (`train-t2t`)
 
-The later stages (text-to-token, interleaved data, LM, streaming-thoughts SFT, the bundle) follow the same
-pattern and are not written yet. `--smoke` runs every stage on a handful of rows in seconds.
+The later stages (interleaved data, LM, streaming-thoughts SFT, the bundle) follow the same pattern and are
+not written yet. `--smoke` runs every stage on a handful of rows in seconds.
 """
 
 from __future__ import annotations
@@ -47,6 +50,12 @@ class Sizes:
     decoder_batch: int = 8
     crop_codes: int = 40
     crop_frames: int = 64
+    bpe_vocab: int = 4000
+    t2t_config: tuple = (("hidden_size", 256), ("intermediate_size", 768), ("num_hidden_layers", 4),
+                         ("num_attention_heads", 4), ("num_key_value_heads", 2), ("head_dim", 64),
+                         ("max_position_embeddings", 1024))  # fmt: skip
+    t2t_steps: int = 3000
+    t2t_seq_length: int = 512
 
 
 FULL = Sizes(rows=None, fortunes={"en": 2500, "zh": 1500}, max_fortune_chars=160, tokenizer_config=None,
@@ -59,7 +68,10 @@ SMOKE = Sizes(rows=2, fortunes={"en": 1, "zh": 1}, max_fortune_chars=80,
                                 "quantize_vocab_size": 32, "max_target_positions": 128, "ctc_weight": 0.5},
               tokenizer_steps=2, vq_warmup=1, batch_seconds=10.0, vocab_size=300, lr=1e-3, eval_every=0,
               save_every=1, workers=1, flow_steps=2, hift_steps=2, decoder_batch=2, crop_codes=8,
-              crop_frames=32)  # fmt: skip
+              crop_frames=32, bpe_vocab=300, t2t_steps=2, t2t_seq_length=128,
+              t2t_config=(("hidden_size", 32), ("intermediate_size", 64), ("num_hidden_layers", 1),
+                          ("num_attention_heads", 2), ("num_key_value_heads", 1), ("head_dim", 16),
+                          ("max_position_embeddings", 256)))  # fmt: skip
 
 
 def _write_rows(path: Path, rows: list[dict]) -> None:
@@ -183,6 +195,63 @@ def decoder(sizes: Sizes):
     return Stage("decoder", run, "the flow on the tokenizer's codes, then HiFT, in the assistant's voice")
 
 
+def codes(sizes: Sizes):
+    def run(folder: Path, done: dict) -> dict:
+        from ..data.corpus import open_ray, tokenize_corpus
+
+        made = {}
+        with open_ray(None, 1):  # one local Ray for both corpora
+            for split in ("train", "assistant"):
+                summary = tokenize_corpus(done["tokenizer"]["released"], done["speech"][split]["manifest"],
+                                          folder / split)  # fmt: skip
+                made[split] = {"shards": str(folder / split), "rows": summary.get("rows"),
+                               "failed": summary.get("failed")}  # fmt: skip
+        return made
+
+    return Stage("codes", run, "both corpora through the trained tokenizer (Ray Data) -> shards of codes")
+
+
+def text_tokenizer(sizes: Sizes):
+    def run(folder: Path, done: dict) -> dict:
+        from ..lm.vocab import extend_vocab
+        from ..train.bpe import write_bpe_folder
+
+        rows = Path(done["texts"]["train_texts"]).read_text(encoding="utf-8").splitlines()
+        for sub in ("bpe", "speech"):  # an interrupted run left a partial folder: start them over
+            if (folder / sub).exists() and not (folder / sub / "tokenizer_config.json").exists():
+                import shutil
+
+                shutil.rmtree(folder / sub)
+        if not (folder / "bpe").exists():
+            write_bpe_folder((json.loads(r)["text"] for r in rows), sizes.bpe_vocab, folder / "bpe")
+        size = json.loads(Path(done["tokenizer"]["released"], "config.json").read_text())["quantize_vocab_size"]
+        if not (folder / "speech").exists():
+            extend_vocab(folder / "bpe", size, folder / "speech")
+        return {"text_tokenizer": str(folder / "speech"), "bpe_vocab": sizes.bpe_vocab, "n_audio": size}
+
+    return Stage("text-tokenizer", run, "a byte-level BPE on the training texts, then the speech ids")
+
+
+def t2t(sizes: Sizes):
+    def run(folder: Path, done: dict) -> dict:
+        from ..train.checkpoint import latest_checkpoint
+        from ..train.t2t import t2t_defaults, train_t2t
+
+        config = folder / "glm.json"
+        _write_rows(config, [dict(sizes.t2t_config)])
+        resume = latest_checkpoint(folder / "run")
+        cfg = t2t_defaults(steps=sizes.t2t_steps, save_every=sizes.save_every, keep_last=2,
+                           warmup_steps=min(200, sizes.t2t_steps // 10))  # fmt: skip
+        start = {} if resume else {"config": config, "text_tokenizer": done["text-tokenizer"]["text_tokenizer"]}
+        records = train_t2t(done["codes"]["assistant"]["shards"], folder / "run", cfg, seq_length=sizes.t2t_seq_length,
+                            resume=resume, **start)  # fmt: skip
+        return {"t2t": str(folder / "run" / f"step-{sizes.t2t_steps}"),
+                "loss": records[-1]["loss"] if records else None}  # fmt: skip
+
+    return Stage("t2t", run, "the text-to-token model from scratch on the assistant's (text, codes) pairs")
+
+
 def stages(smoke: bool = False) -> list[Stage]:
     sizes = SMOKE if smoke else FULL
-    return [texts(sizes), speech(sizes), tokenizer(sizes), decoder(sizes)]
+    return [texts(sizes), speech(sizes), tokenizer(sizes), decoder(sizes), codes(sizes), text_tokenizer(sizes),
+            t2t(sizes)]  # fmt: skip

@@ -18,7 +18,8 @@ def espeak_clip():
 def test_smoke_recipe_runs_skips_and_resumes(tmp_path, capsys):
     out = tmp_path / "tiny"
     assert main(["recipe", "tiny", "--smoke", "--out", str(out)]) == 0
-    done = {s: json.loads((out / s / "done.json").read_text()) for s in ("texts", "speech", "tokenizer", "decoder")}
+    names = ("texts", "speech", "tokenizer", "decoder", "codes", "text-tokenizer", "t2t")
+    done = {s: json.loads((out / s / "done.json").read_text()) for s in names}
     assert done["texts"]["test_rows"] > 0 and done["texts"]["fortunes"] == {"en": 1, "zh": 1}
     assert done["speech"]["train"]["failed"] == 0 and done["speech"]["test"]["rows"] > 0
     tok = SpeechTokenizer.from_pretrained(done["tokenizer"]["released"])
@@ -28,11 +29,18 @@ def test_smoke_recipe_runs_skips_and_resumes(tmp_path, capsys):
 
     decoder = SpeechDecoder.from_pretrained(done["decoder"]["decoder"])  # the flow and HiFT, trained in turn
     assert decoder.decode(tok.tokenize(espeak_clip())).numel() > 0
+    assert done["codes"]["assistant"]["rows"] == done["speech"]["assistant"]["rows"]
+    assert not done["codes"]["train"]["failed"]
+    assert done["text-tokenizer"]["n_audio"] == 32
+    from glm4voice.lm.t2t import T2TConfig, TextToToken
+
+    codes = TextToToken.from_pretrained(done["t2t"]["t2t"]).generate(["hello"], T2TConfig(seed=0))[0]
+    assert all(0 <= c < 32 for c in codes)
     log = capsys.readouterr().out
     assert '"state": "finished"' in log
     # again: every stage is done
     assert main(["recipe", "tiny", "--smoke", "--out", str(out)]) == 0
-    assert capsys.readouterr().out.count('"state": "done before"') == 4
+    assert capsys.readouterr().out.count('"state": "done before"') == len(names)
     # an interrupted tokenizer stage: no marker, its last checkpoint left -> it resumes from there
     (out / "tokenizer" / "done.json").unlink()
     shutil.rmtree(out / "tokenizer" / "run" / "step-2")
@@ -46,4 +54,4 @@ def test_until_and_bad_stage(tmp_path, capsys):
     assert main(["recipe", "tiny", "--smoke", "--out", str(tmp_path / "t"), "--until", "texts"]) == 0
     assert (tmp_path / "t" / "texts" / "done.json").is_file() and not (tmp_path / "t" / "speech").exists()
     assert main(["recipe", "tiny", "--smoke", "--out", str(tmp_path / "t"), "--until", "nope"]) == 2
-    assert "the stages are texts, speech, tokenizer, decoder" in capsys.readouterr().err
+    assert "the stages are texts, speech, tokenizer, decoder, codes, text-tokenizer, t2t" in capsys.readouterr().err
