@@ -10,7 +10,7 @@ SYSTEM_PACKAGES := espeak-ng sox libsndfile1 flite festival festvox-us-slt-hts f
 SYSTEM_CHECKS := espeak-ng sox flite festival text2wave /usr/share/festival/voices/us/cmu_us_slt_arctic_hts \
 	/usr/share/festival/voices/english/kal_diphone /usr/share/games/fortunes/fortunes /usr/share/games/fortunes/tang300
 
-.PHONY: test demo lint system-deps browser clean
+.PHONY: test demo tiny lint system-deps browser clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -52,6 +52,10 @@ test: system-deps browser $(STAMP)
 
 demo: system-deps $(STAMP)
 	$(PY) -m glm4voice.demo
+
+# The tiny recipe, full size (hours on 2 cores; stop and rerun to continue): runs/tiny/bundle/bundle.
+tiny: system-deps $(STAMP)
+	$(PY) -m glm4voice recipe tiny --out runs/tiny
 
 lint: $(STAMP)
 	$(PY) -m ruff check glm4voice tests benchmarks

@@ -25,8 +25,7 @@ def _run_recipe(args) -> int:
     if args.until is not None and args.until not in names:
         raise Glm4VoiceError(f"--until {args.until!r}: the stages are {', '.join(names)}")
     run_stages(chosen, args.out, until=args.until)
-    print(f"glm4voice recipe: {args.out} (stages written so far: {', '.join(names)}; the rest of the recipe, "
-          "interleaved data to bundle, is not written yet)", file=sys.stderr)  # fmt: skip
+    print(f"glm4voice recipe: {args.out}/bundle/bundle (stages: {', '.join(names)})", file=sys.stderr)
     return 0
 
 

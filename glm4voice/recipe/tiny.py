@@ -1,6 +1,6 @@
 """The tiny recipe: the system trained from nothing on this project's 2-core CPU (issue 14).
 
-Stages so far, each a folder of OUT:
+Stages, each a folder of OUT:
 
     texts      the tiny domain (`data tiny-texts`) and short Debian fortunes -> train / test text manifests
     speech     train texts spoken by every voice with augmentation (answers in the assistant's voice), the
@@ -12,9 +12,13 @@ Stages so far, each a folder of OUT:
     codes      both corpora through that tokenizer (`tokenize-corpus`, Ray Data) -> Parquet shards
     text-tokenizer  a byte-level BPE on the training texts (`train-bpe`), then the speech ids (`extend-vocab`)
     t2t        the text-to-token model from scratch on the assistant's (text, codes) pairs (`train-t2t`)
+    interleaved  the training texts with spans turned into speech codes (`data interleave`), plus the pairs
+    sft-data   spoken (and some typed) training questions -> their answers' text and the assistant's codes
+    pretrain   the LM from scratch on the mixture: text, speech, ASR, TTS, interleaved (`train-lm`)
+    sft        streaming-thoughts fine-tuning on the SFT data (`train-sft`)
+    bundle     tokenizer/, lm/, decoder/, t2t/ in one folder: what `--model-dir` takes
 
-The later stages (interleaved data, LM, streaming-thoughts SFT, the bundle) follow the same pattern and are
-not written yet. `--smoke` runs every stage on a handful of rows in seconds.
+`--smoke` runs every stage on a handful of rows in seconds.
 """
 
 from __future__ import annotations
@@ -56,6 +60,13 @@ class Sizes:
                          ("max_position_embeddings", 1024))  # fmt: skip
     t2t_steps: int = 3000
     t2t_seq_length: int = 512
+    lm_config: tuple = (("hidden_size", 256), ("intermediate_size", 768), ("num_hidden_layers", 6),
+                        ("num_attention_heads", 4), ("num_key_value_heads", 2), ("head_dim", 64),
+                        ("max_position_embeddings", 2048))  # fmt: skip
+    lm_seq_length: int = 1024
+    pretrain_steps: int = 4000
+    sft_steps: int = 2000
+    typed_every: int = 4  # every n-th training question is also a typed one
 
 
 FULL = Sizes(rows=None, fortunes={"en": 2500, "zh": 1500}, max_fortune_chars=160, tokenizer_config=None,
@@ -71,7 +82,11 @@ SMOKE = Sizes(rows=2, fortunes={"en": 1, "zh": 1}, max_fortune_chars=80,
               crop_frames=32, bpe_vocab=300, t2t_steps=2, t2t_seq_length=128,
               t2t_config=(("hidden_size", 32), ("intermediate_size", 64), ("num_hidden_layers", 1),
                           ("num_attention_heads", 2), ("num_key_value_heads", 1), ("head_dim", 16),
-                          ("max_position_embeddings", 256)))  # fmt: skip
+                          ("max_position_embeddings", 256)),
+              lm_config=(("hidden_size", 32), ("intermediate_size", 64), ("num_hidden_layers", 1),
+                         ("num_attention_heads", 2), ("num_key_value_heads", 1), ("head_dim", 16),
+                         ("max_position_embeddings", 2048)),
+              lm_seq_length=512, pretrain_steps=2, sft_steps=2, typed_every=2)  # fmt: skip
 
 
 def _write_rows(path: Path, rows: list[dict]) -> None:
@@ -251,7 +266,104 @@ def t2t(sizes: Sizes):
     return Stage("t2t", run, "the text-to-token model from scratch on the assistant's (text, codes) pairs")
 
 
+def interleaved(sizes: Sizes):
+    def run(folder: Path, done: dict) -> dict:
+        from ..data.interleave import InterleaveOptions, interleave
+
+        report = interleave(done["t2t"]["t2t"], [done["texts"]["train_texts"]], folder / "shards",
+                            InterleaveOptions(seq_length=sizes.lm_seq_length), pairs=[done["codes"]["train"]["shards"]],
+                            progress=False)  # fmt: skip
+        return {"shards": str(folder / "shards"), **{k: v for k, v in report.items() if not isinstance(v, list)}}
+
+    return Stage("interleaved", run, "spans of the training texts turned into speech codes by the t2t model")
+
+
+def sft_data(sizes: Sizes):
+    def run(folder: Path, done: dict) -> dict:
+        from ..data.manifest import parquet_rows, read_manifest
+
+        def codes_of(split: str) -> dict:
+            rows = parquet_rows([Path(done["codes"][split]["shards"])], ("id", "codes"))
+            return {r["id"]: r["codes"] for r in rows if r["codes"]}
+
+        heard, answers = codes_of("train"), codes_of("assistant")
+        turns, n = [], 0
+        for row in read_manifest(done["speech"]["train"]["manifest"]):
+            extra = row.extra
+            if extra.get("role") != "question" or row.id not in heard or extra.get("answer_id") not in answers:
+                continue
+            answer = {"answer_text": extra["answer"], "answer_codes": answers[extra["answer_id"]]}
+            turns.append({"question": {"codes": heard[row.id]}, **answer})
+            n += 1
+            if n % sizes.typed_every == 0:
+                turns.append({"question": {"text": row.text}, **answer})
+        _write_rows(folder / "sft.jsonl", turns)
+        return {"sft": str(folder / "sft.jsonl"), "turns": len(turns)}
+
+    return Stage("sft-data", run, "spoken and typed training questions -> answer text + the assistant's codes")
+
+
+def pretrain(sizes: Sizes):
+    def run(folder: Path, done: dict) -> dict:
+        from ..train.checkpoint import latest_checkpoint
+        from ..train.lm import lm_defaults, train_lm
+
+        train_shards, voice_shards = done["codes"]["train"]["shards"], done["codes"]["assistant"]["shards"]
+        mixture = {"seq_length": sizes.lm_seq_length, "sources": [
+            {"kind": "text", "path": [done["texts"]["train_texts"]], "weight": 0.25},
+            {"kind": "speech", "path": [train_shards], "weight": 0.15},
+            {"kind": "asr", "path": [train_shards], "weight": 0.15},
+            {"kind": "tts", "path": [voice_shards], "weight": 0.15},
+            {"kind": "interleaved", "path": [done["interleaved"]["shards"]], "weight": 0.3}]}  # fmt: skip
+        _write_rows(folder / "mixture.json", [mixture])
+        _write_rows(folder / "glm.json", [dict(sizes.lm_config)])
+        resume = latest_checkpoint(folder / "run")
+        tokenizer_folder = done["text-tokenizer"]["text_tokenizer"]
+        start = {} if resume else {"config": folder / "glm.json", "text_tokenizer": tokenizer_folder}
+        cfg = lm_defaults(steps=sizes.pretrain_steps, lr=1e-3, min_lr=1e-4, batch_size=4, save_every=sizes.save_every,
+                          keep_last=2, warmup_steps=min(200, sizes.pretrain_steps // 10))  # fmt: skip
+        records = train_lm(folder / "mixture.json", folder / "run", cfg, resume=resume, **start)
+        return {"lm": str(folder / "run" / f"step-{sizes.pretrain_steps}"),
+                "loss": records[-1]["loss"] if records else None}  # fmt: skip
+
+    return Stage("pretrain", run, "the LM from scratch on text, speech, ASR, TTS and interleaved samples")
+
+
+def sft(sizes: Sizes):
+    def run(folder: Path, done: dict) -> dict:
+        from ..train.checkpoint import latest_checkpoint
+        from ..train.config import RunConfig
+        from ..train.sft import train_sft
+
+        cfg = RunConfig(steps=sizes.sft_steps, lr=3e-4, min_lr=3e-5, batch_size=4, save_every=sizes.save_every,
+                        keep_last=2, warmup_steps=min(100, sizes.sft_steps // 10))  # fmt: skip
+        records = train_sft(done["pretrain"]["lm"], done["sft-data"]["sft"], folder / "run", cfg,
+                            max_length=sizes.lm_seq_length, resume=latest_checkpoint(folder / "run"))  # fmt: skip
+        return {"lm": str(folder / "run" / f"step-{sizes.sft_steps}"), "loss": records[-1]["loss"] if records else None}
+
+    return Stage("sft", run, "streaming-thoughts fine-tuning: spoken and typed questions -> interleaved answers")
+
+
+def bundle(sizes: Sizes):
+    def run(folder: Path, done: dict) -> dict:
+        import shutil
+
+        from ..chat import VoiceChat
+
+        parts = {"tokenizer": done["tokenizer"]["released"], "lm": done["sft"]["lm"],
+                 "decoder": done["decoder"]["decoder"], "t2t": done["t2t"]["t2t"]}  # fmt: skip
+        target = folder / "bundle"
+        shutil.rmtree(target, ignore_errors=True)  # an interrupted copy starts over
+        for name, source in parts.items():
+            shutil.copytree(source, target / name, ignore=shutil.ignore_patterns("trainer_state.pt", "adapter"))
+        VoiceChat.from_pretrained(model_dir=target)  # it loads as `--model-dir` will load it
+        megabytes = sum(f.stat().st_size for f in target.rglob("*") if f.is_file()) / 2**20
+        return {"bundle": str(target), "megabytes": round(megabytes, 1)}
+
+    return Stage("bundle", run, "tokenizer/, lm/, decoder/, t2t/ in one folder (what --model-dir takes)")
+
+
 def stages(smoke: bool = False) -> list[Stage]:
     sizes = SMOKE if smoke else FULL
     return [texts(sizes), speech(sizes), tokenizer(sizes), decoder(sizes), codes(sizes), text_tokenizer(sizes),
-            t2t(sizes)]  # fmt: skip
+            t2t(sizes), interleaved(sizes), sft_data(sizes), pretrain(sizes), sft(sizes), bundle(sizes)]  # fmt: skip

@@ -18,7 +18,8 @@ def espeak_clip():
 def test_smoke_recipe_runs_skips_and_resumes(tmp_path, capsys):
     out = tmp_path / "tiny"
     assert main(["recipe", "tiny", "--smoke", "--out", str(out)]) == 0
-    names = ("texts", "speech", "tokenizer", "decoder", "codes", "text-tokenizer", "t2t")
+    names = ("texts", "speech", "tokenizer", "decoder", "codes", "text-tokenizer", "t2t", "interleaved", "sft-data",
+             "pretrain", "sft", "bundle")  # fmt: skip
     done = {s: json.loads((out / s / "done.json").read_text()) for s in names}
     assert done["texts"]["test_rows"] > 0 and done["texts"]["fortunes"] == {"en": 1, "zh": 1}
     assert done["speech"]["train"]["failed"] == 0 and done["speech"]["test"]["rows"] > 0
@@ -36,6 +37,14 @@ def test_smoke_recipe_runs_skips_and_resumes(tmp_path, capsys):
 
     codes = TextToToken.from_pretrained(done["t2t"]["t2t"]).generate(["hello"], T2TConfig(seed=0))[0]
     assert all(0 <= c < 32 for c in codes)
+    assert done["interleaved"]["shards"] and done["sft-data"]["turns"] > 0
+    # the bundle chats: a spoken question in, text and speech out (random-ish weights: what it says is noise)
+    from glm4voice.chat import VoiceChat
+    from glm4voice.lm.generate import SamplingConfig
+
+    chat = VoiceChat.from_pretrained(model_dir=done["bundle"]["bundle"], sampling=SamplingConfig(max_new_tokens=30))
+    reply = chat.reply(espeak_clip())
+    assert reply.n_ids > 0 and done["bundle"]["megabytes"] > 0
     log = capsys.readouterr().out
     assert '"state": "finished"' in log
     # again: every stage is done
@@ -54,4 +63,5 @@ def test_until_and_bad_stage(tmp_path, capsys):
     assert main(["recipe", "tiny", "--smoke", "--out", str(tmp_path / "t"), "--until", "texts"]) == 0
     assert (tmp_path / "t" / "texts" / "done.json").is_file() and not (tmp_path / "t" / "speech").exists()
     assert main(["recipe", "tiny", "--smoke", "--out", str(tmp_path / "t"), "--until", "nope"]) == 2
-    assert "the stages are texts, speech, tokenizer, decoder, codes, text-tokenizer, t2t" in capsys.readouterr().err
+    assert "the stages are texts, speech, tokenizer, decoder, codes, text-tokenizer, t2t, interleaved" in \
+        capsys.readouterr().err
