@@ -60,14 +60,22 @@ def evaluate(model_dir, suites: list[str], manifest, out, limit: int | None = No
 
 
 def _first_of_each(rows, limit: int):
-    """Up to `limit` rows of each (role, task, lang), so a short run still sees every kind."""
+    """Up to `limit` rows of each (role, task, lang), so a short run still sees every kind; rows sharing a
+    `pair` (a story's two endings) count as one and stay together."""
     seen: dict = {}
+    kept_pairs: set = set()
     keep = []
     for r in rows:
+        pair = r.extra.get("pair")
+        if pair is not None and pair in kept_pairs:
+            keep.append(r)
+            continue
         k = (r.extra.get("role"), r.extra.get("task"), r.lang)
         if seen.get(k, 0) < limit:
             seen[k] = seen.get(k, 0) + 1
             keep.append(r)
+            if pair is not None:
+                kept_pairs.add(pair)
     return keep
 
 

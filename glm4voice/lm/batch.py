@@ -60,8 +60,9 @@ class ReplyBatch:
             layers.append((k, v))
         row_mask = torch.zeros(1, width, dtype=torch.long, device=device)
         row_mask[:, width - length :] = 1
-        self.mask = row_mask if not self.rows else torch.cat([_left_pad(self.mask, width), row_mask])
-        self.cache = self._new_cache(layers)
+        mask = row_mask if not self.rows else torch.cat([_left_pad(self.mask, width), row_mask])
+        cache = self._new_cache(layers)
+        self.mask, self.cache = mask, cache  # only now: a failure above leaves the batch as it was
         self.rows.append(reply)
         self.lengths.append(length)
         reply.conv.cache = self._cache_cls(config=self.lm.config)  # empty while its ids live here
@@ -73,19 +74,21 @@ class ReplyBatch:
         layers = self._layers(self.cache)
         width = self.mask.shape[1]
         mine = slice(width - length, width)
-        reply.conv.cache = self._new_cache([(k[i : i + 1, :, mine].clone(), v[i : i + 1, :, mine].clone())
-                                            for k, v in layers])  # fmt: skip
+        own = self._new_cache([(k[i : i + 1, :, mine].clone(), v[i : i + 1, :, mine].clone())
+                               for k, v in layers])  # fmt: skip
+        rest = [n for n in range(len(self.rows)) if n != i]
+        if rest:
+            new_width = max(self.lengths[n] for n in rest)  # columns every remaining row pads can go
+            index = torch.tensor(rest, device=self.mask.device)
+            cols = slice(width - new_width, width)
+            mask = self.mask.index_select(0, index)[:, cols]
+            cache = self._new_cache([(k.index_select(0, index)[:, :, cols], v.index_select(0, index)[:, :, cols])
+                                     for k, v in layers])  # fmt: skip
+        else:
+            mask, cache = None, None
+        # only now, all at once: a failure above leaves the batch as it was
+        reply.conv.cache, self.mask, self.cache = own, mask, cache
         del self.rows[i], self.lengths[i]
-        if not self.rows:
-            self.cache, self.mask = None, None
-            return
-        keep = [n for n in range(len(self.rows) + 1) if n != i]
-        new_width = max(self.lengths)  # columns every remaining row pads can go
-        index = torch.tensor(keep, device=self.mask.device)
-        cols = slice(width - new_width, width)
-        self.mask = self.mask.index_select(0, index)[:, cols]
-        self.cache = self._new_cache([(k.index_select(0, index)[:, :, cols], v.index_select(0, index)[:, :, cols])
-                                      for k, v in layers])  # fmt: skip
 
     @torch.inference_mode()
     def step(self) -> None:
@@ -93,9 +96,10 @@ class ReplyBatch:
         device = self.mask.device
         ids = torch.tensor([[r.last_id] for r in self.rows], device=device)
         positions = torch.tensor([[n] for n in self.lengths], device=device)
-        self.mask = torch.cat([self.mask, torch.ones(len(self.rows), 1, dtype=torch.long, device=device)], dim=1)
-        out = self.lm(input_ids=ids, attention_mask=self.mask, position_ids=positions, cache=self.cache,
+        mask = torch.cat([self.mask, torch.ones(len(self.rows), 1, dtype=torch.long, device=device)], dim=1)
+        out = self.lm(input_ids=ids, attention_mask=mask, position_ids=positions, cache=self.cache,
                       use_cache=True, logits_to_keep=1)  # fmt: skip
+        self.mask = mask  # after the forward: a failed step must not widen the mask (the caches did not grow)
         logits = out.logits[:, -1]
         for n, reply in enumerate(self.rows):
             reply.logits = logits[n]

@@ -17,6 +17,8 @@ Stages, each a folder of OUT:
     pretrain   the LM from scratch on the mixture: text, speech, ASR, TTS, interleaved (`train-lm`)
     sft        streaming-thoughts fine-tuning on the SFT data (`train-sft`)
     bundle     tokenizer/, lm/, decoder/, t2t/ in one folder: what `--model-dir` takes
+    eval       `glm4voice eval` of the bundle on the test split (held-out questions and stories, held-out
+               voice settings), the ASR suite on the tokenizer's ASR-layout checkpoint
 
 `--smoke` runs every stage on a handful of rows in seconds.
 """
@@ -67,6 +69,8 @@ class Sizes:
     pretrain_steps: int = 4000
     sft_steps: int = 2000
     typed_every: int = 4  # every n-th training question is also a typed one
+    eval_suites: tuple = ("asr", "recon", "tts", "qa", "cloze", "rate", "latency")
+    eval_limit: int | None = None
 
 
 FULL = Sizes(rows=None, fortunes={"en": 2500, "zh": 1500}, max_fortune_chars=160, tokenizer_config=None,
@@ -86,7 +90,8 @@ SMOKE = Sizes(rows=2, fortunes={"en": 1, "zh": 1}, max_fortune_chars=80,
               lm_config=(("hidden_size", 32), ("intermediate_size", 64), ("num_hidden_layers", 1),
                          ("num_attention_heads", 2), ("num_key_value_heads", 1), ("head_dim", 16),
                          ("max_position_embeddings", 2048)),
-              lm_seq_length=512, pretrain_steps=2, sft_steps=2, typed_every=2)  # fmt: skip
+              lm_seq_length=512, pretrain_steps=2, sft_steps=2, typed_every=2, eval_suites=("asr", "cloze"),
+              eval_limit=1)  # fmt: skip
 
 
 def _write_rows(path: Path, rows: list[dict]) -> None:
@@ -118,7 +123,8 @@ def texts(sizes: Sizes):
         write_tiny_texts(folder / "domain.jsonl")
         rows = [json.loads(line) for line in (folder / "domain.jsonl").read_text(encoding="utf-8").splitlines()]
         train = _first([r for r in rows if r.get("split", "train") == "train"], sizes.rows)
-        test = _first([r for r in rows if r.get("role") == "question" and r.get("split") == "test"], sizes.rows)
+        test = _first([r for r in rows if r.get("role") in ("question", "story") and r.get("split") == "test"],
+                      sizes.rows)  # fmt: skip
         counts = {lang: 0 for lang in sizes.fortunes}
         for doc in documents(fortunes=True, langs=tuple(sizes.fortunes)):
             if counts[doc.lang] < sizes.fortunes[doc.lang] and len(doc.text) <= sizes.max_fortune_chars:
@@ -363,7 +369,28 @@ def bundle(sizes: Sizes):
     return Stage("bundle", run, "tokenizer/, lm/, decoder/, t2t/ in one folder (what --model-dir takes)")
 
 
+def evaluation(sizes: Sizes):
+    def run(folder: Path, done: dict) -> dict:
+        from ..eval import evaluate
+
+        view = folder / "model"  # the bundle, with the tokenizer's ASR-layout checkpoint (what `asr` needs)
+        view.mkdir(exist_ok=True)
+        sources = {"tokenizer": done["tokenizer"]["asr"], **{p: Path(done["bundle"]["bundle"]) / p
+                                                              for p in ("lm", "decoder", "t2t")}}  # fmt: skip
+        for name, source in sources.items():
+            if not (view / name).exists():
+                (view / name).symlink_to(Path(source).resolve(), target_is_directory=True)
+        results = evaluate(view, list(sizes.eval_suites), done["speech"]["test"]["manifest"], folder / "report",
+                           limit=sizes.eval_limit)  # fmt: skip
+        return {"report": str(folder / "report" / "results.md"),
+                "figures": {suite: {k: v for k, v in f.items() if not isinstance(v, list)}
+                            for suite, f in results["suites"].items()}}  # fmt: skip
+
+    return Stage("eval", run, "glm4voice eval of the bundle on the held-out test split")
+
+
 def stages(smoke: bool = False) -> list[Stage]:
     sizes = SMOKE if smoke else FULL
     return [texts(sizes), speech(sizes), tokenizer(sizes), decoder(sizes), codes(sizes), text_tokenizer(sizes),
-            t2t(sizes), interleaved(sizes), sft_data(sizes), pretrain(sizes), sft(sizes), bundle(sizes)]  # fmt: skip
+            t2t(sizes), interleaved(sizes), sft_data(sizes), pretrain(sizes), sft(sizes), bundle(sizes),
+            evaluation(sizes)]  # fmt: skip

@@ -112,6 +112,8 @@ class _Connection:
         self.stop = threading.Event()
         self.input_codes = 0
         self.cut_off = False
+        self.holding = False  # the reply is paused: it resumes when the backlog is down to half the limit
+        self.task: asyncio.Task | None = None
 
     def put(self, item) -> None:
         """Queue an item to send (on the event loop)."""
@@ -122,11 +124,21 @@ class _Connection:
     def full(self) -> bool:
         return self.backlog >= self.server.send_limit
 
+    def paused(self) -> bool:
+        """Whether the reply should wait for this client (with hysteresis: pause at the limit, go on at half,
+        so a client reading just slower than the LM writes does not make the batch re-pack every step)."""
+        if self.backlog >= self.server.send_limit:
+            self.holding = True
+        elif self.backlog <= self.server.send_limit // 2:
+            self.holding = False
+        return self.holding
+
     def _counted(self, change: int) -> None:
         with self.count:
             self.backlog += change
 
     async def run(self) -> None:
+        self.task = asyncio.current_task()
         sender = asyncio.create_task(self._send_loop())
         watchdog = asyncio.create_task(self._watch())
         self._counted(1)
@@ -146,7 +158,7 @@ class _Connection:
                 except Glm4VoiceError as exc:  # bad input costs only that message
                     self._counted(1)
                     self.put({"type": "error", "message": str(exc)})
-        except (WebSocketDisconnect, RuntimeError):
+        except (WebSocketDisconnect, RuntimeError, asyncio.CancelledError):  # gone, or cut off
             pass
         finally:
             self.stop.set()  # a reply still running ends at its next id
@@ -175,6 +187,8 @@ class _Connection:
                     await asyncio.wait_for(self.ws.close(code=1008, reason="not reading: cut off"), timeout=5)
                 except Exception:  # the socket is stuck: the server forgets it all the same
                     pass
+                if self.task is not None:
+                    self.task.cancel()  # the connection ends here: no more turns, its conversation is freed
                 return
 
     async def _send_loop(self) -> None:
@@ -247,8 +261,10 @@ class _Connection:
             self._counted(1)
             loop.call_soon_threadsafe(deliver, item)
 
+        if self.cut_off:
+            raise ProtocolError("this connection was cut off for not reading")
         job = self.session.job(emit, stop, **turn)
-        job.paused = self.full
+        job.paused = self.paused
         try:
             place = self.server.scheduler.submit(job)
         except Busy as exc:  # the queue is full: this turn is refused, the connection stays

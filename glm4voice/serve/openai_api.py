@@ -26,6 +26,7 @@ import base64
 import binascii
 import hashlib
 import json
+import math
 import threading
 import time
 import uuid
@@ -52,7 +53,8 @@ class ApiError(Glm4VoiceError):
         self.status, self.param, self.code = status, param, code
 
     def response(self) -> JSONResponse:
-        kind = {401: "authentication_error", 404: "invalid_request_error"}.get(self.status, "invalid_request_error")
+        kind = {401: "authentication_error"}.get(self.status, "server_error" if self.status >= 500 else
+                                                   "invalid_request_error")  # fmt: skip
         body = {"error": {"message": str(self), "type": kind, "param": self.param, "code": self.code}}
         return JSONResponse(body, status_code=self.status)
 
@@ -168,8 +170,10 @@ def _sampling(body: dict, limit: int) -> dict:
         value = body.get(name)
         if value is None:
             continue
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and value != int(value)):
-            raise ApiError(f"{name} must be a number" + (" (an integer)" if kind is int else ""), param=name)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or (
+            kind is int and value != int(value)
+        ):
+            raise ApiError(f"{name} must be a finite number" + (" (an integer)" if kind is int else ""), param=name)
         out.setdefault(key, kind(value))
     if "temperature" in out and out["temperature"] > 2:
         raise ApiError("temperature lies in 0..2", param="temperature")
@@ -274,10 +278,10 @@ def prepare(server, state: ApiState, req: Completion):
     return chat, last, sampling
 
 
-async def run_completion(server, state: ApiState, req: Completion, prepared, stop: threading.Event):
-    """The request's items as the scheduler runs it (`prepared`: what `prepare` returned): ("text", str),
-    ("audio", float32 array), then ("done", dict of reason, expires_at, usage, sample_rate) or ("error",
-    ApiError)."""
+def submit_completion(server, state: ApiState, req: Completion, prepared, stop: threading.Event) -> asyncio.Queue:
+    """Put the request on the scheduler now (ApiError 503 when it is full); its items arrive in the returned
+    queue: ("text", str), ("audio", float32 array), then ("done", dict of reason, expires_at, usage,
+    sample_rate) or ("error", ApiError), and ("end", None) last. Called on the event loop."""
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue = asyncio.Queue()
 
@@ -291,7 +295,9 @@ async def run_completion(server, state: ApiState, req: Completion, prepared, sto
         if isinstance(event, tuple):
             kind, value = event
             if kind == "error":
-                put(("error", value if isinstance(value, ApiError) else ApiError(str(value), 500)))
+                if not isinstance(value, ApiError):  # a bug is the server's (500), a turn it cannot take is 400
+                    value = ApiError(str(value), 500 if str(value).startswith("internal error") else 400)
+                put(("error", value))
             if kind in ("error", "cancelled"):
                 put(("end", None))
         elif isinstance(event, TextEvent) and event.text:
@@ -312,6 +318,10 @@ async def run_completion(server, state: ApiState, req: Completion, prepared, sto
         server.scheduler.submit(job)
     except Busy as exc:
         raise ApiError(str(exc), 503, code="server_busy") from None
+    return queue
+
+
+async def items_of(queue: asyncio.Queue):
     while True:
         item = await queue.get()
         if item[0] == "end":
@@ -362,26 +372,38 @@ def add_openai_routes(app, server) -> None:
         except ApiError as exc:
             return exc.response()
         head = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": server.model_name}
+        stop = threading.Event()
+        try:
+            queue = submit_completion(server, state, req, prepared, stop)
+        except ApiError as exc:  # busy: 503 before any byte of a stream, so clients back off and retry
+            return exc.response()
         if req.stream:
-            return StreamingResponse(_stream(server, state, req, prepared, head), media_type="text/event-stream")
-        return await _complete(server, state, req, prepared, head)
+            return StreamingResponse(_stream(server, req, queue, stop, head), media_type="text/event-stream")
+        return await _complete(server, req, queue, stop, head, request)
 
 
 def _no_constant(name: str):
     raise ApiError(f"the body is not JSON: {name} is not a JSON number")
 
 
-async def _complete(server, state: ApiState, req: Completion, prepared, head: dict):
+async def _complete(server, req: Completion, queue: asyncio.Queue, stop: threading.Event, head: dict, request):
     items: dict[str, list] = {"text": [], "audio": [], "done": [], "error": []}
-    stop = threading.Event()
+
+    async def watch() -> None:  # a client that leaves stops its reply at the next id
+        while not stop.is_set():
+            if await request.is_disconnected():
+                stop.set()
+                return
+            await asyncio.sleep(0.5)
+
+    watcher = asyncio.create_task(watch())
     server.metrics.conversations.inc()
     try:
-        async for kind, value in run_completion(server, state, req, prepared, stop):
+        async for kind, value in items_of(queue):
             items[kind].append(value)
-    except ApiError as exc:
-        return exc.response()
     finally:
-        stop.set()  # the client went away mid-reply: it ends at its next id
+        stop.set()
+        watcher.cancel()
         server.metrics.conversations.dec()
     if items["error"]:
         return items["error"][0].response()
@@ -401,7 +423,7 @@ async def _complete(server, state: ApiState, req: Completion, prepared, head: di
             "usage": end["usage"]}  # fmt: skip
 
 
-async def _stream(server, state: ApiState, req: Completion, prepared, head: dict):
+async def _stream(server, req: Completion, queue: asyncio.Queue, stop: threading.Event, head: dict):
     """Server-sent events: the reply's items as OpenAI's chunks, then `data: [DONE]`."""
 
     def chunk(delta: dict, finish: str | None = None) -> str:
@@ -412,14 +434,13 @@ async def _stream(server, state: ApiState, req: Completion, prepared, head: dict
     def error(exc: ApiError) -> str:
         return f"data: {json.dumps({'error': {'message': str(exc), 'type': 'invalid_request_error'}})}\n\n"
 
-    stop = threading.Event()
     spoken = req.audio_format is not None
     resampler = StreamResampler(int(server.output_sample_rate), PCM16_RATE) if spoken else None
     server.metrics.conversations.inc()
     try:
         yield chunk({"role": "assistant", "content": None if spoken else ""})
         try:
-            async for kind, value in run_completion(server, state, req, prepared, stop):
+            async for kind, value in items_of(queue):
                 if kind == "text":
                     yield chunk({"audio": {"id": req.audio_id, "transcript": value}} if spoken else {"content": value})
                 elif kind == "audio":

@@ -62,19 +62,22 @@ class Scheduler:
         """Queue a job; returns its place (0: it starts at the next step). Busy when the queue is full."""
         with self.wake:
             if self.closed:
-                raise Glm4VoiceError("the server is shutting down")
-            free = self.max_active - len(self.active) - len(self.waiting)
-            if free <= 0 and len(self.waiting) >= self.max_queue:
+                raise Busy("the server is shutting down")
+            if self._queued() >= self.max_queue:
                 raise Busy(f"the server is busy ({self.max_active} replies running, {self.max_queue} waiting): "
                            "try again shortly")  # fmt: skip
             self.waiting.append(job)
-            position = max(0, len(self.waiting) - max(0, self.max_active - len(self.active)))
+            position = self._queued()
             self._gauge()
-            if self.thread is None:
+            if self.thread is None or not self.thread.is_alive():
                 self.thread = threading.Thread(target=self._run, name="glm4voice-scheduler", daemon=True)
                 self.thread.start()
             self.wake.notify()
         return position
+
+    def _queued(self) -> int:
+        """Jobs that wait for a place (not those about to take a free one)."""
+        return max(0, len(self.waiting) - max(0, self.max_active - len(self.active)))
 
     def busy(self) -> bool:
         with self.wake:
@@ -91,7 +94,7 @@ class Scheduler:
 
     def _gauge(self) -> None:
         if self.metrics is not None:
-            self.metrics.queue.set(max(0, len(self.waiting) - max(0, self.max_active - len(self.active))))
+            self.metrics.queue.set(self._queued())
 
     def _run(self) -> None:
         while True:
@@ -100,35 +103,46 @@ class Scheduler:
                     self.wake.wait()
                 if self.closed:
                     return
-            self._admit_waiting()
             try:
+                self._admit_waiting()
                 if not self._one_id():
                     time.sleep(0.01)  # every active reply waits for its reader: nothing to compute
-            except Exception as exc:  # a bug in a batched step: every active reply fails, the server goes on
-                log.exception("batched step failed")
+            except Exception as exc:  # a bug, or out of memory: every active reply fails, the server goes on
+                log.exception("a scheduler step failed")
                 self._fail_all(exc)
             # (helpers keep the jobs in their own frames: while this thread waits, it holds no finished job)
 
     def _fail_all(self, exc: Exception) -> None:
+        """Every active reply ends with an error; their conversations' caches start over (the batch may be
+        half-updated, so nothing is sliced out of it: the next turn's prefill runs the whole history)."""
         for job in list(self.active):
-            self._fail(job, Glm4VoiceError(f"internal error: {type(exc).__name__}: {exc}"))
+            if job.turn is not None and job.turn.reply is not None:
+                conv = job.turn.reply.conv
+                conv.cache = conv._cache_cls(config=conv.lm.config)
+            self._drop(job)
+            job.emit(("error", Glm4VoiceError(f"internal error: {type(exc).__name__}: {exc}")))
         self.batch = type(self.batch)(self.batch.lm)
 
     def _admit_waiting(self) -> None:
         with self.wake:
+            cancelled = [job for job in self.waiting if job.stop.is_set()]  # stopped or gone while waiting
+            for job in cancelled:
+                self.waiting.remove(job)
             joining = []
             while self.waiting and len(self.active) < self.max_active:
                 joining.append(self.waiting.popleft())
                 self.active.append(joining[-1])  # counted as running from now: its place is taken
-            if joining:
+            if joining or cancelled:
                 for place, job in enumerate(self.waiting, start=1):  # the queue moved: tell who waits where
                     job.emit(("queued", place))
             self._gauge()
+        for job in cancelled:
+            job.emit(("cancelled", None))
         for job in joining:
             self._admit(job)
 
     def _admit(self, job: Job) -> None:
-        if job.stop.is_set():  # stopped (or gone) while it waited: nothing was started
+        if job.stop.is_set():  # stopped in the moment it was admitted: nothing was started
             self._drop(job)
             job.emit(("cancelled", None))
             return
@@ -136,15 +150,17 @@ class Scheduler:
             job.turn = job.start()
             job.emit(job.turn.user_event)
             job.turn.prefill()
+            job.turn.defer_audio = True  # its chunks are decoded with the others' (`_decode`)
+            self.batch.join(job.turn.reply)
         except Exception as exc:
             if not isinstance(exc, Glm4VoiceError):
                 log.exception("starting a turn failed")
                 exc = Glm4VoiceError(f"internal error: {type(exc).__name__}: {exc}")
+            if job.turn is not None and job.turn.reply is not None:  # its cache may be half-made: start over
+                conv = job.turn.reply.conv
+                conv.cache = conv._cache_cls(config=conv.lm.config)
             self._drop(job)
             job.emit(("error", exc))
-            return
-        job.turn.defer_audio = True  # its chunks are decoded with the others' (`_decode`)
-        self.batch.join(job.turn.reply)
 
     def _drop(self, job: Job) -> None:
         with self.wake:
@@ -158,16 +174,19 @@ class Scheduler:
         Returns whether any reply moved."""
         moved = False
         for job in list(self.active):
-            if job.paused is not None and job.paused() and not job.stop.is_set():
+            if job.turn is None or job.turn.reply is None:
+                continue
+            stopping = job.stop.is_set()
+            if not stopping and job.paused is not None and job.paused():
                 if job.turn.reply in self.batch:
                     self.batch.leave(job.turn.reply)
                 continue
-            if job.turn.reply not in self.batch:
+            if not stopping and job.turn.reply not in self.batch:
                 self.batch.join(job.turn.reply)
             moved = True
             try:
                 turn = job.turn
-                events = turn.interrupt() if job.stop.is_set() else turn.advance(turn.sample())
+                events = turn.interrupt() if stopping else turn.advance(turn.sample())
             except Exception as exc:
                 if not isinstance(exc, Glm4VoiceError):
                     log.exception("a reply failed")
@@ -189,15 +208,23 @@ class Scheduler:
         return moved
 
     def _decode(self) -> None:
-        """The decoder chunks that fell due this step, of every reply at once (same shapes: one flow solve)."""
+        """The decoder chunks that fell due this step, of every reply at once (same shapes: one flow solve).
+        If that fails, only those replies fail."""
         from ..decoder.streaming import decode_due
 
         due = [job for job in self.active if job.turn is not None and job.turn.stream is not None
                and not job.turn.done and job.turn.stream.due()]  # fmt: skip
         if not due:
             return
-        for job, audio in zip(due, decode_due([job.turn.stream for job in due])):
-            for event in job.turn.audio(audio):
+        try:
+            audio = decode_due([job.turn.stream for job in due])
+        except Exception as exc:
+            log.exception("decoding failed")
+            for job in due:
+                self._fail(job, Glm4VoiceError(f"internal error: {type(exc).__name__}: {exc}"))
+            return
+        for job, piece in zip(due, audio):
+            for event in job.turn.audio(piece):
                 job.emit(event)
 
     def _leave(self, job: Job) -> None:

@@ -19,7 +19,7 @@ def test_smoke_recipe_runs_skips_and_resumes(tmp_path, capsys):
     out = tmp_path / "tiny"
     assert main(["recipe", "tiny", "--smoke", "--out", str(out)]) == 0
     names = ("texts", "speech", "tokenizer", "decoder", "codes", "text-tokenizer", "t2t", "interleaved", "sft-data",
-             "pretrain", "sft", "bundle")  # fmt: skip
+             "pretrain", "sft", "bundle", "eval")  # fmt: skip
     done = {s: json.loads((out / s / "done.json").read_text()) for s in names}
     assert done["texts"]["test_rows"] > 0 and done["texts"]["fortunes"] == {"en": 1, "zh": 1}
     assert done["speech"]["train"]["failed"] == 0 and done["speech"]["test"]["rows"] > 0
@@ -45,6 +45,9 @@ def test_smoke_recipe_runs_skips_and_resumes(tmp_path, capsys):
     chat = VoiceChat.from_pretrained(model_dir=done["bundle"]["bundle"], sampling=SamplingConfig(max_new_tokens=30))
     reply = chat.reply(espeak_clip())
     assert reply.n_ids > 0 and done["bundle"]["megabytes"] > 0
+    figures = done["eval"]["figures"]  # the report on the held-out split (random-ish models: poor figures)
+    assert "wer_en" in figures["asr"] and "t2t" in figures["cloze"]
+    assert (out / "eval" / "report" / "results.md").is_file()
     log = capsys.readouterr().out
     assert '"state": "finished"' in log
     # again: every stage is done

@@ -168,6 +168,9 @@ def test_bad_requests_get_openai_shaped_errors(template, body, status, message):
         assert message in error["message"] and error["type"] == "invalid_request_error"
         bad = c.post("/v1/chat/completions", content=b'{"model": NaN}', headers={"content-type": "application/json"})
         assert bad.status_code == 400 and "not JSON" in bad.json()["error"]["message"]
+        huge = b'{"model": "glm-4-voice", "messages": [{"role": "user", "content": "x"}], "seed": 1e400}'
+        r = c.post("/v1/chat/completions", content=huge, headers={"content-type": "application/json"})
+        assert r.status_code == 400 and "finite" in r.json()["error"]["message"]  # JSON reads 1e400 as inf
 
 
 def test_a_client_leaving_a_stream_frees_the_models(api):

@@ -93,10 +93,10 @@ def test_stop_while_queued_ends_the_turn_before_it_starts(template):
                 b.send_json({"type": "text", "text": "never mind", "max_new_tokens": 5})
                 assert recv(b)["type"] == "queued"
                 b.send_json({"type": "stop"})
+                done = until_done(b)  # at once, while a still holds the only place
+                assert done == [{"type": "done", "text": "", "reason": "interrupted", "audio_seconds": 0.0}]
                 a.send_json({"type": "stop"})
                 assert until_done(a)[-1]["reason"] == "interrupted"
-                done = until_done(b)
-                assert done == [{"type": "done", "text": "", "reason": "interrupted", "audio_seconds": 0.0}]
                 b.send_json({"type": "text", "text": "now then", "max_new_tokens": 5})
                 events = until_done(b)
                 assert events[0] == {"type": "user", "text": "now then"}  # the stopped turn left no trace
@@ -112,3 +112,25 @@ def test_bad_limits_and_closed_scheduler(template):
     with pytest.raises(Exception, match="shutting down"):
         s.submit(Job(start=lambda: None, emit=lambda e: None))
     assert issubclass(Busy, Exception)
+
+
+def test_a_failed_step_fails_its_replies_and_the_server_goes_on(template, monkeypatch):
+    """A batched step that raises (out of memory, a bug): every reply in it ends with an error, their
+    conversations' caches start over (nothing half-updated is kept), and the next turns work."""
+    server = ChatServer(template, max_active=8)
+    step, calls = server.scheduler.batch.step, [0]
+
+    def failing_once():
+        calls[0] += 1
+        if calls[0] == 3:
+            raise RuntimeError("simulated out of memory")
+        step()
+
+    monkeypatch.setattr(server.scheduler.batch, "step", failing_once)
+    try:
+        first = run_jobs(server, TEXTS[:2])
+        assert all(isinstance(r, tuple) and "simulated out of memory" in str(r[1]) for r in first)
+        again = run_jobs(server, TEXTS[:2])  # the scheduler is alive, with a fresh batch
+        assert all(isinstance(r, Reply) and r.n_ids == 20 for r in again)
+    finally:
+        server.close()
