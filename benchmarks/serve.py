@@ -171,9 +171,9 @@ def main() -> None:
     bundle = make_bundle(ROOT / "out" / "bench-serve" / "bundle", ROOT / "tests" / "golden")
     sampling = SamplingConfig(temperature=0, stop_ids=(), max_new_tokens=args.tokens)
     chat = VoiceChat.from_pretrained(model_dir=bundle, sampling=sampling, stream_options={"n_steps": 10})
-    from benchmarks.machine import cpu_info
+    from benchmarks.machine import cpu_info, matmul_peak
 
-    print(f"cpu: {cpu_info()}")
+    print(f"cpu: {cpu_info()}; fp32 matmul peak {matmul_peak() / 1e9:.0f} GFLOP/s (this run)")
     if args.clients:
         print(f"many users: typed turns of {args.tokens} reply ids (10 flow steps), {args.turns} per client")
         for n in [int(x) for x in args.clients.split(",")]:

@@ -176,8 +176,18 @@ def tokenizer(sizes: Sizes):
         cfg = RunConfig(steps=sizes.tokenizer_steps, lr=sizes.lr, min_lr=sizes.lr / 10, weight_decay=0.0,
                         warmup_steps=min(500, sizes.tokenizer_steps // 10), save_every=sizes.save_every,
                         keep_last=2)  # fmt: skip
+        # validation on up to 8 test questions of each (language, task): every task, in minutes, not the
+        # whole test split at every check (the eval stage scores all of it)
+        test = [json.loads(line) for line in Path(done["speech"]["test"]["manifest"]).read_text().splitlines()]
+        valid, seen = [], {}
+        for row in test:
+            key = (row.get("lang"), row.get("task"), row.get("role"))
+            if row.get("role") == "question" and seen.get(key, 0) < 8:
+                seen[key] = seen.get(key, 0) + 1
+                valid.append({**row, "audio": str(Path(done["speech"]["test"]["manifest"]).parent / row["audio"])})
+        _write_rows(folder / "valid.jsonl", valid)
         records = train_tokenizer(done["speech"]["train"]["manifest"], folder / "run", cfg, config=config,
-                                  valid=done["speech"]["test"]["manifest"], eval_every=sizes.eval_every,
+                                  valid=folder / "valid.jsonl", eval_every=sizes.eval_every,
                                   batch_seconds=sizes.batch_seconds, vocab_size=sizes.vocab_size,
                                   vq_warmup=sizes.vq_warmup, resume=latest_checkpoint(folder / "run"))  # fmt: skip
         last = records[-1] if records else {}
