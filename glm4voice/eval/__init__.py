@@ -49,12 +49,10 @@ def evaluate(model_dir, suites: list[str], manifest, out, limit: int | None = No
         results["suites"][name] = figures
         log(json.dumps({"suite": name, **{k: v for k, v in figures.items() if not isinstance(v, list)}},
                        ensure_ascii=False))  # fmt: skip
-    from ..atomic import atomic_path
+    from ..atomic import write_text
 
-    with atomic_path(out / "results.json") as tmp:
-        Path(tmp).write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    with atomic_path(out / "results.md") as tmp:
-        Path(tmp).write_text(table(results), encoding="utf-8")
+    write_text(out / "results.json", json.dumps(results, indent=2, ensure_ascii=False) + "\n")
+    write_text(out / "results.md", table(results))
     plots(results, out)
     return results
 

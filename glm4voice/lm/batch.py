@@ -65,7 +65,7 @@ class ReplyBatch:
         self.mask, self.cache = mask, cache  # only now: a failure above leaves the batch as it was
         self.rows.append(reply)
         self.lengths.append(length)
-        reply.conv.cache = self._cache_cls(config=self.lm.config)  # empty while its ids live here
+        reply.conv.drop_cache()  # empty while its ids live here
 
     def leave(self, reply: ReplyState) -> None:
         """Remove a reply; its conversation gets its own cache back (its real columns only)."""

@@ -159,11 +159,15 @@ class Conversation:
     def cached(self) -> int:
         return self.cache.get_seq_length()
 
+    def drop_cache(self) -> None:
+        """Forget the keys/values (the ids stay): the next prefill runs the whole history once."""
+        self.cache = self._cache_cls(config=self.lm.config)
+
     def reset(self) -> None:
         self.dropped_turns = 0
         self.ids.clear()
         self.turns.clear()
-        self.cache = self._cache_cls(config=self.lm.config)
+        self.drop_cache()
 
     def add_user(self, turn: UserInput) -> list[int]:
         """Append the prompt ids of one user turn and open its entry in `turns`; returns the ids."""
@@ -191,7 +195,7 @@ class Conversation:
             self.ids = []
             for i, (user, reply) in enumerate(self.turns):
                 self.ids += [*self.prompts.turn(user, first=i == 0, system=self.system), *reply]
-        self.cache = self._cache_cls(config=self.lm.config)
+        self.drop_cache()
 
     def add_reply(self, ids: Sequence[int]) -> None:
         """Append an earlier reply as ids, after its `add_user` (a history a stateless client sends back);
@@ -245,7 +249,7 @@ class ReplyState:
         self.conv = conv
         self.stop_ids = conv.prompts.stop_ids if cfg.stop_ids is None else tuple(cfg.stop_ids)
         if not _cache_consistent(conv.cache) or conv.cached > len(conv.ids):
-            conv.cache = conv._cache_cls(config=conv.lm.config)  # interrupted mid-step: rebuild
+            conv.drop_cache()  # interrupted mid-step: rebuild
         if len(conv.ids) <= conv.cached:
             raise Glm4VoiceError("nothing to generate from: add a user turn first")
         self.pending = conv.ids[conv.cached :]

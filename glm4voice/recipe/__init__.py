@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..atomic import atomic_path
+from ..atomic import write_text
 
 
 @dataclass
@@ -41,8 +41,7 @@ def run_stages(stages: list[Stage], out, log=print, until: str | None = None) ->
             log(json.dumps({"stage": stage.name, "state": "running", "what": stage.what}))
             start = time.perf_counter()
             summary = {**stage.run(folder, done), "seconds": round(time.perf_counter() - start, 1)}
-            with atomic_path(marker) as tmp:
-                Path(tmp).write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+            write_text(marker, json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
             done[stage.name] = summary
             log(json.dumps({"stage": stage.name, "state": "finished", **summary}, ensure_ascii=False))
         if stage.name == until:

@@ -95,10 +95,9 @@ SMOKE = Sizes(rows=2, fortunes={"en": 1, "zh": 1}, max_fortune_chars=80,
 
 
 def _write_rows(path: Path, rows: list[dict]) -> None:
-    from ..atomic import atomic_path
+    from ..atomic import write_text
 
-    with atomic_path(path) as tmp:
-        Path(tmp).write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
 
 
 def _first(rows: list[dict], n: int | None) -> list[dict]:

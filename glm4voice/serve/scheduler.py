@@ -117,8 +117,7 @@ class Scheduler:
         half-updated, so nothing is sliced out of it: the next turn's prefill runs the whole history)."""
         for job in list(self.active):
             if job.turn is not None and job.turn.reply is not None:
-                conv = job.turn.reply.conv
-                conv.cache = conv._cache_cls(config=conv.lm.config)
+                job.turn.reply.conv.drop_cache()
             self._drop(job)
             job.emit(("error", Glm4VoiceError(f"internal error: {type(exc).__name__}: {exc}")))
         self.batch = type(self.batch)(self.batch.lm)
@@ -157,8 +156,7 @@ class Scheduler:
                 log.exception("starting a turn failed")
                 exc = Glm4VoiceError(f"internal error: {type(exc).__name__}: {exc}")
             if job.turn is not None and job.turn.reply is not None:  # its cache may be half-made: start over
-                conv = job.turn.reply.conv
-                conv.cache = conv._cache_cls(config=conv.lm.config)
+                job.turn.reply.conv.drop_cache()
             self._drop(job)
             job.emit(("error", exc))
 
