@@ -128,6 +128,8 @@ def _add_train_tokenizer(sub) -> None:
     p.add_argument("--eval-every", type=int, default=0, help="steps between validations (0: only at the end)")
     p.add_argument("--batch-seconds", type=float, default=60.0, help="padded audio seconds per micro-batch")
     p.add_argument("--vocab-size", type=int, default=1000, help="transcript BPE size when training from scratch")
+    p.add_argument("--max-seconds", type=float, default=30.0,
+                   help="skip longer training utterances (at most 30: one encoder pass)")
     p.add_argument("--vq-warmup-steps", type=int, default=0,
                    help="steps that bypass the quantizer before the codebook starts from the encoder (from scratch)")
     p.add_argument("--spec-augment", action="store_true",
@@ -147,7 +149,7 @@ def _run_tokenizer(args) -> int:
                               eval_every=args.eval_every, batch_seconds=args.batch_seconds,
                               vocab_size=args.vocab_size, vq_warmup=args.vq_warmup_steps,
                               spec_augment_on=args.spec_augment, label_smoothing=args.label_smoothing,
-                              resume=args.resume)  # fmt: skip
+                              max_seconds=args.max_seconds, resume=args.resume)  # fmt: skip
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"glm4voice train-tokenizer: {finished(records)}; {args.out}/tokenizer (released layout), "
               f"{args.out}/step-{cfg.steps} (ASR layout)", file=sys.stderr)  # fmt: skip

@@ -41,11 +41,12 @@ AUGMENTS = ("tempo", "pitch", "noise", "reverb")
 class Sizes:
     rows: int | None  # rows of each (language, role) kept (None: all)
     fortunes: dict  # language -> short fortunes spoken beside the domain (their words: vocabulary)
-    max_fortune_chars: int
+    fortune_chars: dict  # language -> longest fortune kept, in characters (about 7 s spoken either way)
     tokenizer_config: dict | None  # None: the packaged tokenizer-tiny.json
     tokenizer_steps: int
     vq_warmup: int
     batch_seconds: float
+    tokenizer_max_seconds: float  # longer training utterances (the longest stories) are left out of ASR
     vocab_size: int
     lr: float
     eval_every: int
@@ -73,15 +74,17 @@ class Sizes:
     eval_limit: int | None = None
 
 
-FULL = Sizes(rows=None, fortunes={"en": 2500, "zh": 1500}, max_fortune_chars=160, tokenizer_config=None,
-             tokenizer_steps=30000, vq_warmup=8000, batch_seconds=30.0, vocab_size=500, lr=1e-3, eval_every=1000,
-             save_every=500, workers=2)  # fmt: skip
-SMOKE = Sizes(rows=2, fortunes={"en": 1, "zh": 1}, max_fortune_chars=80,
+FULL = Sizes(rows=None, fortunes={"en": 2500, "zh": 1500}, fortune_chars={"en": 100, "zh": 30},
+             tokenizer_config=None, tokenizer_steps=30000, vq_warmup=8000, batch_seconds=30.0,
+             tokenizer_max_seconds=15.0, vocab_size=500, lr=1e-3, eval_every=1000, save_every=500,
+             workers=2)  # fmt: skip
+SMOKE = Sizes(rows=2, fortunes={"en": 1, "zh": 1}, fortune_chars={"en": 80, "zh": 30},
               tokenizer_config={"d_model": 64, "encoder_layers": 2, "quantize_position": 1, "pooling_position": 1,
                                 "encoder_attention_heads": 4, "encoder_ffn_dim": 128, "decoder_layers": 1,
                                 "decoder_attention_heads": 4, "decoder_ffn_dim": 128, "num_mel_bins": 128,
                                 "quantize_vocab_size": 32, "max_target_positions": 128, "ctc_weight": 0.5},
-              tokenizer_steps=2, vq_warmup=1, batch_seconds=10.0, vocab_size=300, lr=1e-3, eval_every=0,
+              tokenizer_steps=2, vq_warmup=1, batch_seconds=10.0, tokenizer_max_seconds=30.0, vocab_size=300,
+              lr=1e-3, eval_every=0,
               save_every=1, workers=1, flow_steps=2, hift_steps=2, decoder_batch=2, crop_codes=8,
               crop_frames=32, bpe_vocab=300, t2t_steps=2, t2t_seq_length=128,
               t2t_config=(("hidden_size", 32), ("intermediate_size", 64), ("num_hidden_layers", 1),
@@ -114,6 +117,18 @@ def _first(rows: list[dict], n: int | None) -> list[dict]:
     return keep
 
 
+def _short_pieces(text: str, lang: str, limit: int) -> list[str]:
+    """What of a fortune is short enough to speak in a few seconds: an English one whole when it fits; a Mandarin
+    one cut into its sentences and clauses ending in 。！？；(fortunes-zh holds long documents and poems), without
+    Latin letters or digits (commands and file names that espeak-ng spells out letter by letter)."""
+    import re
+
+    if lang != "zh":
+        return [text] if len(text) <= limit else []
+    pieces = (p.strip() for p in re.split(r"(?<=[。！？；])|\n", text))
+    return [p for p in pieces if 4 <= len(p) <= limit and not re.search(r"[A-Za-z0-9]", p)]
+
+
 def texts(sizes: Sizes):
     def run(folder: Path, done: dict) -> dict:
         from ..data.domain import write_tiny_texts
@@ -126,9 +141,10 @@ def texts(sizes: Sizes):
                       sizes.rows)  # fmt: skip
         counts = {lang: 0 for lang in sizes.fortunes}
         for doc in documents(fortunes=True, langs=tuple(sizes.fortunes)):
-            if counts[doc.lang] < sizes.fortunes[doc.lang] and len(doc.text) <= sizes.max_fortune_chars:
-                counts[doc.lang] += 1
-                train.append({"id": doc.id, "text": doc.text, "lang": doc.lang, "role": "fortune"})
+            for n, text in enumerate(_short_pieces(doc.text, doc.lang, sizes.fortune_chars[doc.lang])):
+                if counts[doc.lang] < sizes.fortunes[doc.lang]:
+                    counts[doc.lang] += 1
+                    train.append({"id": f"{doc.id}-{n}", "text": text, "lang": doc.lang, "role": "fortune"})
         # the assistant's voice: every domain text it could say (its answers, facts, stories), at rate 1 unless
         # the row asks for another (the slow and quick answers)
         voice = [{k: v for k, v in r.items() if k not in ("voice", "pitch")} for r in train if r["role"] != "fortune"]
@@ -188,7 +204,8 @@ def tokenizer(sizes: Sizes):
         records = train_tokenizer(done["speech"]["train"]["manifest"], folder / "run", cfg, config=config,
                                   valid=folder / "valid.jsonl", eval_every=sizes.eval_every,
                                   batch_seconds=sizes.batch_seconds, vocab_size=sizes.vocab_size,
-                                  vq_warmup=sizes.vq_warmup, resume=latest_checkpoint(folder / "run"))  # fmt: skip
+                                  vq_warmup=sizes.vq_warmup, max_seconds=sizes.tokenizer_max_seconds,
+                                  resume=latest_checkpoint(folder / "run"))  # fmt: skip
         last = records[-1] if records else {}
         figures = {k: last[k] for k in ("wer_en", "cer_zh", "codes_used", "code_perplexity") if k in last}
         return {"released": str(folder / "run" / "tokenizer"), "asr": str(folder / "run" / f"step-{cfg.steps}"),

@@ -50,7 +50,7 @@ def duration_batches(seconds: list[float], budget: float) -> list[list[int]]:
 class Utterances:
     """A manifest's speech and transcripts, loaded once; features exactly as inference computes them."""
 
-    def __init__(self, path: str | os.PathLike, what: str):
+    def __init__(self, path: str | os.PathLike, what: str, max_seconds: float = MAX_SECONDS):
         from ..audio import load_audio
         from ..data.manifest import read_manifest
 
@@ -59,13 +59,13 @@ class Utterances:
             if not row.text or row.lang not in ("en", "zh"):
                 raise Glm4VoiceError(f"{path}: utterance {row.id!r} needs a text and lang en or zh for ASR training")
             wave = load_audio(row.audio)
-            if len(wave) > MAX_SECONDS * 16000:
+            if len(wave) > max_seconds * 16000:
                 skipped += 1
                 continue
             self.rows.append(row)
             self.waves.append(wave)
         if not self.rows:
-            raise Glm4VoiceError(f"{path}: no utterances of at most 30 s for the {what} set")
+            raise Glm4VoiceError(f"{path}: no utterances of at most {max_seconds:g} s for the {what} set")
         self.skipped = skipped
 
     def __len__(self) -> int:
@@ -171,8 +171,11 @@ def error_rates(model, codec, data: Utterances, device, batch: int = 8, rank: in
 def train_tokenizer(data: str | os.PathLike, out: str | os.PathLike, cfg: RunConfig, *, init=None, config=None,
                     valid=None, eval_every: int = 0, batch_seconds: float = 60.0, vocab_size: int = 1000,
                     vq_warmup: int = 0, spec_augment_on: bool = False, label_smoothing: float = 0.0,
-                    resume=None, log=None) -> list[dict]:  # fmt: skip
+                    max_seconds: float = MAX_SECONDS, resume=None, log=None) -> list[dict]:  # fmt: skip
     """Train; returns the logged records. `config`: a JSON file (from scratch, or VQ fields for a Whisper start).
+
+    `max_seconds`: longer training utterances are skipped (30 s, one encoder pass, at most). A small model from
+    scratch learns to align sooner from short sentences than from long documents.
 
     `vq_warmup`: steps in which the hidden states bypass the quantizer, before the codebook starts at random
     frames of the then trained encoder (for a model from scratch, whose first features are all alike: a codebook
@@ -182,6 +185,8 @@ def train_tokenizer(data: str | os.PathLike, out: str | os.PathLike, cfg: RunCon
 
     if init is None and config is None and resume is None:
         raise Glm4VoiceError("give --init (a Whisper or tokenizer folder), --config (from scratch) or --resume")
+    if not 0 < max_seconds <= MAX_SECONDS:
+        raise Glm4VoiceError(f"--max-seconds must lie in (0, {MAX_SECONDS:g}], not {max_seconds}")
     if batch_seconds <= 0 or eval_every < 0 or vq_warmup < 0:
         raise Glm4VoiceError("--batch-seconds must be positive, --eval-every and --vq-warmup-steps >= 0")
     if not 0.0 <= label_smoothing < 1.0:
@@ -191,10 +196,10 @@ def train_tokenizer(data: str | os.PathLike, out: str | os.PathLike, cfg: RunCon
     state = open_run(out, resume, cfg)
     torch.manual_seed(cfg.seed)  # a model from scratch starts the same on every rank and in every run
     overrides = _read_config(config) if config is not None else None
-    train_set = Utterances(data, "training")
+    train_set = Utterances(data, "training", max_seconds)
     valid_set = Utterances(valid, "validation") if valid is not None else None
     if train_set.skipped:
-        print(json.dumps({"skipped_longer_than_30s": train_set.skipped}), flush=True)
+        print(json.dumps({"skipped_longer_than_max_seconds": train_set.skipped}), flush=True)
     if resume is not None or init is not None:
         model, codec = load_asr(resume if resume is not None else init, None if resume is not None else overrides)
     else:

@@ -68,3 +68,13 @@ def test_until_and_bad_stage(tmp_path, capsys):
     assert main(["recipe", "tiny", "--smoke", "--out", str(tmp_path / "t"), "--until", "nope"]) == 2
     assert "the stages are texts, speech, tokenizer, decoder, codes, text-tokenizer, t2t, interleaved" in \
         capsys.readouterr().err
+
+
+def test_fortunes_are_cut_to_short_plain_sentences():
+    from glm4voice.recipe.tiny import _short_pieces
+
+    doc = "要有礼貌\n在 Debian 这种规模的项目中，很难避免。请接受这一事实，并保持礼貌。春眠不觉晓，处处闻啼鸟。"
+    assert _short_pieces(doc, "zh", 30) == ["要有礼貌", "请接受这一事实，并保持礼貌。", "春眠不觉晓，处处闻啼鸟。"]
+    assert _short_pieces(doc, "zh", 8) == ["要有礼貌"]
+    assert _short_pieces("A short one.", "en", 20) == ["A short one."]
+    assert _short_pieces("A sentence far too long for the limit.", "en", 20) == []

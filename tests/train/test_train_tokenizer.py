@@ -110,6 +110,15 @@ def test_vq_warm_up_then_resume_across_it(corpus, tmp_path):
     assert [r["loss"] for r in resumed] == [r["loss"] for r in records[2:]]  # the switch happens at the same step
 
 
+def test_max_seconds_leaves_out_longer_utterances(corpus):
+    from glm4voice.train.tokenizer import Utterances
+
+    every = Utterances(corpus / "train.jsonl", "training")
+    cut = sorted(every.seconds())[1] + 0.01  # keeps the two shorter of three
+    short = Utterances(corpus / "train.jsonl", "training", max_seconds=cut)
+    assert short.skipped == 1 and len(short) == 2 and max(short.seconds()) <= cut
+
+
 def test_kmeans_finds_separated_clusters_and_fills_every_code():
     from glm4voice.train.tokenizer import kmeans
 
@@ -203,6 +212,8 @@ def test_starts_from_a_transformers_whisper_folder(corpus, tmp_path):
     ("released", "no Whisper decoder"),
     ("nothing", "give --init"),
     ("bad_config", "must divide d_model"),
+    ("all_too_long", "no utterances of at most 0.5 s for the training set"),
+    ("max_seconds_range", "--max-seconds must lie in (0, 30]"),
 ])  # fmt: skip
 def test_bad_input_is_one_clear_line(corpus, tmp_path, capsys, golden, case, message):
     data, extra = corpus / "train.jsonl", ["--config", str(corpus / "tiny.json")]
@@ -219,6 +230,10 @@ def test_bad_input_is_one_clear_line(corpus, tmp_path, capsys, golden, case, mes
     elif case == "bad_config":
         (tmp_path / "c.json").write_text(json.dumps({**TINY, "encoder_attention_heads": 5}))
         extra = ["--config", str(tmp_path / "c.json")]
+    elif case == "all_too_long":
+        extra += ["--max-seconds", "0.5"]
+    elif case == "max_seconds_range":
+        extra += ["--max-seconds", "31"]
     code = main(["train-tokenizer", "--data", str(data), "--out", str(tmp_path / "run"), "--steps", "1", *extra])
     err = capsys.readouterr().err
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1
