@@ -26,3 +26,30 @@ def test_demo_round_trip_speech_to_codes_to_speech(golden, tmp_path, capsys, mon
 def test_demo_without_golden_checkpoints_says_so(tmp_path, capsys):
     assert demo.main(tmp_path / "out", tmp_path / "nowhere") == 1
     assert "no golden checkpoints" in capsys.readouterr().err and not (tmp_path / "out").exists()
+
+
+def test_demo_asks_a_trained_bundle_held_out_spoken_questions(golden, tmp_path, capsys):
+    questions = demo.held_out_questions()
+    assert [(q["lang"], q["task"], q["split"]) for q in questions] == [
+        ("en", "add", "test"), ("en", "capital", "test"), ("zh", "add", "test"), ("zh", "capital", "test")]
+    bundle = demo.make_bundle(tmp_path / "bundle", golden)  # stands in for models/tiny (random LM: any answer)
+    assert demo.main(tmp_path / "out", golden, model=bundle, max_new_tokens=30) == 0
+    out = capsys.readouterr()
+    assert out.out.count("demo: asked") == 4 and "the spoken answers are in" in out.out
+    assert out.err.count("first audio") == 4  # each turn's timings
+    for n in range(1, 5):
+        answer, rate = sf.read(tmp_path / "out" / f"answer-{n}.wav")
+        assert rate == 22050 and len(answer) > 0
+
+
+def test_chat_falls_back_to_the_embedded_default(golden, tmp_path, capsys, monkeypatch):
+    from glm4voice.cli import common, main
+
+    monkeypatch.setattr(common, "EMBEDDED_MODEL", tmp_path / "models" / "tiny")
+    argv = ["chat", "--text", "hi", "--max-new-tokens", "5", "--flow-steps", "1", "--out", str(tmp_path / "r.wav")]
+    assert main(argv) == 2  # no embedded default yet: one clear line saying where it would be
+    err = capsys.readouterr().err
+    assert "no embedded default in" in err and len(err.strip().splitlines()) == 1
+    demo.make_bundle(tmp_path / "models" / "tiny", golden)
+    assert main(argv) == 0
+    assert "using the embedded default" in capsys.readouterr().err and (tmp_path / "r.wav").exists()

@@ -7,10 +7,22 @@ way, with the same default and help text.
 from __future__ import annotations
 
 import argparse
+import sys
+from pathlib import Path
 
 from ..errors import Glm4VoiceError
 
 DTYPES = ["float32", "bfloat16", "float16"]
+# The embedded default: the bundle the tiny recipe trained, committed in a source checkout (`make tiny` makes one).
+EMBEDDED_MODEL = Path(__file__).resolve().parents[2] / "models" / "tiny"
+
+
+def embedded_model() -> Path | None:
+    """The embedded default bundle when this install has one (tokenizer/, lm/ and decoder/), else None."""
+    parts = ("tokenizer/config.json", "lm/config.json", "decoder/config.yaml")
+    if all((EMBEDDED_MODEL / part).is_file() for part in parts):
+        return EMBEDDED_MODEL
+    return None
 
 
 class Formatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -58,9 +70,15 @@ def add_models(p: argparse.ArgumentParser) -> None:
 
 
 def check_models(args, speech_input: bool = False) -> None:
-    """The model folders a command needs, named before anything loads."""
+    """The model folders a command needs, named before anything loads. None named: the embedded default."""
+    if args.lm is None and args.model_dir is None and args.speech_tokenizer is None and args.decoder is None:
+        default = embedded_model()
+        if default is not None:
+            print(f"glm4voice: no model named, using the embedded default {default}", file=sys.stderr)
+            args.model_dir = str(default)
     if args.lm is None and args.model_dir is None:
-        raise Glm4VoiceError("give --lm (and --speech-tokenizer, --decoder) or --model-dir")
+        raise Glm4VoiceError("give --lm (and --speech-tokenizer, --decoder) or --model-dir "
+                             f"(this install has no embedded default in {EMBEDDED_MODEL})")  # fmt: skip
     if speech_input and args.speech_tokenizer is None and args.model_dir is None:
         raise Glm4VoiceError("speech input needs --speech-tokenizer (or --model-dir)")
 
