@@ -80,14 +80,11 @@ def main(out_dir: Path = Path("out/demo"), golden: Path = Path("tests/golden"), 
 def held_out_questions(tasks: tuple[str, ...] = ("add", "capital")) -> list[dict]:
     """The first held-out (test split) question of each task, in English and Mandarin: text rows to speak."""
     from .data.domain import tiny_texts
+    from .data.manifest import first_of_each
 
-    picked: dict = {}
-    for utt in tiny_texts():
-        row = utt.to_json()
-        key = (row["lang"], row.get("task"))
-        if row.get("role") == "question" and row.get("split") == "test" and key[1] in tasks:
-            picked.setdefault(key, row)
-    return [picked[key] for key in sorted(picked)]
+    rows = [u.to_json() for u in tiny_texts()]
+    rows = [r for r in rows if r.get("role") == "question" and r.get("split") == "test" and r.get("task") in tasks]
+    return sorted(first_of_each(rows, 1, lambda r: (r["lang"], r["task"])), key=lambda r: (r["lang"], r["task"]))
 
 
 def ask(model: Path, out_dir: Path, max_new_tokens: int = 400) -> int:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -128,6 +128,29 @@ def write_manifest(path: str | os.PathLike, rows: Iterable[Utterance]) -> Path:
     except OSError as exc:
         raise ManifestError(f"{path}: cannot write it ({exc.strerror or exc})") from None
     return path
+
+
+def first_of_each(rows: Iterable, n: int | None, key: Callable, together: Callable | None = None) -> list:
+    """Up to `n` rows of each `key(row)`, in their order (all when n is None), so a sample still holds every kind.
+    Rows whose `together(row)` is the same, not None (a story's two endings), count as one and stay together."""
+    rows = list(rows)
+    if n is None:
+        return rows
+    seen: dict = {}
+    kept: set = set()
+    keep = []
+    for row in rows:
+        group = together(row) if together is not None else None
+        if group is not None and group in kept:
+            keep.append(row)
+            continue
+        k = key(row)
+        if seen.get(k, 0) < n:
+            seen[k] = seen.get(k, 0) + 1
+            keep.append(row)
+            if group is not None:
+                kept.add(group)
+    return keep
 
 
 def parquet_rows(paths: list[Path], columns: tuple[str, ...]) -> Iterator[dict]:

@@ -34,7 +34,7 @@ def parse_suites(text: str) -> list[str]:
 def evaluate(model_dir, suites: list[str], manifest, out, limit: int | None = None, device: str = "cpu",
              log=print) -> dict:  # fmt: skip
     """Run `suites` on the bundle over the manifest's rows (the first `limit` of each suite's, when given)."""
-    from ..data.manifest import read_manifest
+    from ..data.manifest import first_of_each, read_manifest
 
     rows = read_manifest(manifest, need=()) if manifest is not None else []
     bundle = Bundle(model_dir, device)
@@ -43,7 +43,9 @@ def evaluate(model_dir, suites: list[str], manifest, out, limit: int | None = No
     results = {"model_dir": str(model_dir), "manifest": str(manifest), "suites": {}}
     for name in suites:
         start = time.perf_counter()
-        picked = rows if limit is None else _first_of_each(rows, limit)
+        # up to `limit` of each (role, task, lang); a story's two endings count as one
+        picked = first_of_each(rows, limit, lambda r: (r.extra.get("role"), r.extra.get("task"), r.lang),
+                               lambda r: r.extra.get("pair"))  # fmt: skip
         figures = SUITES[name](bundle, picked)
         figures["seconds_taken"] = round(time.perf_counter() - start, 1)
         results["suites"][name] = figures
@@ -55,26 +57,6 @@ def evaluate(model_dir, suites: list[str], manifest, out, limit: int | None = No
     write_text(out / "results.md", table(results))
     plots(results, out)
     return results
-
-
-def _first_of_each(rows, limit: int):
-    """Up to `limit` rows of each (role, task, lang), so a short run still sees every kind; rows sharing a
-    `pair` (a story's two endings) count as one and stay together."""
-    seen: dict = {}
-    kept_pairs: set = set()
-    keep = []
-    for r in rows:
-        pair = r.extra.get("pair")
-        if pair is not None and pair in kept_pairs:
-            keep.append(r)
-            continue
-        k = (r.extra.get("role"), r.extra.get("task"), r.lang)
-        if seen.get(k, 0) < limit:
-            seen[k] = seen.get(k, 0) + 1
-            keep.append(r)
-            if pair is not None:
-                kept_pairs.add(pair)
-    return keep
 
 
 def table(results: dict) -> str:

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..data.domain import ASSISTANT
+from ..data.manifest import first_of_each
 from . import Stage
 
 CONFIGS = Path(__file__).resolve().parents[1] / "train" / "configs"
@@ -103,20 +104,6 @@ def _write_rows(path: Path, rows: list[dict]) -> None:
     write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
 
 
-def _first(rows: list[dict], n: int | None) -> list[dict]:
-    """The first n rows of each (language, role, split), keeping their order (all when n is None)."""
-    if n is None:
-        return rows
-    seen: dict = {}
-    keep = []
-    for r in rows:
-        key = (r.get("lang"), r.get("role"), r.get("split"))
-        if seen.get(key, 0) < n:
-            seen[key] = seen.get(key, 0) + 1
-            keep.append(r)
-    return keep
-
-
 def _short_pieces(text: str, lang: str, limit: int) -> list[str]:
     """What of a fortune is short enough to speak in a few seconds: an English one whole when it fits; a Mandarin
     one cut into its sentences and clauses ending in 。！？；(fortunes-zh holds long documents and poems), without
@@ -136,9 +123,12 @@ def texts(sizes: Sizes):
 
         write_tiny_texts(folder / "domain.jsonl")
         rows = [json.loads(line) for line in (folder / "domain.jsonl").read_text(encoding="utf-8").splitlines()]
-        train = _first([r for r in rows if r.get("split", "train") == "train"], sizes.rows)
-        test = _first([r for r in rows if r.get("role") in ("question", "story") and r.get("split") == "test"],
-                      sizes.rows)  # fmt: skip
+        def kind(r):
+            return (r.get("lang"), r.get("role"), r.get("split"))
+
+        train = first_of_each([r for r in rows if r.get("split", "train") == "train"], sizes.rows, kind)
+        test = first_of_each([r for r in rows if r.get("role") in ("question", "story") and r.get("split") == "test"],
+                             sizes.rows, kind)  # fmt: skip
         counts = {lang: 0 for lang in sizes.fortunes}
         for doc in documents(fortunes=True, langs=tuple(sizes.fortunes)):
             for n, text in enumerate(_short_pieces(doc.text, doc.lang, sizes.fortune_chars[doc.lang])):
@@ -193,13 +183,10 @@ def tokenizer(sizes: Sizes):
                         keep_last=2)  # fmt: skip
         # validation on up to 8 test questions of each (language, task): every task, in minutes, not the
         # whole test split at every check (the eval stage scores all of it)
-        test = [json.loads(line) for line in Path(done["speech"]["test"]["manifest"]).read_text().splitlines()]
-        valid, seen = [], {}
-        for row in test:
-            key = (row.get("lang"), row.get("task"), row.get("role"))
-            if row.get("role") == "question" and seen.get(key, 0) < 8:
-                seen[key] = seen.get(key, 0) + 1
-                valid.append({**row, "audio": str(Path(done["speech"]["test"]["manifest"]).parent / row["audio"])})
+        manifest = Path(done["speech"]["test"]["manifest"])
+        questions = [r for r in map(json.loads, manifest.read_text().splitlines()) if r.get("role") == "question"]
+        valid = [{**row, "audio": str(manifest.parent / row["audio"])}
+                 for row in first_of_each(questions, 8, lambda r: (r.get("lang"), r.get("task")))]  # fmt: skip
         _write_rows(folder / "valid.jsonl", valid)
         records = train_tokenizer(done["speech"]["train"]["manifest"], folder / "run", cfg, config=config,
                                   valid=folder / "valid.jsonl", eval_every=sizes.eval_every,
