@@ -311,6 +311,8 @@ def _add_serve(sub) -> None:
     p.add_argument("--model-name", default="glm-4-voice", help="the model id of the OpenAI-compatible API")
     p.add_argument("--max-active", type=int, default=8, help="replies generated together (one batched LM step)")
     p.add_argument("--max-queue", type=int, default=32, help="turns waiting for a place; more are told busy")
+    p.add_argument("--max-connections", type=int, default=64,
+                   help="open WebSocket conversations at most (each keeps its KV cache); more are told to retry")
     p.add_argument("--slow-client-seconds", type=float, default=30.0,
                    help="a client whose unsent messages stay at the limit (256) this long is cut off")
     add_models(p)
@@ -335,12 +337,12 @@ def _run_serve(args) -> int:
         raise Glm4VoiceError("--model-name is empty")
     if args.slow_client_seconds <= 0:
         raise Glm4VoiceError("--slow-client-seconds must be positive")
-    if args.max_active < 1 or args.max_queue < 0:
-        raise Glm4VoiceError("--max-active must be at least 1 and --max-queue at least 0")
+    if args.max_active < 1 or args.max_queue < 0 or args.max_connections < 1:
+        raise Glm4VoiceError("--max-active and --max-connections must be at least 1, --max-queue at least 0")
     server = ChatServer(load_chat(args), max_user_seconds=args.max_user_seconds,
                         max_new_tokens_limit=max(args.max_new_tokens, 1), api_key=args.api_key,
                         model_name=args.model_name, max_active=args.max_active, max_queue=args.max_queue,
-                        slow_client_seconds=args.slow_client_seconds)  # fmt: skip
+                        slow_client_seconds=args.slow_client_seconds, max_connections=args.max_connections)  # fmt: skip
     print(f"glm4voice: serving on http://{args.host}:{args.port}/ (WebSocket /v1/chat, OpenAI API /v1)"
           + (" with an API key" if args.api_key else ""), file=sys.stderr)  # fmt: skip
     uvicorn.run(create_app(server), host=args.host, port=args.port, log_level="info")

@@ -86,10 +86,17 @@ def create_app(server: ChatServer) -> FastAPI:
             await ws.close(code=1008, reason="a valid API key is needed (?api_key=KEY)")
             return
         await ws.accept()
+        if server.connections >= server.max_connections:  # told why, then closed: 1013 = try again later
+            await ws.send_json({"type": "error", "message": f"the server already holds {server.max_connections} "
+                                "conversations (--max-connections): try again later"})  # fmt: skip
+            await ws.close(code=1013, reason="server full: try again later")
+            return
+        server.connections += 1
         server.metrics.conversations.inc()
         try:
             await _Connection(ws, server).run()
         finally:
+            server.connections -= 1
             server.metrics.conversations.dec()
 
     add_openai_routes(app, server)

@@ -33,7 +33,8 @@ class ChatServer:
 
     def __init__(self, template: VoiceChat, max_user_seconds: float = 300.0, max_new_tokens_limit: int = 4000,
                  api_key: str | None = None, model_name: str = "glm-4-voice", max_active: int = 8,
-                 max_queue: int = 32, send_limit: int = 256, slow_client_seconds: float = 30.0):  # fmt: skip
+                 max_queue: int = 32, send_limit: int = 256, slow_client_seconds: float = 30.0,
+                 max_connections: int = 64):  # fmt: skip
         from .metrics import Metrics
         from .scheduler import Scheduler
 
@@ -45,6 +46,9 @@ class ChatServer:
         self.model_name = model_name
         self.send_limit = send_limit  # messages waiting to be sent to one client before its reply pauses
         self.slow_client_seconds = slow_client_seconds  # ... and how long before a client that reads nothing is cut off
+        # open WebSocket conversations at most (each keeps its KV cache between turns: this bounds the memory)
+        self.max_connections = max_connections
+        self.connections = 0  # counted on the event loop only
         self.metrics = Metrics()
         self.scheduler = Scheduler(template.lm, self.metrics, max_active, max_queue)
 

@@ -147,7 +147,28 @@ def test_text_only_server_refuses_speech(template):
             assert not any(isinstance(e, bytes) for e in events) and events[-1]["audio_seconds"] == 0
 
 
-def test_serve_cli_errors(capsys, tmp_path):
+def test_connections_over_the_limit_are_told_to_retry_and_closed(template):
+    from starlette.websockets import WebSocketDisconnect
+
+    with TestClient(create_app(ChatServer(template, max_connections=1))) as c:
+        with connect(c) as first:
+            with c.websocket_connect("/v1/chat") as second:
+                error = recv(second)
+                assert error["type"] == "error" and "--max-connections" in error["message"]
+                with pytest.raises(WebSocketDisconnect) as closed:
+                    second.receive_json()
+                assert closed.value.code == 1013
+            first.send_json({"type": "text", "text": "still served", "max_new_tokens": 5})
+            assert until_done(first)[-1]["ids"] == 5
+        with connect(c) as again:  # the place is free once the first conversation closed
+            again.send_json({"type": "text", "text": "hello", "max_new_tokens": 5})
+            assert until_done(again)[-1]["ids"] == 5
+
+
+def test_serve_cli_errors(capsys, tmp_path, monkeypatch):
+    from glm4voice.cli import common
+
+    monkeypatch.setattr(common, "EMBEDDED_MODEL", tmp_path / "no-embedded-default")
     assert main(["serve", "--port", "0", "--lm", str(tmp_path)]) == 2
     assert "--port" in capsys.readouterr().err
     assert main(["serve"]) == 2
