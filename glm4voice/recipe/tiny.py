@@ -104,6 +104,16 @@ def _write_rows(path: Path, rows: list[dict]) -> None:
     write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
 
 
+def _valid_subset(manifest: str | Path, n: int, out: Path) -> Path:
+    """A trainer's validation set: up to `n` test questions of each (language, task), audio paths made absolute.
+    Every task, checked in minutes rather than the whole test split at every check (the eval stage scores it all)."""
+    manifest = Path(manifest)
+    questions = [r for r in map(json.loads, manifest.read_text().splitlines()) if r.get("role") == "question"]
+    picked = first_of_each(questions, n, lambda r: (r.get("lang"), r.get("task")))
+    _write_rows(out, [{**row, "audio": str(manifest.parent / row["audio"])} for row in picked])
+    return out
+
+
 def _short_pieces(text: str, lang: str, limit: int) -> list[str]:
     """What of a fortune is short enough to speak in a few seconds: an English one whole when it fits; a Mandarin
     one cut into its sentences and clauses ending in 。！？；(fortunes-zh holds long documents and poems), without
@@ -181,13 +191,7 @@ def tokenizer(sizes: Sizes):
         cfg = RunConfig(steps=sizes.tokenizer_steps, lr=sizes.lr, min_lr=sizes.lr / 10, weight_decay=0.0,
                         warmup_steps=min(500, sizes.tokenizer_steps // 10), save_every=sizes.save_every,
                         keep_last=2)  # fmt: skip
-        # validation on up to 8 test questions of each (language, task): every task, in minutes, not the
-        # whole test split at every check (the eval stage scores all of it)
-        manifest = Path(done["speech"]["test"]["manifest"])
-        questions = [r for r in map(json.loads, manifest.read_text().splitlines()) if r.get("role") == "question"]
-        valid = [{**row, "audio": str(manifest.parent / row["audio"])}
-                 for row in first_of_each(questions, 8, lambda r: (r.get("lang"), r.get("task")))]  # fmt: skip
-        _write_rows(folder / "valid.jsonl", valid)
+        _valid_subset(done["speech"]["test"]["manifest"], 8, folder / "valid.jsonl")
         records = train_tokenizer(done["speech"]["train"]["manifest"], folder / "run", cfg, config=config,
                                   valid=folder / "valid.jsonl", eval_every=sizes.eval_every,
                                   batch_seconds=sizes.batch_seconds, vocab_size=sizes.vocab_size,
@@ -207,7 +211,8 @@ def decoder(sizes: Sizes):
         from ..train.config import RunConfig
         from ..train.decoder import train_decoder
 
-        voice, dev = done["speech"]["assistant"]["manifest"], done["speech"]["assistant-test"]["manifest"]
+        voice = done["speech"]["assistant"]["manifest"]
+        dev = _valid_subset(done["speech"]["assistant-test"]["manifest"], 2, folder / "valid.jsonl")
         common = dict(valid=dev, crop_codes=sizes.crop_codes, crop_frames=sizes.crop_frames, log=None)
         figures = {}
         for stage, steps, lr in (("flow", sizes.flow_steps, 5e-4), ("hift", sizes.hift_steps, 2e-4)):
