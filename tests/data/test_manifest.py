@@ -107,8 +107,8 @@ def test_a_failed_write_keeps_the_old_manifest(tmp_path):
 def test_first_of_each_keeps_order_kinds_and_pairs_together():
     from glm4voice.data.manifest import first_of_each
 
-    rows = [{"k": "a", "id": 0}, {"k": "a", "id": 1, "pair": "s"}, {"k": "b", "id": 2}, {"k": "a", "id": 3, "pair": "s"},
-            {"k": "a", "id": 4}, {"k": "b", "id": 5}, {"k": "b", "id": 6}]  # fmt: skip
+    rows = [{"k": "a", "id": 0}, {"k": "a", "id": 1, "pair": "s"}, {"k": "b", "id": 2},
+            {"k": "a", "id": 3, "pair": "s"}, {"k": "a", "id": 4}, {"k": "b", "id": 5}, {"k": "b", "id": 6}]
     kept = first_of_each(rows, 2, lambda r: r["k"], lambda r: r.get("pair"))
     assert [r["id"] for r in kept] == [0, 1, 2, 3, 5]  # the pair's second row rides along; a's third is left
     assert [r["id"] for r in first_of_each(rows, 1, lambda r: r["k"])] == [0, 2]
