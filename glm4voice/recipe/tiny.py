@@ -31,6 +31,7 @@ from pathlib import Path
 
 from ..data.domain import ASSISTANT
 from ..data.manifest import first_of_each
+from ..jsonl import read_jsonl
 from . import Stage
 
 CONFIGS = Path(__file__).resolve().parents[1] / "train" / "configs"
@@ -108,7 +109,7 @@ def _valid_subset(manifest: str | Path, n: int, out: Path) -> Path:
     """A trainer's validation set: up to `n` test questions of each (language, task), audio paths made absolute.
     Every task, checked in minutes rather than the whole test split at every check (the eval stage scores it all)."""
     manifest = Path(manifest)
-    questions = [r for r in map(json.loads, manifest.read_text().splitlines()) if r.get("role") == "question"]
+    questions = [r for _, r in read_jsonl(manifest, "test manifest") if r.get("role") == "question"]
     picked = first_of_each(questions, n, lambda r: (r.get("lang"), r.get("task")))
     _write_rows(out, [{**row, "audio": str(manifest.parent / row["audio"])} for row in picked])
     return out
@@ -132,7 +133,7 @@ def texts(sizes: Sizes):
         from ..data.text_corpus import documents
 
         write_tiny_texts(folder / "domain.jsonl")
-        rows = [json.loads(line) for line in (folder / "domain.jsonl").read_text(encoding="utf-8").splitlines()]
+        rows = [r for _, r in read_jsonl(folder / "domain.jsonl", "domain texts")]
         def kind(r):
             return (r.get("lang"), r.get("role"), r.get("split"))
 
