@@ -88,7 +88,7 @@ class VoiceChat:
         """Load the three parts (folders or hub ids); `model_dir` holds `tokenizer/`, `lm/`, `decoder/`.
 
         Explicit paths win over `model_dir`. `dtype` is for the speech tokenizer and decoder,
-        `lm_dtype` for the LM ("auto": the checkpoint's, bf16 for the release).
+        `lm_dtype` for the LM ("auto": the one its config names, bf16 for the release).
         `int8`: dynamic int8 linear layers in the speech tokenizer and decoder (CPU only).
         """
         if model_dir is not None:

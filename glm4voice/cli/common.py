@@ -66,7 +66,7 @@ def add_models(p: argparse.ArgumentParser) -> None:
     p.add_argument("--int8", action="store_true",
                    help="dynamic int8 linear layers in the speech tokenizer and decoder (CPU)")  # fmt: skip
     p.add_argument("--lm-dtype", default="auto", choices=["auto", *DTYPES],
-                   help="LM dtype; auto = the checkpoint's (bf16 for the release)")  # fmt: skip
+                   help="LM dtype; auto = the one its config names (bf16 for the release)")  # fmt: skip
 
 
 def check_models(args, speech_input: bool = False) -> None:

@@ -39,7 +39,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from ..atomic import atomic_path
-from ..dtypes import as_dtype
+from ..dtypes import DTYPES, as_dtype
 from ..errors import CheckpointError
 from ..hub import iter_safetensors, resolve_checkpoint
 from ..jsonl import positive_int, read_json_object
@@ -259,14 +259,17 @@ def load_lm(path_or_id: str | os.PathLike, device="cpu", dtype="auto", attn_impl
 
     `path_or_id`: a folder (or hub id) in the ChatGLM layout (the released
     `THUDM/glm-4-voice-9b`) or the transformers layout (`convert-lm` output),
-    single-file or sharded. `dtype`: "auto" keeps the checkpoint's dtype (bf16
-    for the release), or float32 / bfloat16 / float16.
+    single-file or sharded. `dtype`: "auto" takes the config's `torch_dtype` or `dtype` (as
+    transformers does; bf16 for the release), else the dtype the weights are
+    stored in; or float32 / bfloat16 / float16. (The tiny bundle stores bf16
+    weights to stay small and names float32: it computes in float32 on CPUs.)
     """
     folder = resolve_checkpoint(path_or_id, ["config.json"], "LM")
     raw = read_config(folder)
     model = meta_lm(folder, raw, attn_implementation)  # checks the config first
     config = model.config
-    target = as_dtype(dtype, allow_auto=True) or checkpoint_dtype(folder)
+    named = raw.get("torch_dtype", raw.get("dtype"))  # the ChatGLM layout's key; transformers now writes `dtype`
+    target = as_dtype(dtype, allow_auto=True) or DTYPES.get(named) or checkpoint_dtype(folder)
     expected = set(model.state_dict().keys())
     loaded: set[str] = set()
     part: dict[str, torch.Tensor] = {}

@@ -59,17 +59,17 @@ class Sizes:
     decoder_batch: int = 8
     crop_codes: int = 40
     crop_frames: int = 64
-    bpe_vocab: int = 4000
+    bpe_vocab: int = 2000  # with bf16 storage, what keeps the bundle within 40 MB
     t2t_config: tuple = (("hidden_size", 256), ("intermediate_size", 768), ("num_hidden_layers", 4),
                          ("num_attention_heads", 4), ("num_key_value_heads", 2), ("head_dim", 64),
                          ("max_position_embeddings", 1024))  # fmt: skip
-    t2t_steps: int = 3000
+    t2t_steps: int = 1500
     t2t_seq_length: int = 512
     lm_config: tuple = (("hidden_size", 256), ("intermediate_size", 768), ("num_hidden_layers", 6),
                         ("num_attention_heads", 4), ("num_key_value_heads", 2), ("head_dim", 64),
                         ("max_position_embeddings", 2048))  # fmt: skip
     lm_seq_length: int = 1024
-    pretrain_steps: int = 4000
+    pretrain_steps: int = 2000
     sft_steps: int = 2000
     typed_every: int = 4  # every n-th training question is also a typed one
     eval_suites: tuple = ("asr", "recon", "tts", "qa", "cloze", "rate", "latency")
@@ -113,6 +113,28 @@ def _valid_subset(manifest: str | Path, n: int, out: Path) -> Path:
     picked = first_of_each(questions, n, lambda r: (r.get("lang"), r.get("task")))
     _write_rows(out, [{**row, "audio": str(manifest.parent / row["audio"])} for row in picked])
     return out
+
+
+def _store_bf16(folder: Path) -> None:
+    """Rewrite the float weights of a part (safetensors files, flow.pt) in bfloat16: the bundle stays within
+    40 MB. The configs keep naming float32, so every part still computes in float32 on a CPU. HiFT's weight-norm
+    pairs stay float32 (1.6 MB): folding them in bfloat16 would lose more than storing does."""
+    import io
+
+    import torch
+    from safetensors.torch import load_file, save
+
+    from ..atomic import write_bytes
+
+    def half(state: dict) -> dict:
+        return {k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in state.items()}
+
+    for path in sorted(folder.glob("*.safetensors")):
+        write_bytes(path, save(half(load_file(str(path))), metadata={"format": "pt"}))
+    for path in sorted(folder.glob("flow.pt")):
+        buffer = io.BytesIO()
+        torch.save(half(torch.load(path, map_location="cpu", weights_only=True)), buffer)
+        write_bytes(path, buffer.getvalue())
 
 
 def _short_pieces(text: str, lang: str, limit: int) -> list[str]:
@@ -198,6 +220,7 @@ def tokenizer(sizes: Sizes):
                                   batch_seconds=sizes.batch_seconds, vocab_size=sizes.vocab_size,
                                   vq_warmup=sizes.vq_warmup, max_seconds=sizes.tokenizer_max_seconds,
                                   resume=latest_checkpoint(folder / "run"))  # fmt: skip
+        _store_bf16(folder / "run" / "tokenizer")  # what every later stage tokenizes with is what the bundle ships
         last = records[-1] if records else {}
         figures = {k: last[k] for k in ("wer_en", "cer_zh", "codes_used", "code_perplexity") if k in last}
         return {"released": str(folder / "run" / "tokenizer"), "asr": str(folder / "run" / f"step-{cfg.steps}"),
@@ -381,6 +404,7 @@ def bundle(sizes: Sizes):
         shutil.rmtree(target, ignore_errors=True)  # an interrupted copy starts over
         for name, source in parts.items():
             shutil.copytree(source, target / name, ignore=shutil.ignore_patterns("trainer_state.pt", "adapter"))
+            _store_bf16(target / name)
         VoiceChat.from_pretrained(model_dir=target)  # it loads as `--model-dir` will load it
         megabytes = sum(f.stat().st_size for f in target.rglob("*") if f.is_file()) / 2**20
         return {"bundle": str(target), "megabytes": round(megabytes, 1)}

@@ -84,6 +84,20 @@ def test_bf16_load(golden, cases):
     assert (logits - cases["logits"]).abs().max() < 0.2  # bf16 rounding only
 
 
+def test_auto_dtype_is_the_one_the_config_names(golden, tmp_path):
+    from safetensors.torch import load_file
+
+    folder = tmp_path / "lm"
+    shutil.copytree(golden / "lm", folder)
+    weights = load_file(folder / "model.safetensors")
+    save_file({k: v.to(torch.bfloat16) for k, v in weights.items()}, folder / "model.safetensors")
+    assert load_lm(folder).dtype == torch.float32  # stored bf16 (the tiny bundle), the config names float32
+    config = json.loads((folder / "config.json").read_text())
+    del config["torch_dtype"]
+    (folder / "config.json").write_text(json.dumps(config))
+    assert load_lm(folder).dtype == torch.bfloat16  # named nowhere: the stored dtype
+
+
 def test_convert_lm_roundtrip(golden, cases, tmp_path):
     from transformers import GlmForCausalLM
 

@@ -45,6 +45,17 @@ def test_smoke_recipe_runs_skips_and_resumes(tmp_path, capsys):
     chat = VoiceChat.from_pretrained(model_dir=done["bundle"]["bundle"], sampling=SamplingConfig(max_new_tokens=30))
     reply = chat.reply(espeak_clip())
     assert reply.n_ids > 0 and done["bundle"]["megabytes"] > 0
+    # stored in bfloat16 (the bundle's 40 MB), computed in float32
+    import torch
+    from safetensors.torch import load_file
+
+    bundle = out / "bundle" / "bundle"
+    for part in ("tokenizer", "lm", "t2t"):
+        assert {t.dtype for t in load_file(bundle / part / "model.safetensors").values()} >= {torch.bfloat16}
+        assert torch.float32 not in {t.dtype for t in load_file(bundle / part / "model.safetensors").values()}
+    flow = torch.load(bundle / "decoder" / "flow.pt", weights_only=True)
+    assert {t.dtype for t in flow.values() if t.is_floating_point()} == {torch.bfloat16}
+    assert chat.lm.dtype == torch.float32 and next(tok.model.parameters()).dtype == torch.float32
     figures = done["eval"]["figures"]  # the report on the held-out split (random-ish models: poor figures)
     assert "wer_en" in figures["asr"] and "t2t" in figures["cloze"]
     assert (out / "eval" / "report" / "results.md").is_file()
