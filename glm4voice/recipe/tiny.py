@@ -6,9 +6,11 @@ Stages, each a folder of OUT:
     speech     train texts spoken by every voice with augmentation (answers in the assistant's voice), the
                test questions in held-out voice settings (faster, higher); and the domain's texts in the
                assistant's voice alone (the decoder's data) -> corpus manifests
+    vocoder    HiFT (mel -> audio) of the assistant's voice from random weights of the packaged decoder-tiny.yaml
+               (it needs no speech tokenizer: it may run beside the tokenizer stage, `--until vocoder`)
     tokenizer  the speech tokenizer from scratch (`train-tokenizer`, packaged config tokenizer-tiny.json)
-    decoder    the flow (codes of that tokenizer -> mel of the assistant's voice), then HiFT (mel -> audio),
-               from random weights of the packaged decoder-tiny.yaml -> a decoder folder
+    decoder    the flow (codes of that tokenizer -> mel of the assistant's voice) from the vocoder's folder
+               -> a decoder folder
     codes      both corpora through that tokenizer (`tokenize-corpus`, Ray Data) -> Parquet shards
     text-tokenizer  a byte-level BPE on the training texts (`train-bpe`), then the speech ids (`extend-vocab`)
     t2t        the text-to-token model from scratch on the assistant's (text, codes) pairs (`train-t2t`)
@@ -229,33 +231,39 @@ def tokenizer(sizes: Sizes):
     return Stage("tokenizer", run, "the speech tokenizer from scratch (ASR through the 12.5 Hz VQ, CTC beside)")
 
 
+def _decoder_run(sizes: Sizes, folder: Path, done: dict, stage: str) -> dict:
+    """One decoder stage on the assistant's voice, validated on 2 test questions per language and task (60)."""
+    from ..train.checkpoint import latest_checkpoint
+    from ..train.config import RunConfig
+    from ..train.decoder import train_decoder
+
+    voice = done["speech"]["assistant"]["manifest"]
+    dev = _valid_subset(done["speech"]["assistant-test"]["manifest"], 2, folder / "valid.jsonl")
+    steps, lr = (sizes.hift_steps, 1e-3) if stage == "hift" else (sizes.flow_steps, 5e-4)
+    resume = latest_checkpoint(folder / "run")
+    cfg = RunConfig(steps=steps, lr=lr, min_lr=lr / 10, warmup_steps=min(200, steps // 10),
+                    batch_size=sizes.decoder_batch, save_every=sizes.save_every, keep_last=2)  # fmt: skip
+    common = dict(valid=dev, crop_codes=sizes.crop_codes, crop_frames=sizes.crop_frames, log=None, resume=resume)
+    if stage == "hift":  # from random weights of the packaged sizes: the flow stays random until the next stage
+        records = train_decoder(None, None, voice, folder / "run", cfg, stage="hift",
+                                config=None if resume else CONFIGS / "decoder-tiny.yaml", **common)  # fmt: skip
+    else:  # from the vocoder stage's folder: its trained HiFT rides along, the flow trains
+        init = None if resume else done["vocoder"]["decoder"]
+        records = train_decoder(init, done["tokenizer"]["released"], voice, folder / "run", cfg, stage="flow",
+                                **common)  # fmt: skip
+    last = records[-1] if records else {}
+    return {"decoder": str(folder / "run" / f"step-{steps}"),
+            **{k: v for k, v in last.items() if k.startswith("valid") or "wer" in k or "mcd" in k}}  # fmt: skip
+
+
+def vocoder(sizes: Sizes):
+    return Stage("vocoder", lambda folder, done: _decoder_run(sizes, folder, done, "hift"),
+                 "HiFT (mel -> audio) from random weights in the assistant's voice; needs no speech tokenizer")
+
+
 def decoder(sizes: Sizes):
-    def run(folder: Path, done: dict) -> dict:
-        from ..train.checkpoint import latest_checkpoint
-        from ..train.config import RunConfig
-        from ..train.decoder import train_decoder
-
-        voice = done["speech"]["assistant"]["manifest"]
-        dev = _valid_subset(done["speech"]["assistant-test"]["manifest"], 2, folder / "valid.jsonl")
-        common = dict(valid=dev, crop_codes=sizes.crop_codes, crop_frames=sizes.crop_frames, log=None)
-        figures = {}
-        for stage, steps, lr in (("flow", sizes.flow_steps, 5e-4), ("hift", sizes.hift_steps, 2e-4)):
-            run_dir = folder / stage
-            resume = latest_checkpoint(run_dir)
-            cfg = RunConfig(steps=steps, lr=lr, min_lr=lr / 10, warmup_steps=min(200, steps // 10),
-                            batch_size=sizes.decoder_batch, save_every=sizes.save_every, keep_last=2)  # fmt: skip
-            if stage == "flow":
-                start = dict(init=None, config=None if resume else CONFIGS / "decoder-tiny.yaml")
-                records = train_decoder(start["init"], done["tokenizer"]["released"], voice, run_dir, cfg,
-                                        stage="flow", config=start["config"], resume=resume, **common)  # fmt: skip
-            else:
-                init = None if resume else folder / "flow" / f"step-{sizes.flow_steps}"
-                records = train_decoder(init, None, voice, run_dir, cfg, stage="hift", resume=resume, **common)
-            last = records[-1] if records else {}
-            figures[stage] = {k: v for k, v in last.items() if k.startswith("valid") or "wer" in k or "mcd" in k}
-        return {"decoder": str(folder / "hift" / f"step-{sizes.hift_steps}"), **figures}
-
-    return Stage("decoder", run, "the flow on the tokenizer's codes, then HiFT, in the assistant's voice")
+    return Stage("decoder", lambda folder, done: _decoder_run(sizes, folder, done, "flow"),
+                 "the flow on the speech tokenizer's codes in the assistant's voice, beside the vocoder's HiFT")
 
 
 def codes(sizes: Sizes):
@@ -434,6 +442,6 @@ def evaluation(sizes: Sizes):
 
 def stages(smoke: bool = False) -> list[Stage]:
     sizes = SMOKE if smoke else FULL
-    return [texts(sizes), speech(sizes), tokenizer(sizes), decoder(sizes), codes(sizes), text_tokenizer(sizes),
-            t2t(sizes), interleaved(sizes), sft_data(sizes), pretrain(sizes), sft(sizes), bundle(sizes),
-            evaluation(sizes)]  # fmt: skip
+    return [texts(sizes), speech(sizes), vocoder(sizes), tokenizer(sizes), decoder(sizes), codes(sizes),
+            text_tokenizer(sizes), t2t(sizes), interleaved(sizes), sft_data(sizes), pretrain(sizes), sft(sizes),
+            bundle(sizes), evaluation(sizes)]  # fmt: skip

@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import shutil
 
+import torch
+
 from glm4voice.cli import main
 from glm4voice.tokenizer import SpeechTokenizer
 from tests.conftest import espeak
@@ -18,8 +20,8 @@ def espeak_clip():
 def test_smoke_recipe_runs_skips_and_resumes(tmp_path, capsys):
     out = tmp_path / "tiny"
     assert main(["recipe", "tiny", "--smoke", "--out", str(out)]) == 0
-    names = ("texts", "speech", "tokenizer", "decoder", "codes", "text-tokenizer", "t2t", "interleaved", "sft-data",
-             "pretrain", "sft", "bundle", "eval")  # fmt: skip
+    names = ("texts", "speech", "vocoder", "tokenizer", "decoder", "codes", "text-tokenizer", "t2t", "interleaved",
+             "sft-data", "pretrain", "sft", "bundle", "eval")  # fmt: skip
     done = {s: json.loads((out / s / "done.json").read_text()) for s in names}
     assert done["texts"]["test_rows"] > 0 and done["texts"]["fortunes"] == {"en": 1, "zh": 1}
     assert done["speech"]["train"]["failed"] == 0 and done["speech"]["test"]["rows"] > 0
@@ -29,6 +31,11 @@ def test_smoke_recipe_runs_skips_and_resumes(tmp_path, capsys):
     from glm4voice.decoder import SpeechDecoder
 
     decoder = SpeechDecoder.from_pretrained(done["decoder"]["decoder"])  # the flow and HiFT, trained in turn
+    vocoder = SpeechDecoder.from_pretrained(done["vocoder"]["decoder"])  # the decoder stage keeps its HiFT
+    def same(a, b):
+        return all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True))
+
+    assert same(decoder.hift, vocoder.hift) and not same(decoder.flow, vocoder.flow)
     assert decoder.decode(tok.tokenize(espeak_clip())).numel() > 0
     assert done["codes"]["assistant"]["rows"] == done["speech"]["assistant"]["rows"]
     assert not done["codes"]["train"]["failed"]
@@ -46,7 +53,6 @@ def test_smoke_recipe_runs_skips_and_resumes(tmp_path, capsys):
     reply = chat.reply(espeak_clip())
     assert reply.n_ids > 0 and done["bundle"]["megabytes"] > 0
     # stored in bfloat16 (the bundle's 40 MB), computed in float32
-    import torch
     from safetensors.torch import load_file
 
     bundle = out / "bundle" / "bundle"
@@ -77,7 +83,7 @@ def test_until_and_bad_stage(tmp_path, capsys):
     assert main(["recipe", "tiny", "--smoke", "--out", str(tmp_path / "t"), "--until", "texts"]) == 0
     assert (tmp_path / "t" / "texts" / "done.json").is_file() and not (tmp_path / "t" / "speech").exists()
     assert main(["recipe", "tiny", "--smoke", "--out", str(tmp_path / "t"), "--until", "nope"]) == 2
-    assert "the stages are texts, speech, tokenizer, decoder, codes, text-tokenizer, t2t, interleaved" in \
+    assert "the stages are texts, speech, vocoder, tokenizer, decoder, codes, text-tokenizer, t2t, interleaved" in \
         capsys.readouterr().err
 
 
