@@ -13,6 +13,8 @@ def _add_recipe(sub) -> None:
     p.add_argument("--out", required=True, help="recipe folder: one sub-folder per stage, done.json when finished")
     p.add_argument("--smoke", action="store_true", help="every stage on a handful of rows, in seconds")
     p.add_argument("--until", help="stop after this stage")
+    p.add_argument("--only", help="run this stage alone (the stages it reads must be done): e.g. the vocoder in a "
+                   "second process beside the tokenizer stage")  # fmt: skip
 
 
 def _run_recipe(args) -> int:
@@ -22,9 +24,12 @@ def _run_recipe(args) -> int:
 
     chosen = stages(smoke=args.smoke)
     names = [s.name for s in chosen]
-    if args.until is not None and args.until not in names:
-        raise Glm4VoiceError(f"--until {args.until!r}: the stages are {', '.join(names)}")
-    run_stages(chosen, args.out, until=args.until)
+    for flag, value in (("--until", args.until), ("--only", args.only)):
+        if value is not None and value not in names:
+            raise Glm4VoiceError(f"{flag} {value!r}: the stages are {', '.join(names)}")
+    if args.until is not None and args.only is not None:
+        raise Glm4VoiceError("give --until or --only, not both")
+    run_stages(chosen, args.out, until=args.until, only=args.only)
     print(f"glm4voice recipe: {args.out}/bundle/bundle (stages: {', '.join(names)})", file=sys.stderr)
     return 0
 

@@ -4,7 +4,9 @@
 
 A stage that finished has `OUT/<stage>/done.json` (what it made, how long it took) and is skipped when the
 recipe runs again; a stage that was interrupted runs again and its trainer resumes from its last
-checkpoint, so a recipe may be stopped and continued any number of times.
+checkpoint, so a recipe may be stopped and continued any number of times. `only` runs one stage alone (a
+second process may run another beside it, e.g. the vocoder beside the speech tokenizer); a stage already
+running in another process is refused, never run twice at once.
 """
 
 from __future__ import annotations
@@ -12,10 +14,12 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..atomic import write_text
+from ..errors import Glm4VoiceError
 
 
 @dataclass
@@ -25,8 +29,9 @@ class Stage:
     what: str
 
 
-def run_stages(stages: list[Stage], out, log=print, until: str | None = None) -> dict:
-    """Run the stages not yet done, in order; returns every stage's summary (`until`: stop after that one)."""
+def run_stages(stages: list[Stage], out, log=print, until: str | None = None, only: str | None = None) -> dict:
+    """Run the stages not yet done, in order; returns every stage's summary (`until`: stop after that one;
+    `only`: that stage alone, the stages it reads done before)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     done: dict = {}
@@ -36,17 +41,37 @@ def run_stages(stages: list[Stage], out, log=print, until: str | None = None) ->
         if marker.is_file():
             done[stage.name] = json.loads(marker.read_text(encoding="utf-8"))
             log(json.dumps({"stage": stage.name, "state": "done before", "seconds": done[stage.name]["seconds"]}))
-        else:
+        elif only is None or stage.name == only:
             folder.mkdir(parents=True, exist_ok=True)
-            log(json.dumps({"stage": stage.name, "state": "running", "what": stage.what}))
-            start = time.perf_counter()
-            summary = {**stage.run(folder, done), "seconds": round(time.perf_counter() - start, 1)}
-            write_text(marker, json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
+            with _running(folder, stage.name):
+                log(json.dumps({"stage": stage.name, "state": "running", "what": stage.what}))
+                start = time.perf_counter()
+                try:
+                    summary = {**stage.run(folder, done), "seconds": round(time.perf_counter() - start, 1)}
+                except KeyError as exc:  # a summary it reads is missing: `only` ran it too early
+                    if not (exc.args and exc.args[0] in {s.name for s in stages}):
+                        raise
+                    raise Glm4VoiceError(f"stage {stage.name} needs stage {exc.args[0]} done first") from None
+                write_text(marker, json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
             done[stage.name] = summary
             log(json.dumps({"stage": stage.name, "state": "finished", **summary}, ensure_ascii=False))
-        if stage.name == until:
+        if stage.name in (until, only):
             break
     return done
+
+
+@contextmanager
+def _running(folder: Path, name: str):
+    """Hold the stage's lock while it runs: a second process on the same stage gets a clear error (the lock
+    goes with the process, so a killed run never leaves a stale one)."""
+    import fcntl
+
+    with open(folder / ".running", "w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise Glm4VoiceError(f"stage {name} is running in another process ({folder})") from None
+        yield
 
 
 __all__ = ["Stage", "run_stages"]

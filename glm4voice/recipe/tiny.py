@@ -7,7 +7,7 @@ Stages, each a folder of OUT:
                test questions in held-out voice settings (faster, higher); and the domain's texts in the
                assistant's voice alone (the decoder's data) -> corpus manifests
     vocoder    HiFT (mel -> audio) of the assistant's voice from random weights of the packaged decoder-tiny.yaml
-               (it needs no speech tokenizer: it may run beside the tokenizer stage, `--until vocoder`)
+               (it needs no speech tokenizer: `--only vocoder` may run beside `--only tokenizer`)
     tokenizer  the speech tokenizer from scratch (`train-tokenizer`, packaged config tokenizer-tiny.json)
     decoder    the flow (codes of that tokenizer -> mel of the assistant's voice) from the vocoder's folder
                -> a decoder folder

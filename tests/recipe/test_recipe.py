@@ -95,3 +95,21 @@ def test_fortunes_are_cut_to_short_plain_sentences():
     assert _short_pieces(doc, "zh", 8) == ["要有礼貌"]
     assert _short_pieces("A short one.", "en", 20) == ["A short one."]
     assert _short_pieces("A sentence far too long for the limit.", "en", 20) == []
+
+
+def test_only_one_stage_and_a_running_stage_is_refused(tmp_path, capsys):
+    import fcntl
+
+    out = tmp_path / "t"
+    assert main(["recipe", "tiny", "--smoke", "--out", str(out), "--until", "speech"]) == 0
+    assert main(["recipe", "tiny", "--smoke", "--out", str(out), "--only", "decoder"]) == 2  # reads the vocoder
+    assert "stage decoder needs stage vocoder done first" in capsys.readouterr().err
+    assert main(["recipe", "tiny", "--smoke", "--out", str(out), "--only", "vocoder"]) == 0
+    assert (out / "vocoder" / "done.json").is_file() and not (out / "tokenizer").exists()
+    (out / "tokenizer").mkdir()
+    with open(out / "tokenizer" / ".running", "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)  # another process is in the tokenizer stage
+        assert main(["recipe", "tiny", "--smoke", "--out", str(out), "--only", "tokenizer"]) == 2
+        assert "stage tokenizer is running in another process" in capsys.readouterr().err
+    assert main(["recipe", "tiny", "--smoke", "--out", str(out), "--only", "tokenizer"]) == 0  # the lock is gone
+    assert main(["recipe", "tiny", "--smoke", "--out", str(out), "--until", "speech", "--only", "vocoder"]) == 2
