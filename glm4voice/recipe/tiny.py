@@ -21,6 +21,7 @@ Stages, each a folder of OUT:
     bundle     tokenizer/, lm/, decoder/, t2t/ in one folder: what `--model-dir` takes
     eval       `glm4voice eval` of the bundle on the test split (held-out questions and stories, held-out
                voice settings), the ASR suite on the tokenizer's ASR-layout checkpoint
+    card       the bundle's README.md (recipe/card.py): data, parts, training times, the eval table
 
 `--smoke` runs every stage on a handful of rows in seconds.
 """
@@ -115,6 +116,17 @@ def _valid_subset(manifest: str | Path, n: int, out: Path) -> Path:
     picked = first_of_each(questions, n, lambda r: (r.get("lang"), r.get("task")))
     _write_rows(out, [{**row, "audio": str(manifest.parent / row["audio"])} for row in picked])
     return out
+
+
+def _trained(run_dir: Path, *keys: str) -> dict:
+    """The figures `keys` (any key holding one of them) of a run's last logged step, and its training seconds
+    across every resumed run: read from metrics.jsonl, so a stage resumed at its last step still reports them."""
+    from ..train.loop import METRICS_FILE
+
+    path = run_dir / METRICS_FILE
+    rows = [r for _, r in read_jsonl(path, "metrics")] if path.is_file() else []
+    last = next((r for r in reversed(rows) if "step" in r), {})
+    return {k: v for k, v in last.items() if k == "train_seconds" or any(key in k for key in keys)}
 
 
 def _store_bf16(folder: Path) -> None:
@@ -217,14 +229,13 @@ def tokenizer(sizes: Sizes):
                         warmup_steps=min(500, sizes.tokenizer_steps // 10), save_every=sizes.save_every,
                         keep_last=2)  # fmt: skip
         _valid_subset(done["speech"]["test"]["manifest"], 8, folder / "valid.jsonl")
-        records = train_tokenizer(done["speech"]["train"]["manifest"], folder / "run", cfg, config=config,
-                                  valid=folder / "valid.jsonl", eval_every=sizes.eval_every,
-                                  batch_seconds=sizes.batch_seconds, vocab_size=sizes.vocab_size,
-                                  vq_warmup=sizes.vq_warmup, max_seconds=sizes.tokenizer_max_seconds,
-                                  resume=latest_checkpoint(folder / "run"))  # fmt: skip
+        train_tokenizer(done["speech"]["train"]["manifest"], folder / "run", cfg, config=config,
+                        valid=folder / "valid.jsonl", eval_every=sizes.eval_every,
+                        batch_seconds=sizes.batch_seconds, vocab_size=sizes.vocab_size,
+                        vq_warmup=sizes.vq_warmup, max_seconds=sizes.tokenizer_max_seconds,
+                        resume=latest_checkpoint(folder / "run"))  # fmt: skip
         _store_bf16(folder / "run" / "tokenizer")  # what every later stage tokenizes with is what the bundle ships
-        last = records[-1] if records else {}
-        figures = {k: last[k] for k in ("wer_en", "cer_zh", "codes_used", "code_perplexity") if k in last}
+        figures = _trained(folder / "run", "wer_en", "cer_zh", "codes_used", "code_perplexity")
         return {"released": str(folder / "run" / "tokenizer"), "asr": str(folder / "run" / f"step-{cfg.steps}"),
                 **figures}  # fmt: skip
 
@@ -245,15 +256,13 @@ def _decoder_run(sizes: Sizes, folder: Path, done: dict, stage: str) -> dict:
                     batch_size=sizes.decoder_batch, save_every=sizes.save_every, keep_last=2)  # fmt: skip
     common = dict(valid=dev, crop_codes=sizes.crop_codes, crop_frames=sizes.crop_frames, log=None, resume=resume)
     if stage == "hift":  # from random weights of the packaged sizes: the flow stays random until the next stage
-        records = train_decoder(None, None, voice, folder / "run", cfg, stage="hift",
-                                config=None if resume else CONFIGS / "decoder-tiny.yaml", **common)  # fmt: skip
+        train_decoder(None, None, voice, folder / "run", cfg, stage="hift",
+                      config=None if resume else CONFIGS / "decoder-tiny.yaml", **common)  # fmt: skip
     else:  # from the vocoder stage's folder: its trained HiFT rides along, the flow trains
         init = None if resume else done["vocoder"]["decoder"]
-        records = train_decoder(init, done["tokenizer"]["released"], voice, folder / "run", cfg, stage="flow",
-                                **common)  # fmt: skip
-    last = records[-1] if records else {}
-    return {"decoder": str(folder / "run" / f"step-{steps}"),
-            **{k: v for k, v in last.items() if k.startswith("valid") or "wer" in k or "mcd" in k}}  # fmt: skip
+        train_decoder(init, done["tokenizer"]["released"], voice, folder / "run", cfg, stage="flow",
+                      **common)  # fmt: skip
+    return {"decoder": str(folder / "run" / f"step-{steps}"), **_trained(folder / "run", "valid", "wer", "mcd")}
 
 
 def vocoder(sizes: Sizes):
@@ -314,10 +323,9 @@ def t2t(sizes: Sizes):
         cfg = t2t_defaults(steps=sizes.t2t_steps, save_every=sizes.save_every, keep_last=2,
                            warmup_steps=min(200, sizes.t2t_steps // 10))  # fmt: skip
         start = {} if resume else {"config": config, "text_tokenizer": done["text-tokenizer"]["text_tokenizer"]}
-        records = train_t2t(done["codes"]["assistant"]["shards"], folder / "run", cfg, seq_length=sizes.t2t_seq_length,
-                            resume=resume, **start)  # fmt: skip
-        return {"t2t": str(folder / "run" / f"step-{sizes.t2t_steps}"),
-                "loss": records[-1]["loss"] if records else None}  # fmt: skip
+        train_t2t(done["codes"]["assistant"]["shards"], folder / "run", cfg, seq_length=sizes.t2t_seq_length,
+                  resume=resume, **start)  # fmt: skip
+        return {"t2t": str(folder / "run" / f"step-{sizes.t2t_steps}"), **_trained(folder / "run", "loss")}
 
     return Stage("t2t", run, "the text-to-token model from scratch on the assistant's (text, codes) pairs")
 
@@ -378,9 +386,8 @@ def pretrain(sizes: Sizes):
         start = {} if resume else {"config": folder / "glm.json", "text_tokenizer": tokenizer_folder}
         cfg = lm_defaults(steps=sizes.pretrain_steps, lr=1e-3, min_lr=1e-4, batch_size=4, save_every=sizes.save_every,
                           keep_last=2, warmup_steps=min(200, sizes.pretrain_steps // 10))  # fmt: skip
-        records = train_lm(folder / "mixture.json", folder / "run", cfg, resume=resume, **start)
-        return {"lm": str(folder / "run" / f"step-{sizes.pretrain_steps}"),
-                "loss": records[-1]["loss"] if records else None}  # fmt: skip
+        train_lm(folder / "mixture.json", folder / "run", cfg, resume=resume, **start)
+        return {"lm": str(folder / "run" / f"step-{sizes.pretrain_steps}"), **_trained(folder / "run", "loss")}
 
     return Stage("pretrain", run, "the LM from scratch on text, speech, ASR, TTS and interleaved samples")
 
@@ -393,9 +400,9 @@ def sft(sizes: Sizes):
 
         cfg = RunConfig(steps=sizes.sft_steps, lr=3e-4, min_lr=3e-5, batch_size=4, save_every=sizes.save_every,
                         keep_last=2, warmup_steps=min(100, sizes.sft_steps // 10))  # fmt: skip
-        records = train_sft(done["pretrain"]["lm"], done["sft-data"]["sft"], folder / "run", cfg,
-                            max_length=sizes.lm_seq_length, resume=latest_checkpoint(folder / "run"))  # fmt: skip
-        return {"lm": str(folder / "run" / f"step-{sizes.sft_steps}"), "loss": records[-1]["loss"] if records else None}
+        train_sft(done["pretrain"]["lm"], done["sft-data"]["sft"], folder / "run", cfg,
+                  max_length=sizes.lm_seq_length, resume=latest_checkpoint(folder / "run"))  # fmt: skip
+        return {"lm": str(folder / "run" / f"step-{sizes.sft_steps}"), **_trained(folder / "run", "loss")}
 
     return Stage("sft", run, "streaming-thoughts fine-tuning: spoken and typed questions -> interleaved answers")
 
@@ -440,8 +447,17 @@ def evaluation(sizes: Sizes):
     return Stage("eval", run, "glm4voice eval of the bundle on the held-out test split")
 
 
+def model_card(sizes: Sizes):
+    def run(folder: Path, done: dict) -> dict:
+        from .card import write_card
+
+        return {"card": str(write_card(Path(done["bundle"]["bundle"]), done, Path(done["eval"]["report"])))}
+
+    return Stage("card", run, "the bundle's model card (README.md): data, sizes, training times, the eval table")
+
+
 def stages(smoke: bool = False) -> list[Stage]:
     sizes = SMOKE if smoke else FULL
     return [texts(sizes), speech(sizes), vocoder(sizes), tokenizer(sizes), decoder(sizes), codes(sizes),
             text_tokenizer(sizes), t2t(sizes), interleaved(sizes), sft_data(sizes), pretrain(sizes), sft(sizes),
-            bundle(sizes), evaluation(sizes)]  # fmt: skip
+            bundle(sizes), evaluation(sizes), model_card(sizes)]  # fmt: skip

@@ -113,10 +113,11 @@ def train(task: Task, cfg: RunConfig, out: str | Path, dist: Dist, state: dict |
     if cfg.gradient_checkpointing:
         enable_activation_checkpointing(model, task.blocks)
     opt = optimizer(task, cfg)
-    start = 0
+    start, before = 0, 0.0  # before: training seconds of the runs this one resumes (carried in checkpoints)
     if state is not None:
         restore_optimizer(model, opt, state)
-        start = int(state["step"])
+        start, before = int(state["step"]), float(state.get("train_seconds", 0.0))
+    began = time.perf_counter()
     saves = set(planned_saves(start, cfg))
     params = [p for group in opt.param_groups for p in group["params"]]
     autocast = contextlib.nullcontext
@@ -157,6 +158,7 @@ def train(task: Task, cfg: RunConfig, out: str | Path, dist: Dist, state: dict |
                     mean = dist.mean(value)
                     record[key] = round(mean * dist.world if key in task.counts else mean, 5)
                 record["seconds"] = round(time.perf_counter() - t0, 3)
+                record["train_seconds"] = round(before + time.perf_counter() - began, 1)
                 records.append(record)
                 if dist.rank == 0:
                     bar.set_postfix(loss=record["loss"], refresh=False)
@@ -164,7 +166,8 @@ def train(task: Task, cfg: RunConfig, out: str | Path, dist: Dist, state: dict |
                     with open(out / METRICS_FILE, "a", encoding="utf-8") as f:
                         f.write(json.dumps(record) + "\n")
             if done in saves:
-                extra_state = task.extra_state() if task.extra_state is not None else None
+                extra_state = {**(task.extra_state() if task.extra_state is not None else {}),
+                               "train_seconds": before + time.perf_counter() - began}  # fmt: skip
                 save_checkpoint(model, opt, out, done, cfg, dist, task.write_model, extra_state)
     finally:
         bar.close()

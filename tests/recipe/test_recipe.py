@@ -21,7 +21,7 @@ def test_smoke_recipe_runs_skips_and_resumes(tmp_path, capsys):
     out = tmp_path / "tiny"
     assert main(["recipe", "tiny", "--smoke", "--out", str(out)]) == 0
     names = ("texts", "speech", "vocoder", "tokenizer", "decoder", "codes", "text-tokenizer", "t2t", "interleaved",
-             "sft-data", "pretrain", "sft", "bundle", "eval")  # fmt: skip
+             "sft-data", "pretrain", "sft", "bundle", "eval", "card")  # fmt: skip
     done = {s: json.loads((out / s / "done.json").read_text()) for s in names}
     assert done["texts"]["test_rows"] > 0 and done["texts"]["fortunes"] == {"en": 1, "zh": 1}
     assert done["speech"]["train"]["failed"] == 0 and done["speech"]["test"]["rows"] > 0
@@ -65,6 +65,9 @@ def test_smoke_recipe_runs_skips_and_resumes(tmp_path, capsys):
     figures = done["eval"]["figures"]  # the report on the held-out split (random-ish models: poor figures)
     assert "wer_en" in figures["asr"] and "t2t" in figures["cloze"]
     assert (out / "eval" / "report" / "results.md").is_file()
+    card = (bundle / "README.md").read_text()  # the model card: every part, the data, the times, the eval table
+    assert all(f"| `{part}/` |" in card for part in ("tokenizer", "lm", "decoder", "t2t"))
+    assert "speech `train`" in card and "| tokenizer |" in card and "| asr | wer_en" in card
     log = capsys.readouterr().out
     assert '"state": "finished"' in log
     # again: every stage is done

@@ -74,6 +74,10 @@ def test_resume_is_exact_and_pruning_keeps_the_last(tmp_path):
     assert logged == records and [r["step"] for r in records] == list(range(1, 7))
     resumed, _ = run(tmp_path / "d", cfg, resume=tmp_path / "a" / "step-4")
     assert [r["loss"] for r in resumed] == [r["loss"] for r in records[4:]]
+    # training seconds carry across the resume (the recipe's stage times of a run stopped and continued)
+    saved = torch.load(tmp_path / "a" / "step-4" / "trainer_state.pt", weights_only=True)["train_seconds"]
+    assert saved > 0 and resumed[0]["train_seconds"] >= round(saved, 1)
+    assert [r["train_seconds"] for r in records] == sorted(r["train_seconds"] for r in records)
     a = load_file(tmp_path / "a" / "step-6" / "model.safetensors")
     d = load_file(tmp_path / "d" / "step-6" / "model.safetensors")
     assert all(torch.equal(a[k], d[k]) for k in a)
