@@ -246,6 +246,8 @@ def train_tokenizer(data: str | os.PathLike, out: str | os.PathLike, cfg: RunCon
             if not bypass and (b["index"] - warm + 1) % model.vq.restart_every == 0:
                 restarted[0] += model.vq.restart_dead(hidden, mask)  # the same number on every rank
             metrics = {"asr_loss": asr.item(), "commit_loss": vq.loss.item(), "codes_in_batch": vq.used}
+            if warm and b["index"] == warm and dist.rank == 0:
+                _warn_if_commitment_dominates(model, hidden, mask, metrics)
             if model.ctc_head is None:
                 return asr + vq.loss, metrics
             ctc = model.ctc_loss(encoded, mask, b["bodies"], codec.eot)
@@ -286,6 +288,23 @@ def train_tokenizer(data: str | os.PathLike, out: str | os.PathLike, cfg: RunCon
         return records
     finally:
         dist.close()
+
+
+def _warn_if_commitment_dominates(model, hidden, mask, metrics: dict) -> None:
+    """At the quantizer's start after a warm-up: a from-scratch encoder's output may have grown far beyond the
+    scale `quantize_loss_scale` was chosen for (the paper's 10 suits Whisper large-v3). Then the commitment
+    loss swamps the ASR loss, the encoder shrinks its output faster than the EMA codebook follows, and the
+    codebook collapses (seen on the tiny recipe: a norm of 590 per frame, commitment 39 beside ASR 2, the
+    codes in a batch 182 -> 9-20). Say so, with the scale that would start the two even."""
+    commit, asr = metrics["commit_loss"], metrics["asr_loss"]
+    if commit <= 5 * asr:
+        return
+    scale = model.config["quantize_loss_scale"]
+    norm = float(hidden.detach().float()[mask].norm(dim=-1).mean())
+    print(json.dumps({"warning": f"the commitment loss ({commit:.3g}) is {commit / asr:.0f}x the ASR loss at the "
+                                 f"quantizer's start (encoder output norm {norm:.0f} per frame): the codebook may "
+                                 f"collapse; quantize_loss_scale {scale:g} -> about {scale * asr / commit:.2g} "
+                                 "starts them even"}), flush=True)  # fmt: skip
 
 
 def _read_config(path) -> dict:

@@ -110,6 +110,16 @@ def test_vq_warm_up_then_resume_across_it(corpus, tmp_path):
     assert [r["loss"] for r in resumed] == [r["loss"] for r in records[2:]]  # the switch happens at the same step
 
 
+def test_a_commitment_loss_that_swamps_the_asr_loss_is_reported(corpus, tmp_path, capsys):
+    kwargs = dict(batch_seconds=4, vocab_size=300, vq_warmup=2, log=lambda line: None)
+    for scale, said in ((1e8, True), (1e-6, False)):  # tiny data: k-means fits the frames closely
+        (tmp_path / f"{scale}.json").write_text(json.dumps({**TINY, "quantize_loss_scale": scale}))
+        train_tokenizer(corpus / "train.jsonl", tmp_path / str(scale), RunConfig(steps=3, **FAST),
+                        config=tmp_path / f"{scale}.json", **kwargs)  # fmt: skip
+        out = capsys.readouterr().out
+        assert ("the codebook may collapse; quantize_loss_scale" in out) == said
+
+
 def test_max_seconds_leaves_out_longer_utterances(corpus):
     from glm4voice.train.tokenizer import Utterances
 
