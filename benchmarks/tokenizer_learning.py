@@ -61,6 +61,10 @@ def main() -> None:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--batch-seconds", type=float, default=30.0)
     p.add_argument("--config", default="{}", help="JSON fields over tokenizer-tiny.json (the encoder)")
+    p.add_argument("--weight-decay", type=float, default=0.0, help="AdamW's, for both models")
+    p.add_argument("--init-std", type=float, default=0.0,
+                   help="the encoder's linear and conv weights drawn N(0, std), biases 0, as transformers' Whisper "
+                        "initialises (0: PyTorch's defaults, what the trainer does)")  # fmt: skip
     args = p.parse_args()
     print(cpu_info(), flush=True)
     torch.manual_seed(0)
@@ -79,7 +83,13 @@ def main() -> None:
     for kind in args.models.split(","):
         config = {**json.loads(CONFIG.read_text()), **json.loads(args.config)}
         model = new_asr(config, codec) if kind == "encoder" else StackedGru(codec.vocab_size)
-        opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.95), weight_decay=0.0)
+        if kind == "encoder" and args.init_std > 0:
+            for module in [*model.encoder.modules(), *model.post_layers.modules()]:
+                if isinstance(module, nn.Linear | nn.Conv1d):
+                    nn.init.normal_(module.weight, std=args.init_std)
+                    if module.bias is not None:
+                        nn.init.zeros_(module.bias)
+        opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.95), weight_decay=args.weight_decay)
         losses, start = [], time.perf_counter()
         for step, g in enumerate(order):
             for group in opt.param_groups:
@@ -105,8 +115,13 @@ def main() -> None:
             opt.step()
             losses.append(ctc.item())
             if (step + 1) % 50 == 0:
+                norm = ""
+                if kind == "encoder":  # the pre-VQ output's size per frame: what the quantizer will see
+                    with torch.no_grad():
+                        norm = round(float(model.encoder.encode(features, mask)[0][m].norm(dim=-1).mean()), 1)
                 print(json.dumps({"model": kind, "step": step + 1, "ctc_loss": round(sum(losses[-50:]) / 50, 3),
-                                  "seconds": round(time.perf_counter() - start)}), flush=True)  # fmt: skip
+                                  "encoder_output_norm": norm, "seconds": round(time.perf_counter() - start)}),
+                      flush=True)  # fmt: skip
 
 
 if __name__ == "__main__":
