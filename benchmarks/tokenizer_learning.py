@@ -1,7 +1,8 @@
 """How fast the from-scratch tokenizer learns to align, beside a BiGRU given the same features and targets.
 
     .venv/bin/python benchmarks/tokenizer_learning.py --data runs/tiny/speech/train/manifest.jsonl \
-        [--roles question,answer,fact] [--steps 1000] [--models encoder,gru] [--lr 1e-3] [--config JSON]
+        [--roles question,answer,fact] [--steps 1000] [--models encoder,gru] [--lr 1e-3] [--config JSON] \
+        [--weight-decay 0.1] [--init-std 0.02]
 
 Both models see the same batches (`--batch-seconds` of padded audio, the
 manifest's rows of `--roles`) and learn CTC over the same 12.5 Hz frames and
@@ -10,7 +11,8 @@ the same transcript BPE (500 ids): the encoder is the tiny recipe's tokenizer
 VQ warm-up trains it); the GRU is a reference recogniser (8 mel frames stacked,
 a linear layer, 2 bidirectional GRU layers of 256). Prints the CPU, then every
 50 steps each model's mean CTC loss per target id over those steps (a unigram
-guess scores about 5) and its seconds so far. A slow fall of the first beside
+guess scores about 5), the encoder's output norm per frame (what the quantizer will
+see) and its seconds so far. A slow fall of the first beside
 the second says the encoder, not the data, is what takes steps.
 """
 
