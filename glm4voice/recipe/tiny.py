@@ -123,9 +123,16 @@ def _trained(run_dir: Path, *keys: str) -> dict:
     across every resumed run: read from metrics.jsonl, so a stage resumed at its last step still reports them."""
     from ..train.loop import METRICS_FILE
 
-    path = run_dir / METRICS_FILE
-    rows = [r for _, r in read_jsonl(path, "metrics")] if path.is_file() else []
-    last = next((r for r in reversed(rows) if "step" in r), {})
+    path, last = run_dir / METRICS_FILE, {}
+    lines = path.read_text(encoding="utf-8").splitlines() if path.is_file() else []
+    for line in reversed(lines):  # a run killed mid-write may have left half a line: skipped
+        try:
+            last = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(last, dict) and "step" in last:
+            break
+        last = {}
     return {k: v for k, v in last.items() if k == "train_seconds" or any(key in k for key in keys)}
 
 

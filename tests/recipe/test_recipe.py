@@ -116,3 +116,13 @@ def test_only_one_stage_and_a_running_stage_is_refused(tmp_path, capsys):
         assert "stage tokenizer is running in another process" in capsys.readouterr().err
     assert main(["recipe", "tiny", "--smoke", "--out", str(out), "--only", "tokenizer"]) == 0  # the lock is gone
     assert main(["recipe", "tiny", "--smoke", "--out", str(out), "--until", "speech", "--only", "vocoder"]) == 2
+
+
+def test_stage_figures_come_from_the_last_whole_metrics_line(tmp_path):
+    from glm4voice.recipe.tiny import _trained
+
+    (tmp_path / "metrics.jsonl").write_text('{"step": 1, "loss": 2.0, "train_seconds": 1}\n{"step": 2, "lo\n'
+                                            '{"step": 3, "loss": 1.5, "grad_norm": 1, "train_seconds": 5}\n')
+    assert _trained(tmp_path, "loss") == {"loss": 1.5, "train_seconds": 5}
+    (tmp_path / "metrics.jsonl").write_text('{"step": 1, "loss": 2.0}\n{"step": 2, "lo')  # killed mid-write
+    assert _trained(tmp_path, "loss") == {"loss": 2.0} and _trained(tmp_path / "none", "loss") == {}
