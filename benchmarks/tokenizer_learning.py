@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/tokenizer_learning.py --data runs/tiny/speech/train/manifest.jsonl \
         [--roles question,answer,fact] [--steps 1000] [--models encoder,gru] [--lr 1e-3] [--config JSON] \
-        [--weight-decay 0.1] [--init-std 0.02]
+        [--weight-decay 0.0] [--init-std 0.0]
 
 Both models see the same batches (`--batch-seconds` of padded audio, the
 manifest's rows of `--roles`) and learn CTC over the same 12.5 Hz frames and
@@ -117,7 +117,7 @@ def main() -> None:
             opt.step()
             losses.append(ctc.item())
             if (step + 1) % 50 == 0:
-                norm = ""
+                norm = None
                 if kind == "encoder":  # the pre-VQ output's size per frame: what the quantizer will see
                     with torch.no_grad():
                         norm = round(float(model.encoder.encode(features, mask)[0][m].norm(dim=-1).mean()), 1)

@@ -11,7 +11,7 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 def as_dtype(dtype, allow_auto: bool = False) -> torch.dtype | None:
     """A name or torch.dtype -> torch.dtype. With `allow_auto`, None/"auto" -> None
-    (the caller decides: the checkpoint's own dtype). Unknown names raise CheckpointError."""
+    (the caller decides, e.g. the config's, else the stored one). Unknown names raise CheckpointError."""
     if allow_auto and (dtype is None or dtype == "auto"):
         return None
     if isinstance(dtype, torch.dtype):

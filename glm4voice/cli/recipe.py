@@ -29,8 +29,9 @@ def _run_recipe(args) -> int:
             raise Glm4VoiceError(f"{flag} {value!r}: the stages are {', '.join(names)}")
     if args.until is not None and args.only is not None:
         raise Glm4VoiceError("give --until or --only, not both")
-    run_stages(chosen, args.out, until=args.until, only=args.only)
-    print(f"glm4voice recipe: {args.out}/bundle/bundle (stages: {', '.join(names)})", file=sys.stderr)
+    done = run_stages(chosen, args.out, until=args.until, only=args.only)
+    made = f"the bundle: {done['bundle']['bundle']}" if "bundle" in done else f"stages done: {', '.join(done)}"
+    print(f"glm4voice recipe: {made} (stages: {', '.join(names)})", file=sys.stderr)
     return 0
 
 

@@ -44,14 +44,20 @@ def run_stages(stages: list[Stage], out, log=print, until: str | None = None, on
         elif only is None or stage.name == only:
             folder.mkdir(parents=True, exist_ok=True)
             with _running(folder, stage.name):
+                if marker.is_file():  # another process finished it while this one waited for the lock
+                    done[stage.name] = json.loads(marker.read_text(encoding="utf-8"))
+                    if stage.name in (until, only):
+                        break
+                    continue
                 log(json.dumps({"stage": stage.name, "state": "running", "what": stage.what}))
                 start = time.perf_counter()
                 try:
                     summary = {**stage.run(folder, done), "seconds": round(time.perf_counter() - start, 1)}
-                except KeyError as exc:  # a summary it reads is missing: `only` ran it too early
-                    if not (exc.args and exc.args[0] in {s.name for s in stages}):
+                except KeyError as exc:  # a summary it reads is missing: `only` ran it before that stage
+                    missing = exc.args[0] if exc.args else None
+                    if missing not in {s.name for s in stages} or missing in done:
                         raise
-                    raise Glm4VoiceError(f"stage {stage.name} needs stage {exc.args[0]} done first") from None
+                    raise Glm4VoiceError(f"stage {stage.name} needs stage {missing} done first") from None
                 write_text(marker, json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
             done[stage.name] = summary
             log(json.dumps({"stage": stage.name, "state": "finished", **summary}, ensure_ascii=False))

@@ -14,7 +14,7 @@ PARTS = {
 }
 
 
-def part_parameters(folder: Path) -> int:
+def _part_parameters(folder: Path) -> int:
     """Parameters stored in a part's weight files (safetensors headers, decoder .pt files)."""
     import torch
     from safetensors import safe_open
@@ -50,7 +50,7 @@ def card(bundle: Path, done: dict, report: Path | None) -> str:
     for name, what in PARTS.items():
         folder = bundle / name
         if folder.is_dir():
-            lines.append(f"| `{name}/` | {what} | {part_parameters(folder) / 1e6:.2f} M | {_megabytes(folder):.1f} |")
+            lines.append(f"| `{name}/` | {what} | {_part_parameters(folder) / 1e6:.2f} M | {_megabytes(folder):.1f} |")
     lines += ["", f"In all {_megabytes(bundle):.1f} MB.", "", "## Data", ""]
     texts, speech = done.get("texts", {}), done.get("speech", {})
     if texts:
@@ -72,8 +72,9 @@ def card(bundle: Path, done: dict, report: Path | None) -> str:
         figures = {k: v for k, v in summary.items() if isinstance(v, int | float) and "seconds" not in k}
         shown = ", ".join(f"{k} {v}" for k, v in figures.items())
         lines.append(f"| {name} | {seconds:.0f} | {shown} |")
-    lines += ["", f"In all {total / 3600:.2f} h of this machine's time (a trainer's time counts every run it resumed).",
-              "", "## Evaluation", ""]  # fmt: skip
+    lines += ["", f"The stages' times add up to {total / 3600:.2f} h of this machine (a trainer's counts every run it "
+              "resumed; two stages may have run side by side, so the wall clock may have been shorter).", "",
+              "## Evaluation", ""]  # fmt: skip
     if report is not None and report.is_file():
         body = report.read_text(encoding="utf-8").splitlines()
         lines += [line for line in body if not line.startswith("# ")]

@@ -249,7 +249,7 @@ def tokenizer(sizes: Sizes):
     return Stage("tokenizer", run, "the speech tokenizer from scratch (ASR through the 12.5 Hz VQ, CTC beside)")
 
 
-def _decoder_run(sizes: Sizes, folder: Path, done: dict, stage: str) -> dict:
+def _decoder_run(sizes: Sizes, folder: Path, done: dict, kind: str) -> dict:
     """One decoder stage on the assistant's voice, validated on 2 test questions per language and task (60)."""
     from ..train.checkpoint import latest_checkpoint
     from ..train.config import RunConfig
@@ -257,12 +257,12 @@ def _decoder_run(sizes: Sizes, folder: Path, done: dict, stage: str) -> dict:
 
     voice = done["speech"]["assistant"]["manifest"]
     dev = _valid_subset(done["speech"]["assistant-test"]["manifest"], 2, folder / "valid.jsonl")
-    steps, lr = (sizes.hift_steps, 1e-3) if stage == "hift" else (sizes.flow_steps, 5e-4)
+    steps, lr = (sizes.hift_steps, 1e-3) if kind == "hift" else (sizes.flow_steps, 5e-4)
     resume = latest_checkpoint(folder / "run")
     cfg = RunConfig(steps=steps, lr=lr, min_lr=lr / 10, warmup_steps=min(200, steps // 10),
                     batch_size=sizes.decoder_batch, save_every=sizes.save_every, keep_last=2)  # fmt: skip
     common = dict(valid=dev, crop_codes=sizes.crop_codes, crop_frames=sizes.crop_frames, log=None, resume=resume)
-    if stage == "hift":  # from random weights of the packaged sizes: the flow stays random until the next stage
+    if kind == "hift":  # from random weights of the packaged sizes: the flow stays random until the next stage
         train_decoder(None, None, voice, folder / "run", cfg, stage="hift",
                       config=None if resume else CONFIGS / "decoder-tiny.yaml", **common)  # fmt: skip
     else:  # from the vocoder stage's folder: its trained HiFT rides along, the flow trains
@@ -436,15 +436,20 @@ def bundle(sizes: Sizes):
 
 def evaluation(sizes: Sizes):
     def run(folder: Path, done: dict) -> dict:
+        import shutil
+
         from ..eval import evaluate
 
         view = folder / "model"  # the bundle, with the tokenizer's ASR-layout checkpoint (what `asr` needs)
         view.mkdir(exist_ok=True)
-        sources = {"tokenizer": done["tokenizer"]["asr"], **{p: Path(done["bundle"]["bundle"]) / p
-                                                              for p in ("lm", "decoder", "t2t")}}  # fmt: skip
-        for name, source in sources.items():
+        for name in ("lm", "decoder", "t2t"):
             if not (view / name).exists():
-                (view / name).symlink_to(Path(source).resolve(), target_is_directory=True)
+                (view / name).symlink_to((Path(done["bundle"]["bundle"]) / name).resolve(), target_is_directory=True)
+        if not (view / "tokenizer" / "config.json").exists():  # rounded as the shipped one: every suite its codes
+            shutil.rmtree(view / "tokenizer", ignore_errors=True)
+            shutil.copytree(done["tokenizer"]["asr"], view / "tokenizer",
+                            ignore=shutil.ignore_patterns("trainer_state.pt"))  # fmt: skip
+            _store_bf16(view / "tokenizer")
         results = evaluate(view, list(sizes.eval_suites), done["speech"]["test"]["manifest"], folder / "report",
                            limit=sizes.eval_limit)  # fmt: skip
         return {"report": str(folder / "report" / "results.md"),

@@ -118,6 +118,10 @@ def train(task: Task, cfg: RunConfig, out: str | Path, dist: Dist, state: dict |
         restore_optimizer(model, opt, state)
         start, before = int(state["step"]), float(state.get("train_seconds", 0.0))
     began = time.perf_counter()
+    metrics_file = out / METRICS_FILE
+    if dist.rank == 0 and metrics_file.is_file() and not metrics_file.read_bytes().endswith(b"\n"):
+        with open(metrics_file, "a", encoding="utf-8") as f:  # a run killed mid-write: its half line stays apart
+            f.write("\n")
     saves = set(planned_saves(start, cfg))
     params = [p for group in opt.param_groups for p in group["params"]]
     autocast = contextlib.nullcontext

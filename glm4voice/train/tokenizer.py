@@ -296,7 +296,7 @@ def _warn_if_commitment_dominates(model, hidden, mask, metrics: dict) -> None:
     loss swamps the ASR loss, the encoder shrinks its output faster than the EMA codebook follows, and the
     codebook collapses (seen on the tiny recipe: a norm of 590 per frame, commitment 39 beside ASR 2, the
     codes in a batch 182 -> 9-20). Say so, with the scale that would start the two even."""
-    commit, asr = metrics["commit_loss"], metrics["asr_loss"]
+    commit, asr = metrics["commit_loss"], max(metrics["asr_loss"], 1e-9)
     if commit <= 5 * asr:
         return
     scale = model.config["quantize_loss_scale"]

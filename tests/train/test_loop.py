@@ -78,6 +78,14 @@ def test_resume_is_exact_and_pruning_keeps_the_last(tmp_path):
     saved = torch.load(tmp_path / "a" / "step-4" / "trainer_state.pt", weights_only=True)["train_seconds"]
     assert saved > 0 and resumed[0]["train_seconds"] >= round(saved, 1)
     assert [r["train_seconds"] for r in records] == sorted(r["train_seconds"] for r in records)
+    # a run killed mid-write left half a line: the resumed run's records start on a line of their own
+    import shutil
+
+    shutil.copytree(tmp_path / "a" / "step-4", tmp_path / "e" / "step-4")
+    (tmp_path / "e" / "metrics.jsonl").write_text('{"step": 4, "lo')
+    run(tmp_path / "e", cfg, resume=tmp_path / "e" / "step-4")
+    lines = (tmp_path / "e" / "metrics.jsonl").read_text().splitlines()
+    assert lines[0] == '{"step": 4, "lo' and [json.loads(line)["step"] for line in lines[1:]] == [5, 6]
     a = load_file(tmp_path / "a" / "step-6" / "model.safetensors")
     d = load_file(tmp_path / "d" / "step-6" / "model.safetensors")
     assert all(torch.equal(a[k], d[k]) for k in a)
