@@ -34,36 +34,38 @@ def run_stages(stages: list[Stage], out, log=print, until: str | None = None, on
     `only`: that stage alone, the stages it reads done before)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    names = {s.name for s in stages}
     done: dict = {}
     for stage in stages:
         folder = out / stage.name
         marker = folder / "done.json"
-        if marker.is_file():
-            done[stage.name] = json.loads(marker.read_text(encoding="utf-8"))
-            log(json.dumps({"stage": stage.name, "state": "done before", "seconds": done[stage.name]["seconds"]}))
-        elif only is None or stage.name == only:
+        if not marker.is_file() and only in (None, stage.name):
             folder.mkdir(parents=True, exist_ok=True)
             with _running(folder, stage.name):
-                if marker.is_file():  # another process finished it while this one waited for the lock
-                    done[stage.name] = json.loads(marker.read_text(encoding="utf-8"))
-                    if stage.name in (until, only):
-                        break
-                    continue
-                log(json.dumps({"stage": stage.name, "state": "running", "what": stage.what}))
-                start = time.perf_counter()
-                try:
-                    summary = {**stage.run(folder, done), "seconds": round(time.perf_counter() - start, 1)}
-                except KeyError as exc:  # a summary it reads is missing: `only` ran it before that stage
-                    missing = exc.args[0] if exc.args else None
-                    if missing not in {s.name for s in stages} or missing in done:
-                        raise
-                    raise Glm4VoiceError(f"stage {stage.name} needs stage {missing} done first") from None
-                write_text(marker, json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
-            done[stage.name] = summary
-            log(json.dumps({"stage": stage.name, "state": "finished", **summary}, ensure_ascii=False))
+                if not marker.is_file():  # another process may have finished it before this one took the lock
+                    done[stage.name] = _run(stage, folder, done, names, log)
+        if stage.name not in done and marker.is_file():
+            done[stage.name] = json.loads(marker.read_text(encoding="utf-8"))
+            log(json.dumps({"stage": stage.name, "state": "done before", "seconds": done[stage.name]["seconds"]}))
         if stage.name in (until, only):
             break
     return done
+
+
+def _run(stage: Stage, folder: Path, done: dict, names: set, log) -> dict:
+    """Run one stage and write its marker; returns its summary."""
+    log(json.dumps({"stage": stage.name, "state": "running", "what": stage.what}))
+    start = time.perf_counter()
+    try:
+        summary = {**stage.run(folder, done), "seconds": round(time.perf_counter() - start, 1)}
+    except KeyError as exc:  # a summary it reads is missing: `only` ran it before that stage
+        missing = exc.args[0] if exc.args else None
+        if missing not in names or missing in done:
+            raise
+        raise Glm4VoiceError(f"stage {stage.name} needs stage {missing} done first") from None
+    write_text(folder / "done.json", json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
+    log(json.dumps({"stage": stage.name, "state": "finished", **summary}, ensure_ascii=False))
+    return summary
 
 
 @contextmanager

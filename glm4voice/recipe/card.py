@@ -33,7 +33,8 @@ def _part_parameters(folder: Path) -> int:
     return total
 
 
-def _megabytes(folder: Path) -> float:
+def megabytes(folder: Path) -> float:
+    """Size on disk of every file under `folder`, in MiB."""
     return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) / 2**20
 
 
@@ -50,8 +51,8 @@ def card(bundle: Path, done: dict, report: Path | None) -> str:
     for name, what in PARTS.items():
         folder = bundle / name
         if folder.is_dir():
-            lines.append(f"| `{name}/` | {what} | {_part_parameters(folder) / 1e6:.2f} M | {_megabytes(folder):.1f} |")
-    lines += ["", f"In all {_megabytes(bundle):.1f} MB.", "", "## Data", ""]
+            lines.append(f"| `{name}/` | {what} | {_part_parameters(folder) / 1e6:.2f} M | {megabytes(folder):.1f} |")
+    lines += ["", f"In all {megabytes(bundle):.1f} MB.", "", "## Data", ""]
     texts, speech = done.get("texts", {}), done.get("speech", {})
     if texts:
         fortunes = texts.get("fortunes", {})

@@ -137,9 +137,9 @@ def _trained(run_dir: Path, *keys: str) -> dict:
 
 
 def _store_bf16(folder: Path) -> None:
-    """Rewrite the float weights of a part (safetensors files, flow.pt) in bfloat16: the bundle stays within
-    40 MB. The configs keep naming float32, so every part still computes in float32 on a CPU. HiFT's weight-norm
-    pairs stay float32 (1.6 MB): folding them in bfloat16 would lose more than storing does."""
+    """Rewrite a part's float weights (safetensors files, flow.pt) in bfloat16: the bundle stays within 40 MB.
+    The configs keep naming float32, so every part still computes in float32 on a CPU. HiFT's weight-norm pairs
+    stay float32 (1.6 MB): folding them in bfloat16 would lose more than storing does."""
     import io
 
     import torch
@@ -156,6 +156,14 @@ def _store_bf16(folder: Path) -> None:
         buffer = io.BytesIO()
         torch.save(half(torch.load(path, map_location="cpu", weights_only=True)), buffer)
         write_bytes(path, buffer.getvalue())
+
+
+def _copy_bf16(source, target: Path) -> None:
+    """A part's folder (no trainer state, no LoRA adapter) copied to `target`, its weights stored in bfloat16."""
+    import shutil
+
+    shutil.copytree(source, target, ignore=shutil.ignore_patterns("trainer_state.pt", "adapter"))
+    _store_bf16(target)
 
 
 def _short_pieces(text: str, lang: str, limit: int) -> list[str]:
@@ -419,17 +427,16 @@ def bundle(sizes: Sizes):
         import shutil
 
         from ..chat import VoiceChat
+        from .card import megabytes
 
         parts = {"tokenizer": done["tokenizer"]["released"], "lm": done["sft"]["lm"],
                  "decoder": done["decoder"]["decoder"], "t2t": done["t2t"]["t2t"]}  # fmt: skip
         target = folder / "bundle"
         shutil.rmtree(target, ignore_errors=True)  # an interrupted copy starts over
         for name, source in parts.items():
-            shutil.copytree(source, target / name, ignore=shutil.ignore_patterns("trainer_state.pt", "adapter"))
-            _store_bf16(target / name)
+            _copy_bf16(source, target / name)
         VoiceChat.from_pretrained(model_dir=target)  # it loads as `--model-dir` will load it
-        megabytes = sum(f.stat().st_size for f in target.rglob("*") if f.is_file()) / 2**20
-        return {"bundle": str(target), "megabytes": round(megabytes, 1)}
+        return {"bundle": str(target), "megabytes": round(megabytes(target), 1)}
 
     return Stage("bundle", run, "tokenizer/, lm/, decoder/, t2t/ in one folder (what --model-dir takes)")
 
@@ -447,9 +454,7 @@ def evaluation(sizes: Sizes):
                 (view / name).symlink_to((Path(done["bundle"]["bundle"]) / name).resolve(), target_is_directory=True)
         if not (view / "tokenizer" / "config.json").exists():  # rounded as the shipped one: every suite its codes
             shutil.rmtree(view / "tokenizer", ignore_errors=True)
-            shutil.copytree(done["tokenizer"]["asr"], view / "tokenizer",
-                            ignore=shutil.ignore_patterns("trainer_state.pt"))  # fmt: skip
-            _store_bf16(view / "tokenizer")
+            _copy_bf16(done["tokenizer"]["asr"], view / "tokenizer")
         results = evaluate(view, list(sizes.eval_suites), done["speech"]["test"]["manifest"], folder / "report",
                            limit=sizes.eval_limit)  # fmt: skip
         return {"report": str(folder / "report" / "results.md"),

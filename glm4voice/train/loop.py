@@ -118,6 +118,10 @@ def train(task: Task, cfg: RunConfig, out: str | Path, dist: Dist, state: dict |
         restore_optimizer(model, opt, state)
         start, before = int(state["step"]), float(state.get("train_seconds", 0.0))
     began = time.perf_counter()
+
+    def train_seconds() -> float:
+        return before + time.perf_counter() - began
+
     metrics_file = out / METRICS_FILE
     if dist.rank == 0 and metrics_file.is_file() and not metrics_file.read_bytes().endswith(b"\n"):
         with open(metrics_file, "a", encoding="utf-8") as f:  # a run killed mid-write: its half line stays apart
@@ -162,16 +166,16 @@ def train(task: Task, cfg: RunConfig, out: str | Path, dist: Dist, state: dict |
                     mean = dist.mean(value)
                     record[key] = round(mean * dist.world if key in task.counts else mean, 5)
                 record["seconds"] = round(time.perf_counter() - t0, 3)
-                record["train_seconds"] = round(before + time.perf_counter() - began, 1)
+                record["train_seconds"] = round(train_seconds(), 1)
                 records.append(record)
                 if dist.rank == 0:
                     bar.set_postfix(loss=record["loss"], refresh=False)
                     log(json.dumps(record))
-                    with open(out / METRICS_FILE, "a", encoding="utf-8") as f:
+                    with open(metrics_file, "a", encoding="utf-8") as f:
                         f.write(json.dumps(record) + "\n")
             if done in saves:
                 extra_state = {**(task.extra_state() if task.extra_state is not None else {}),
-                               "train_seconds": before + time.perf_counter() - began}  # fmt: skip
+                               "train_seconds": train_seconds()}  # fmt: skip
                 save_checkpoint(model, opt, out, done, cfg, dist, task.write_model, extra_state)
     finally:
         bar.close()
