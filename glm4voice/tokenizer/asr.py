@@ -239,6 +239,18 @@ class AsrTokenizer(nn.Module):
             out.append(row[: row.index(codec.eot)] if codec.eot in row else row)
         return out
 
+    @torch.no_grad()
+    def ctc_ids(self, encoded: torch.Tensor, mask: torch.Tensor, blank: int) -> list[list[int]]:
+        """Greedy CTC transcripts (transcript ids, no special tokens) of `encode`'s output [B, T', D]: what the
+        encoder itself hears, without the decoder's language model (which, early in training from scratch,
+        recites training sentences whatever the audio)."""
+        best = self.ctc_head(encoded).argmax(-1)  # [B, T']
+        out = []
+        for row, n in zip(best.tolist(), mask.sum(1).tolist()):
+            row = row[:n]  # repeats merge, then blanks go
+            out.append([i for k, i in enumerate(row) if i != blank and (k == 0 or i != row[k - 1])])
+        return out
+
     # --- folders ----------------------------------------------------------------------------------------
 
     def load_tensors(self, parts: dict[str, dict[str, torch.Tensor]], strict_vq: bool, source: str) -> list[str]:

@@ -124,12 +124,15 @@ def labels_for(codec, rows, device) -> tuple[torch.Tensor, torch.Tensor]:
 
 def error_rates(model, codec, data: Utterances, device, batch: int = 8, rank: int = 0, world: int = 1,
                 bypass: bool = False) -> dict:  # fmt: skip
-    """WER (en) and CER (zh) of greedy transcripts, and codebook usage, over `data` (ranks share it).
+    """WER (en) and CER (zh) of greedy transcripts, and codebook usage, over `data` (ranks share it); with a CTC
+    head, also those of its greedy transcripts (`ctc_wer_en`, `ctc_cer_zh`: the encoder's own hearing).
 
     `bypass` (the VQ warm-up): transcripts of the unquantized encoder, and no codebook usage (no codebook yet)."""
     from ..scoring import errors
 
-    totals = torch.zeros(4, dtype=torch.float64, device=device)  # en errors, en words, zh errors, zh chars
+    ctc = model.ctc_head is not None
+    # en errors, en words, zh errors, zh chars; then the same for the CTC transcripts
+    totals = torch.zeros(8, dtype=torch.float64, device=device)
     counts = torch.zeros(model.vq.size, dtype=torch.float64, device=device)  # codes over the validation frames
     mine = list(range(rank, len(data), world))
     rounds = -(-len(data) // world)  # every rank runs as many batches (FSDP), repeating its last if short
@@ -138,6 +141,8 @@ def error_rates(model, codec, data: Utterances, device, batch: int = 8, rank: in
         real = [k < len(mine) for k in range(start, min(start + batch, rounds))]
         features, mask = data.features(picked, device)
         hyps = model.transcribe_ids(features, mask, codec, bypass=bypass)
+        if ctc:
+            ctc_hyps = model.ctc_ids(*model.encode(features, mask, bypass=bypass)[:2], codec.eot)
         if not bypass:  # codebook usage (no codebook yet during the warm-up)
             _, m, _, h = model.encode(features, mask)
         for i, keep in zip(range(len(picked)), real):
@@ -146,9 +151,11 @@ def error_rates(model, codec, data: Utterances, device, batch: int = 8, rank: in
             row = data.rows[picked[i]]
             if not bypass:
                 counts += torch.bincount(model.vq.nearest(h[i][m[i]]), minlength=model.vq.size).to(counts)
-            wrong, n = errors(row.text, codec.decode(hyps[i]), row.lang)
-            totals[0 if row.lang == "en" else 2] += wrong
-            totals[1 if row.lang == "en" else 3] += n
+            for offset, hyp in ((0, hyps[i]), (4, ctc_hyps[i] if ctc else None)):
+                if hyp is not None:
+                    wrong, n = errors(row.text, codec.decode(hyp), row.lang)
+                    totals[offset + (0 if row.lang == "en" else 2)] += wrong
+                    totals[offset + (1 if row.lang == "en" else 3)] += n
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():  # on the device: NCCL reduces nothing on the CPU
@@ -161,10 +168,11 @@ def error_rates(model, codec, data: Utterances, device, batch: int = 8, rank: in
         out = {"vq_bypassed": True}
     else:
         out = {"codes_used": round(float((counts > 0).double().mean()), 4), "code_perplexity": round(perplexity, 2)}
-    if totals[1]:
-        out["wer_en"] = round(float(totals[0] / totals[1]), 4)
-    if totals[3]:
-        out["cer_zh"] = round(float(totals[2] / totals[3]), 4)
+    for prefix, offset in (("", 0), ("ctc_", 4)):
+        if totals[offset + 1]:
+            out[f"{prefix}wer_en"] = round(float(totals[offset] / totals[offset + 1]), 4)
+        if totals[offset + 3]:
+            out[f"{prefix}cer_zh"] = round(float(totals[offset + 2] / totals[offset + 3]), 4)
     return out
 
 
@@ -221,7 +229,7 @@ def train_tokenizer(data: str | os.PathLike, out: str | os.PathLike, cfg: RunCon
             from torch.distributed.fsdp import register_fsdp_forward_method
 
             shard(model, model.blocks, cfg.mixed_precision)
-            for method in ("encode", "logits", "ctc_loss"):  # called directly (loss, validation), not via forward
+            for method in ("encode", "logits", "ctc_loss", "ctc_ids"):  # called directly, not via forward
                 register_fsdp_forward_method(model, method)
 
         def batch(index: int) -> dict:

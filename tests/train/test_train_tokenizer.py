@@ -55,6 +55,7 @@ def test_overfits_to_zero_error(trained):
     assert final["loss"] < 0.2 * records[0]["loss"]
     assert final["wer_en"] == 0.0 and final["cer_zh"] == 0.0  # greedy, through the quantized bottleneck
     assert 0 < final["codes_used"] <= 1 and final["code_perplexity"] > 1
+    assert "ctc_wer_en" not in final  # no CTC head, no CTC transcripts
 
 
 def test_exports_load_and_give_the_training_quantizer_codes(trained, corpus):
@@ -172,8 +173,11 @@ def test_ctc_head_trains_is_saved_in_the_asr_layout_only_and_resumes_exactly(cor
 
     (tmp_path / "cfg.json").write_text(json.dumps({**TINY, "ctc_weight": 0.3}))
     cfg = RunConfig(steps=4, save_every=2, **{**FAST, "log_every": 1})
-    kwargs = dict(config=tmp_path / "cfg.json", batch_seconds=4, vocab_size=300, log=lambda line: None)
+    kwargs = dict(config=tmp_path / "cfg.json", batch_seconds=4, vocab_size=300, log=lambda line: None,
+                  valid=corpus / "train.jsonl")  # fmt: skip
     records = train_tokenizer(corpus / "train.jsonl", tmp_path / "a", cfg, **kwargs)
+    # validation scores the CTC head's own greedy transcripts beside the decoder's
+    assert {"wer_en", "cer_zh", "ctc_wer_en", "ctc_cer_zh"} <= set(records[-1])
     # the logged loss is the mix: 0.7 x attention + 0.3 x CTC + commitment
     r = records[0]
     assert r["ctc_loss"] > 0 and r["loss"] == pytest.approx(0.7 * r["asr_loss"] + 0.3 * r["ctc_loss"] +
@@ -189,6 +193,15 @@ def test_ctc_head_trains_is_saved_in_the_asr_layout_only_and_resumes_exactly(cor
     encoded, mask = torch.randn(2, 3, 64), torch.ones(2, 3, dtype=torch.bool)
     loss = model.ctc_loss(encoded, mask, [[7, 8], [7, 8, 9, 10, 11]], codec.eot)
     assert torch.isfinite(loss)
+    # greedy CTC: repeats merge, blanks go, padded frames are ignored
+    with torch.no_grad():
+        model.ctc_head.weight.zero_()
+        model.ctc_head.bias.zero_()
+        for dim, token in enumerate([7, 8, 9, codec.eot]):
+            model.ctc_head.weight[token, dim] = 1.0
+    frames = torch.nn.functional.one_hot(torch.tensor([[0, 0, 3, 1, 1, 3, 0, 2]]), 64).float()
+    assert model.ctc_ids(frames, torch.ones(1, 8, dtype=torch.bool), codec.eot) == [[7, 8, 7, 9]]
+    assert model.ctc_ids(frames, torch.arange(8)[None] < 7, codec.eot) == [[7, 8, 7]]
     (tmp_path / "bad.json").write_text(json.dumps({**TINY, "ctc_weight": 1.0}))
     with pytest.raises(Exception, match="ctc_weight must lie in"):
         train_tokenizer(corpus / "train.jsonl", tmp_path / "c", cfg, **{**kwargs, "config": tmp_path / "bad.json"})
