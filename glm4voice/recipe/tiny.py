@@ -80,7 +80,7 @@ class Sizes:
 
 
 FULL = Sizes(rows=None, fortunes={"en": 2500, "zh": 1500}, fortune_chars={"en": 100, "zh": 30},
-             tokenizer_config=None, tokenizer_steps=20000, vq_warmup=4000, batch_seconds=30.0,
+             tokenizer_config=None, tokenizer_steps=16000, vq_warmup=4000, batch_seconds=30.0,
              tokenizer_max_seconds=15.0, vocab_size=500, lr=1e-3, eval_every=1000, save_every=500,
              workers=2)  # fmt: skip
 SMOKE = Sizes(rows=2, fortunes={"en": 1, "zh": 1}, fortune_chars={"en": 80, "zh": 30},
