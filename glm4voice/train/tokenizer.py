@@ -141,17 +141,15 @@ def error_rates(model, codec, data: Utterances, device, batch: int = 8, rank: in
         real = [k < len(mine) for k in range(start, min(start + batch, rounds))]
         features, mask = data.features(picked, device)
         hyps = model.transcribe_ids(features, mask, codec, bypass=bypass)
-        if ctc:
-            ctc_hyps = model.ctc_ids(*model.encode(features, mask, bypass=bypass)[:2], codec.eot)
-        if not bypass:  # codebook usage (no codebook yet during the warm-up)
-            _, m, _, h = model.encode(features, mask)
+        encoded, m, _, h = model.encode(features, mask, bypass=bypass)  # h: for codebook usage after the warm-up
+        ctc_hyps = model.ctc_ids(encoded, m, codec.eot) if ctc else None
         for i, keep in zip(range(len(picked)), real):
             if not keep:
                 continue
             row = data.rows[picked[i]]
             if not bypass:
                 counts += torch.bincount(model.vq.nearest(h[i][m[i]]), minlength=model.vq.size).to(counts)
-            for offset, hyp in ((0, hyps[i]), (4, ctc_hyps[i] if ctc else None)):
+            for offset, hyp in ((0, hyps[i]), (4, ctc_hyps[i] if ctc_hyps else None)):
                 if hyp is not None:
                     wrong, n = errors(row.text, codec.decode(hyp), row.lang)
                     totals[offset + (0 if row.lang == "en" else 2)] += wrong
