@@ -92,6 +92,10 @@ def main() -> None:
                    help="the encoder's linear and conv weights drawn N(0, std), biases 0, as transformers' Whisper "
                         "initialises (0: PyTorch's defaults, what the trainer does)")  # fmt: skip
     args = p.parse_args()
+    if not Path(args.data).is_file():
+        p.error(f"no manifest at {args.data} (the tiny recipe's speech stage writes one: runs/tiny/speech/train)")
+    if (args.distill or args.hint) and args.models.split(",")[:2] != ["gru", "encoder"]:
+        p.error("--distill and --hint need --models gru,encoder (the GRU trains first and teaches)")
     print(cpu_info(), flush=True)
     torch.manual_seed(0)
     rows = [json.loads(line) for line in Path(args.data).read_text(encoding="utf-8").splitlines()]
