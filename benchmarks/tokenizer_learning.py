@@ -150,20 +150,20 @@ def main() -> None:
             seqs = [codec.encode(data.rows[i].text, data.rows[i].lang) for i in groups[g]]
             bodies = [s[len(codec.task) + 2 : -1] for s in seqs]
             if kind == "encoder":
-                features = (features - shift) / scale
+                raw, features = features, (features - shift) / scale  # the GRU teacher learnt on raw features
                 encoded, m, _, hidden = model.encode(features, mask, bypass=True)
                 ctc = model.ctc_loss(encoded, m, bodies, codec.eot)
                 loss = args.ctc_weight * ctc
                 if teacher is not None and args.distill > 0:  # per 12.5 Hz frame: KL(teacher || encoder)
                     with torch.no_grad():
-                        target = torch.log_softmax(teacher(features), -1)
+                        target = torch.log_softmax(teacher(raw), -1)
                     n = min(target.shape[1], encoded.shape[1])
                     student = torch.log_softmax(model.ctc_head(encoded[:, :n]).float(), -1)
                     kl = (target[:, :n].exp() * (target[:, :n] - student)).sum(-1)
                     loss = loss + args.distill * kl[m[:, :n]].mean()
                 if teacher is not None and probe is not None:  # per 12.5 Hz frame: the teacher's hidden states
                     with torch.no_grad():
-                        target = nn.functional.layer_norm(teacher.hidden(features), (512,))
+                        target = nn.functional.layer_norm(teacher.hidden(raw), (512,))
                     n = min(target.shape[1], hidden.shape[1])
                     error = ((probe(hidden[:, :n]) - target[:, :n]) ** 2).mean(-1)
                     loss = loss + args.hint * error[m[:, :n]].mean()
