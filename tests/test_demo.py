@@ -6,7 +6,10 @@ from glm4voice import demo
 
 
 def test_demo_round_trip_speech_to_codes_to_speech(golden, tmp_path, capsys, monkeypatch):
+    from glm4voice.cli import common
+
     monkeypatch.chdir(tmp_path)  # the demo must not depend on where the package lies, only on its arguments
+    monkeypatch.setattr(common, "EMBEDDED_MODEL", tmp_path / "no-embedded-default")  # the golden demo
     assert demo.main(tmp_path, golden) == 0
     ids = json.loads((tmp_path / "codes.jsonl").read_text())
     assert abs(len(ids["codes"]) - ids["seconds"] * 12.5) <= 1
@@ -53,3 +56,19 @@ def test_chat_falls_back_to_the_embedded_default(golden, tmp_path, capsys, monke
     demo.make_bundle(tmp_path / "models" / "tiny", golden)
     assert main(argv) == 0
     assert "using the embedded default" in capsys.readouterr().err and (tmp_path / "r.wav").exists()
+
+
+def test_make_demo_on_the_shipped_bundle(tmp_path, capsys):
+    """What `make demo` does on a fresh checkout: the embedded default answers held-out spoken questions."""
+    import pytest
+
+    from glm4voice.cli.common import embedded_model
+
+    if embedded_model() is None:
+        pytest.skip("this checkout has no models/tiny")
+    assert demo.main(tmp_path / "out") == 0
+    out = capsys.readouterr()
+    assert out.out.count("demo: asked") == 4 and out.err.count("first audio") == 4
+    for n in range(1, 5):
+        answer, rate = sf.read(tmp_path / "out" / f"answer-{n}.wav")
+        assert rate == 22050 and len(answer) > rate // 2  # a spoken answer, not a click

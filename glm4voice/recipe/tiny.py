@@ -57,8 +57,8 @@ class Sizes:
     eval_every: int
     save_every: int
     workers: int
-    flow_steps: int = 4000
-    hift_steps: int = 3000
+    flow_steps: int = 3000
+    hift_steps: int = 2000
     decoder_batch: int = 8
     crop_codes: int = 40
     crop_frames: int = 64
@@ -66,13 +66,13 @@ class Sizes:
     t2t_config: tuple = (("hidden_size", 256), ("intermediate_size", 768), ("num_hidden_layers", 4),
                          ("num_attention_heads", 4), ("num_key_value_heads", 2), ("head_dim", 64),
                          ("max_position_embeddings", 1024))  # fmt: skip
-    t2t_steps: int = 1500
+    t2t_steps: int = 1000
     t2t_seq_length: int = 512
     lm_config: tuple = (("hidden_size", 256), ("intermediate_size", 768), ("num_hidden_layers", 6),
                         ("num_attention_heads", 4), ("num_key_value_heads", 2), ("head_dim", 64),
                         ("max_position_embeddings", 2048))  # fmt: skip
     lm_seq_length: int = 1024
-    pretrain_steps: int = 2000
+    pretrain_steps: int = 1200
     sft_steps: int = 2000
     typed_every: int = 4  # every n-th training question is also a typed one
     eval_suites: tuple = ("asr", "recon", "tts", "qa", "cloze", "rate", "latency")
@@ -134,6 +134,15 @@ def _trained(run_dir: Path, *keys: str) -> dict:
             break
         last = {}
     return {k: v for k, v in last.items() if k == "train_seconds" or any(key in k for key in keys)}
+
+
+def _resume(run_dir: Path, steps: int) -> tuple[Path | None, bool]:
+    """A trainer stage's last checkpoint (None: a new run), and whether it is at `steps`: a recipe stopped after
+    its trainer's last step but before the stage's marker has nothing left to train, only to finish the stage."""
+    from ..train.checkpoint import latest_checkpoint
+
+    last = latest_checkpoint(run_dir)
+    return last, last is not None and last.name == f"step-{steps}"
 
 
 def _store_bf16(folder: Path) -> None:
@@ -232,7 +241,6 @@ def speech(sizes: Sizes):
 
 def tokenizer(sizes: Sizes):
     def run(folder: Path, done: dict) -> dict:
-        from ..train.checkpoint import latest_checkpoint
         from ..train.config import RunConfig
         from ..train.tokenizer import train_tokenizer
 
@@ -244,11 +252,13 @@ def tokenizer(sizes: Sizes):
                         warmup_steps=min(500, sizes.tokenizer_steps // 10), save_every=sizes.save_every,
                         keep_last=2)  # fmt: skip
         _valid_subset(done["speech"]["test"]["manifest"], 8, folder / "valid.jsonl")
-        train_tokenizer(done["speech"]["train"]["manifest"], folder / "run", cfg, config=config,
-                        valid=folder / "valid.jsonl", eval_every=sizes.eval_every,
-                        batch_seconds=sizes.batch_seconds, vocab_size=sizes.vocab_size,
-                        vq_warmup=sizes.vq_warmup, max_seconds=sizes.tokenizer_max_seconds,
-                        resume=latest_checkpoint(folder / "run"))  # fmt: skip
+        resume, finished = _resume(folder / "run", cfg.steps)
+        if not finished:
+            train_tokenizer(done["speech"]["train"]["manifest"], folder / "run", cfg, config=config,
+                            valid=folder / "valid.jsonl", eval_every=sizes.eval_every,
+                            batch_seconds=sizes.batch_seconds, vocab_size=sizes.vocab_size,
+                            vq_warmup=sizes.vq_warmup, max_seconds=sizes.tokenizer_max_seconds,
+                            resume=resume)  # fmt: skip
         _store_bf16(folder / "run" / "tokenizer")  # what every later stage tokenizes with is what the bundle ships
         figures = _trained(folder / "run", "wer_en", "cer_zh", "codes_used", "code_perplexity")
         return {"released": str(folder / "run" / "tokenizer"), "asr": str(folder / "run" / f"step-{cfg.steps}"),
@@ -259,21 +269,20 @@ def tokenizer(sizes: Sizes):
 
 def _decoder_run(sizes: Sizes, folder: Path, done: dict, kind: str) -> dict:
     """One decoder stage on the assistant's voice, validated on 2 test questions per language and task (60)."""
-    from ..train.checkpoint import latest_checkpoint
     from ..train.config import RunConfig
     from ..train.decoder import train_decoder
 
     voice = done["speech"]["assistant"]["manifest"]
     dev = _valid_subset(done["speech"]["assistant-test"]["manifest"], 2, folder / "valid.jsonl")
     steps, lr = (sizes.hift_steps, 1e-3) if kind == "hift" else (sizes.flow_steps, 5e-4)
-    resume = latest_checkpoint(folder / "run")
+    resume, finished = _resume(folder / "run", steps)
     cfg = RunConfig(steps=steps, lr=lr, min_lr=lr / 10, warmup_steps=min(200, steps // 10),
                     batch_size=sizes.decoder_batch, save_every=sizes.save_every, keep_last=2)  # fmt: skip
     common = dict(valid=dev, crop_codes=sizes.crop_codes, crop_frames=sizes.crop_frames, log=None, resume=resume)
-    if kind == "hift":  # from random weights of the packaged sizes: the flow stays random until the next stage
+    if kind == "hift" and not finished:  # from random weights of the packaged sizes: the flow stays random
         train_decoder(None, None, voice, folder / "run", cfg, stage="hift",
                       config=None if resume else CONFIGS / "decoder-tiny.yaml", **common)  # fmt: skip
-    else:  # from the vocoder stage's folder: its trained HiFT rides along, the flow trains
+    elif not finished:  # from the vocoder stage's folder: its trained HiFT rides along, the flow trains
         init = None if resume else done["vocoder"]["decoder"]
         train_decoder(init, done["tokenizer"]["released"], voice, folder / "run", cfg, stage="flow",
                       **common)  # fmt: skip
@@ -329,17 +338,17 @@ def text_tokenizer(sizes: Sizes):
 
 def t2t(sizes: Sizes):
     def run(folder: Path, done: dict) -> dict:
-        from ..train.checkpoint import latest_checkpoint
         from ..train.t2t import t2t_defaults, train_t2t
 
         config = folder / "glm.json"
         _write_rows(config, [dict(sizes.t2t_config)])
-        resume = latest_checkpoint(folder / "run")
+        resume, finished = _resume(folder / "run", sizes.t2t_steps)
         cfg = t2t_defaults(steps=sizes.t2t_steps, save_every=sizes.save_every, keep_last=2,
                            warmup_steps=min(200, sizes.t2t_steps // 10))  # fmt: skip
         start = {} if resume else {"config": config, "text_tokenizer": done["text-tokenizer"]["text_tokenizer"]}
-        train_t2t(done["codes"]["assistant"]["shards"], folder / "run", cfg, seq_length=sizes.t2t_seq_length,
-                  resume=resume, **start)  # fmt: skip
+        if not finished:
+            train_t2t(done["codes"]["assistant"]["shards"], folder / "run", cfg, seq_length=sizes.t2t_seq_length,
+                      resume=resume, **start)  # fmt: skip
         return {"t2t": str(folder / "run" / f"step-{sizes.t2t_steps}"), **_trained(folder / "run", "loss")}
 
     return Stage("t2t", run, "the text-to-token model from scratch on the assistant's (text, codes) pairs")
@@ -384,7 +393,6 @@ def sft_data(sizes: Sizes):
 
 def pretrain(sizes: Sizes):
     def run(folder: Path, done: dict) -> dict:
-        from ..train.checkpoint import latest_checkpoint
         from ..train.lm import lm_defaults, train_lm
 
         train_shards, voice_shards = done["codes"]["train"]["shards"], done["codes"]["assistant"]["shards"]
@@ -396,12 +404,13 @@ def pretrain(sizes: Sizes):
             {"kind": "interleaved", "path": [done["interleaved"]["shards"]], "weight": 0.3}]}  # fmt: skip
         _write_rows(folder / "mixture.json", [mixture])
         _write_rows(folder / "glm.json", [dict(sizes.lm_config)])
-        resume = latest_checkpoint(folder / "run")
+        resume, finished = _resume(folder / "run", sizes.pretrain_steps)
         tokenizer_folder = done["text-tokenizer"]["text_tokenizer"]
         start = {} if resume else {"config": folder / "glm.json", "text_tokenizer": tokenizer_folder}
         cfg = lm_defaults(steps=sizes.pretrain_steps, lr=1e-3, min_lr=1e-4, batch_size=4, save_every=sizes.save_every,
                           keep_last=2, warmup_steps=min(200, sizes.pretrain_steps // 10))  # fmt: skip
-        train_lm(folder / "mixture.json", folder / "run", cfg, resume=resume, **start)
+        if not finished:
+            train_lm(folder / "mixture.json", folder / "run", cfg, resume=resume, **start)
         return {"lm": str(folder / "run" / f"step-{sizes.pretrain_steps}"), **_trained(folder / "run", "loss")}
 
     return Stage("pretrain", run, "the LM from scratch on text, speech, ASR, TTS and interleaved samples")
@@ -409,14 +418,15 @@ def pretrain(sizes: Sizes):
 
 def sft(sizes: Sizes):
     def run(folder: Path, done: dict) -> dict:
-        from ..train.checkpoint import latest_checkpoint
         from ..train.config import RunConfig
         from ..train.sft import train_sft
 
         cfg = RunConfig(steps=sizes.sft_steps, lr=3e-4, min_lr=3e-5, batch_size=4, save_every=sizes.save_every,
                         keep_last=2, warmup_steps=min(100, sizes.sft_steps // 10))  # fmt: skip
-        train_sft(done["pretrain"]["lm"], done["sft-data"]["sft"], folder / "run", cfg,
-                  max_length=sizes.lm_seq_length, resume=latest_checkpoint(folder / "run"))  # fmt: skip
+        resume, finished = _resume(folder / "run", sizes.sft_steps)
+        if not finished:
+            train_sft(done["pretrain"]["lm"], done["sft-data"]["sft"], folder / "run", cfg,
+                      max_length=sizes.lm_seq_length, resume=resume)  # fmt: skip
         return {"lm": str(folder / "run" / f"step-{sizes.sft_steps}"), **_trained(folder / "run", "loss")}
 
     return Stage("sft", run, "streaming-thoughts fine-tuning: spoken and typed questions -> interleaved answers")

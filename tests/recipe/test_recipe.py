@@ -80,6 +80,16 @@ def test_smoke_recipe_runs_skips_and_resumes(tmp_path, capsys):
     assert main(["recipe", "tiny", "--smoke", "--out", str(out)]) == 0
     metrics = [json.loads(line) for line in (out / "tokenizer" / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in metrics if "step" in m][-1] == 2 and (out / "tokenizer" / "run" / "tokenizer").is_dir()
+    # stopped after each trainer's last step, before the stage's marker: nothing left to train, each stage finishes
+    trainers = ("vocoder", "tokenizer", "decoder", "t2t", "pretrain", "sft")
+    logged = {name: (out / name / "run" / "metrics.jsonl").read_text() for name in trainers}
+    capsys.readouterr()
+    for name in trainers:
+        (out / name / "done.json").unlink()
+    assert main(["recipe", "tiny", "--smoke", "--out", str(out)]) == 0
+    assert capsys.readouterr().out.count('"state": "finished"') == len(trainers)
+    assert {name: (out / name / "run" / "metrics.jsonl").read_text() for name in trainers} == logged
+    assert all((out / name / "done.json").is_file() for name in trainers)
 
 
 def test_until_and_bad_stage(tmp_path, capsys):
