@@ -57,7 +57,7 @@ class Sizes:
     eval_every: int
     save_every: int
     workers: int
-    flow_steps: int = 3000
+    flow_steps: int = 2400
     hift_steps: int = 2000
     decoder_batch: int = 8
     crop_codes: int = 40
@@ -76,7 +76,7 @@ class Sizes:
     sft_steps: int = 2000
     typed_every: int = 4  # every n-th training question is also a typed one
     eval_suites: tuple = ("asr", "recon", "tts", "qa", "cloze", "rate", "latency")
-    eval_limit: int | None = 10  # rows of each (role, task, language): the eval in minutes, not an hour
+    eval_limit: int | None = 6  # rows of each (role, task, language): the eval in minutes, not an hour
 
 
 FULL = Sizes(rows=None, fortunes={"en": 2500, "zh": 1500}, fortune_chars={"en": 100, "zh": 30},
