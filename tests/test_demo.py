@@ -26,7 +26,10 @@ def test_demo_round_trip_speech_to_codes_to_speech(golden, tmp_path, capsys, mon
     assert rate == 22050 and len(reply) > 0
 
 
-def test_demo_without_golden_checkpoints_says_so(tmp_path, capsys):
+def test_demo_without_golden_checkpoints_says_so(tmp_path, capsys, monkeypatch):
+    from glm4voice.cli import common
+
+    monkeypatch.setattr(common, "EMBEDDED_MODEL", tmp_path / "no-embedded-default")  # nothing to fall back on
     assert demo.main(tmp_path / "out", tmp_path / "nowhere") == 1
     assert "no golden checkpoints" in capsys.readouterr().err and not (tmp_path / "out").exists()
 
