@@ -30,6 +30,14 @@ def espeak(text: str, voice: str = "en", rate: int = 160, pitch: int = 50, sampl
     return load_audio(io.BytesIO(wav).getvalue(), target_rate=sample_rate)
 
 
+@pytest.fixture
+def no_embedded_default(tmp_path, monkeypatch) -> None:
+    """Hide the checkout's models/tiny: commands given no model find no embedded default."""
+    from glm4voice.cli import common
+
+    monkeypatch.setattr(common, "EMBEDDED_MODEL", tmp_path / "no-embedded-default")
+
+
 @pytest.fixture(scope="session")
 def golden() -> Path:
     return GOLDEN

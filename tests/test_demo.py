@@ -5,11 +5,8 @@ import soundfile as sf
 from glm4voice import demo
 
 
-def test_demo_round_trip_speech_to_codes_to_speech(golden, tmp_path, capsys, monkeypatch):
-    from glm4voice.cli import common
-
+def test_demo_round_trip_speech_to_codes_to_speech(golden, tmp_path, capsys, monkeypatch, no_embedded_default):
     monkeypatch.chdir(tmp_path)  # the demo must not depend on where the package lies, only on its arguments
-    monkeypatch.setattr(common, "EMBEDDED_MODEL", tmp_path / "no-embedded-default")  # the golden demo
     assert demo.main(tmp_path, golden) == 0
     ids = json.loads((tmp_path / "codes.jsonl").read_text())
     assert abs(len(ids["codes"]) - ids["seconds"] * 12.5) <= 1
@@ -26,10 +23,7 @@ def test_demo_round_trip_speech_to_codes_to_speech(golden, tmp_path, capsys, mon
     assert rate == 22050 and len(reply) > 0
 
 
-def test_demo_without_golden_checkpoints_says_so(tmp_path, capsys, monkeypatch):
-    from glm4voice.cli import common
-
-    monkeypatch.setattr(common, "EMBEDDED_MODEL", tmp_path / "no-embedded-default")  # nothing to fall back on
+def test_demo_without_golden_checkpoints_says_so(tmp_path, capsys, no_embedded_default):
     assert demo.main(tmp_path / "out", tmp_path / "nowhere") == 1
     assert "no golden checkpoints" in capsys.readouterr().err and not (tmp_path / "out").exists()
 

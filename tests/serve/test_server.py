@@ -165,10 +165,7 @@ def test_connections_over_the_limit_are_told_to_retry_and_closed(template):
             assert until_done(again)[-1]["ids"] == 5
 
 
-def test_serve_cli_errors(capsys, tmp_path, monkeypatch):
-    from glm4voice.cli import common
-
-    monkeypatch.setattr(common, "EMBEDDED_MODEL", tmp_path / "no-embedded-default")
+def test_serve_cli_errors(capsys, tmp_path, no_embedded_default):
     assert main(["serve", "--port", "0", "--lm", str(tmp_path)]) == 2
     assert "--port" in capsys.readouterr().err
     assert main(["serve"]) == 2
