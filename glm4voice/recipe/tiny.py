@@ -2,10 +2,11 @@
 
 Stages, each a folder of OUT:
 
-    texts      the tiny domain (`data tiny-texts`) and short Debian fortunes -> train / test text manifests
-    speech     train texts spoken by every voice with augmentation (answers in the assistant's voice), the
-               test questions in held-out voice settings (faster, higher); and the domain's texts in the
-               assistant's voice alone (the decoder's data) -> corpus manifests
+    texts      the tiny domain (`data tiny-texts`) and short Debian fortunes -> train / test text manifests, and
+               the train texts plus word lists of their words (`word_lists`): what the user voices speak
+    speech     train texts and word lists spoken by every voice with augmentation (answers in the assistant's
+               voice), the test questions in held-out voice settings (faster, higher); and the domain's texts in
+               the assistant's voice alone (the decoder's data) -> corpus manifests
     vocoder    HiFT (mel -> audio) of the assistant's voice from random weights of the packaged decoder-tiny.yaml
                (it needs no speech tokenizer: `--only vocoder` may run beside `--only tokenizer`)
     tokenizer  the speech tokenizer from scratch (`train-tokenizer`, packaged config tokenizer-tiny.json)
@@ -47,6 +48,7 @@ class Sizes:
     rows: int | None  # rows of each (language, role) kept (None: all)
     fortunes: dict  # language -> short fortunes spoken beside the domain (their words: vocabulary)
     fortune_chars: dict  # language -> longest fortune kept, in characters (about 7 s spoken either way)
+    word_lists: dict  # language -> rows of random training words the user voices speak (the tokenizer's words)
     tokenizer_config: dict | None  # None: the packaged tokenizer-tiny.json
     tokenizer_steps: int
     vq_warmup: int
@@ -80,10 +82,11 @@ class Sizes:
 
 
 FULL = Sizes(rows=None, fortunes={"en": 2500, "zh": 1500}, fortune_chars={"en": 100, "zh": 30},
+             word_lists={"en": 2000, "zh": 2000},
              tokenizer_config=None, tokenizer_steps=16000, vq_warmup=4000, batch_seconds=30.0,
              tokenizer_max_seconds=15.0, vocab_size=500, lr=1e-3, eval_every=1000, save_every=500,
              workers=2)  # fmt: skip
-SMOKE = Sizes(rows=2, fortunes={"en": 1, "zh": 1}, fortune_chars={"en": 80, "zh": 30},
+SMOKE = Sizes(rows=2, fortunes={"en": 1, "zh": 1}, fortune_chars={"en": 80, "zh": 30}, word_lists={"en": 1, "zh": 1},
               tokenizer_config={"d_model": 64, "encoder_layers": 2, "quantize_position": 1, "pooling_position": 1,
                                 "encoder_attention_heads": 4, "encoder_ffn_dim": 128, "decoder_layers": 1,
                                 "decoder_attention_heads": 4, "decoder_ffn_dim": 128, "num_mel_bins": 128,
@@ -209,14 +212,57 @@ def texts(sizes: Sizes):
         # the assistant's voice: every domain text it could say (its answers, facts, stories), at rate 1 unless
         # the row asks for another (the slow and quick answers)
         voice = [{k: v for k, v in r.items() if k not in ("voice", "pitch")} for r in train if r["role"] != "fortune"]
+        words = word_lists(train, sizes.word_lists)
         _write_rows(folder / "train-texts.jsonl", train)
+        _write_rows(folder / "speech-texts.jsonl", train + words)
         _write_rows(folder / "test-texts.jsonl", test)
         _write_rows(folder / "assistant-texts.jsonl", voice)
         return {"train_texts": str(folder / "train-texts.jsonl"), "test_texts": str(folder / "test-texts.jsonl"),
-                "assistant_texts": str(folder / "assistant-texts.jsonl"), "train_rows": len(train),
-                "test_rows": len(test), "assistant_rows": len(voice), "fortunes": counts}  # fmt: skip
+                "assistant_texts": str(folder / "assistant-texts.jsonl"),
+                "speech_texts": str(folder / "speech-texts.jsonl"), "train_rows": len(train),
+                "test_rows": len(test), "assistant_rows": len(voice), "fortunes": counts,
+                "word_lists": len(words)}  # fmt: skip
 
-    return Stage("texts", run, "the tiny domain and short fortunes -> train/test text manifests")
+    return Stage("texts", run, "the tiny domain, short fortunes and word lists -> train/test text manifests")
+
+
+WORDS_PER_LIST = {"en": (3, 8), "zh": (2, 5)}  # English words; Mandarin two-character pieces
+
+
+def word_lists(train: list[dict], counts: dict, seed: int = 0) -> list[dict]:
+    """Rows of random words of the training texts, for the user voices to speak (role "words").
+
+    The tiny tokenizer learns the training sentences rather than their words (training questions WER 0.10,
+    held-out ones 0.8): a list of words in no sentence's order cannot be learnt as a sentence, only word by word.
+    Each word is drawn, with equal chance, from the domain's words or the fortunes' words (each set uniform over
+    its distinct words, so the domain's few hundred are not drowned by the fortunes' thousands). English words are
+    runs of letters; Mandarin ones are two-character pieces of Han characters. Only training texts are read, so
+    the held-out questions stay unheard. A pure function of (texts, counts, seed)."""
+    import random
+    import re
+
+    def vocabulary(lang: str, fortune: bool) -> list[str]:
+        found = set()
+        for r in train:
+            if r.get("lang") != lang or (r.get("role") == "fortune") != fortune:
+                continue
+            if lang == "zh":
+                for run_ in re.findall(r"[\u4e00-\u9fff]+", r["text"]):
+                    found.update(run_[i:i + 2] for i in range(len(run_) - 1))
+            else:
+                words = re.findall(r"[A-Za-z]+(?:'[a-z]+)?", r["text"])
+                found.update(w.lower() for w in words if len(w) > 1 or w in ("a", "I"))
+        return sorted(found)
+
+    rows = []
+    for lang, count in sorted(counts.items()):
+        pools = [p for p in (vocabulary(lang, False), vocabulary(lang, True)) if p]
+        rng = random.Random(f"{seed}-{lang}")
+        for n in range(count if pools else 0):
+            picked = [rng.choice(rng.choice(pools)) for _ in range(rng.randint(*WORDS_PER_LIST[lang]))]
+            text = "".join(picked) + "。" if lang == "zh" else " ".join(picked).capitalize() + "."
+            rows.append({"id": f"{lang}-words-{n:05d}", "text": text, "lang": lang, "role": "words"})
+    return rows
 
 
 def speech(sizes: Sizes):
@@ -226,10 +272,10 @@ def speech(sizes: Sizes):
         made = {}
         held_out = SpeakSettings(**HELD_OUT_VOICES)
         assistant = SpeakSettings(voices=tuple(ASSISTANT.values()), rate=(1.0, 1.0), pitch=(0.0, 0.0))
-        jobs = (("train", "train", SpeakSettings(augment=AUGMENTS)), ("test", "test", held_out),
-                ("assistant", "assistant", assistant), ("assistant-test", "test", assistant))  # fmt: skip
-        for split, texts_of, settings in jobs:
-            summary = speak(done["texts"][f"{texts_of}_texts"], folder / split, settings, workers=sizes.workers,
+        jobs = (("train", "speech_texts", SpeakSettings(augment=AUGMENTS)), ("test", "test_texts", held_out),
+                ("assistant", "assistant_texts", assistant), ("assistant-test", "test_texts", assistant))  # fmt: skip
+        for split, texts_key, settings in jobs:
+            summary = speak(done["texts"][texts_key], folder / split, settings, workers=sizes.workers,
                             progress=False)  # fmt: skip
             made[split] = {"manifest": str(folder / split / "manifest.jsonl"), "rows": summary["spoken"],
                            "failed": summary["failed"], "audio_seconds": summary["audio_seconds"]}  # fmt: skip

@@ -136,3 +136,29 @@ def test_stage_figures_come_from_the_last_whole_metrics_line(tmp_path):
     assert _trained(tmp_path, "loss") == {"loss": 1.5, "train_seconds": 5}
     (tmp_path / "metrics.jsonl").write_text('{"step": 1, "loss": 2.0}\n{"step": 2, "lo')  # killed mid-write
     assert _trained(tmp_path, "loss") == {"loss": 2.0} and _trained(tmp_path / "none", "loss") == {}
+
+
+def test_word_lists_draw_training_words_in_no_sentence_order():
+    from glm4voice.recipe.tiny import WORDS_PER_LIST, word_lists
+
+    train = [{"id": "q", "text": "What is two plus three?", "lang": "en", "role": "question"},
+             {"id": "f", "text": "A fool and his money are soon parted.", "lang": "en", "role": "fortune"},
+             {"id": "z", "text": "二加三是多少？", "lang": "zh", "role": "question"}]
+    rows = word_lists(train, {"en": 40, "zh": 10})
+    assert rows == word_lists(train, {"en": 40, "zh": 10})  # a pure function of its inputs
+    assert rows != word_lists(train, {"en": 40, "zh": 10}, seed=1)
+    en = [r for r in rows if r["lang"] == "en"]
+    zh = [r for r in rows if r["lang"] == "zh"]
+    assert len(en) == 40 and len(zh) == 10 and {r["role"] for r in rows} == {"words"}
+    assert len({r["id"] for r in rows}) == 50
+    vocabulary = {"what", "is", "two", "plus", "three", "a", "fool", "and", "his", "money", "are", "soon", "parted"}
+    for r in en:
+        words = r["text"].rstrip(".").lower().split()
+        assert set(words) <= vocabulary and WORDS_PER_LIST["en"][0] <= len(words) <= WORDS_PER_LIST["en"][1]
+    drawn = {w for r in en for w in r["text"].rstrip(".").lower().split()}
+    assert drawn & {"two", "plus"} and drawn & {"fool", "money"}  # both the domain's and the fortunes' words
+    for r in zh:
+        body = r["text"].rstrip("。")
+        pieces = [body[i:i + 2] for i in range(0, len(body), 2)]
+        assert set(pieces) <= {"二加", "加三", "三是", "是多", "多少"}
+    assert word_lists(train, {"en": 0, "zh": 0}) == [] and word_lists([], {"en": 3}) == []
