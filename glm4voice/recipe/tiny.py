@@ -275,7 +275,9 @@ def speech(sizes: Sizes):
         jobs = (("train", "speech_texts", SpeakSettings(augment=AUGMENTS)), ("test", "test_texts", held_out),
                 ("assistant", "assistant_texts", assistant), ("assistant-test", "test_texts", assistant))  # fmt: skip
         for split, texts_key, settings in jobs:
-            summary = speak(done["texts"][texts_key], folder / split, settings, workers=sizes.workers,
+            # a texts stage finished before word lists existed has no speech_texts: its run goes on as it began
+            texts_file = done["texts"].get(texts_key) or done["texts"]["train_texts"]
+            summary = speak(texts_file, folder / split, settings, workers=sizes.workers,
                             progress=False)  # fmt: skip
             made[split] = {"manifest": str(folder / split / "manifest.jsonl"), "rows": summary["spoken"],
                            "failed": summary["failed"], "audio_seconds": summary["audio_seconds"]}  # fmt: skip
