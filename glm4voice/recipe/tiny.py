@@ -82,7 +82,7 @@ class Sizes:
 
 
 FULL = Sizes(rows=None, fortunes={"en": 2500, "zh": 1500}, fortune_chars={"en": 100, "zh": 30},
-             word_lists={"en": 2000, "zh": 2000},
+             word_lists={"en": 8000, "zh": 8000},  # was 2000 each (the 2026-12-06 bundle): README "Word lists"
              tokenizer_config=None, tokenizer_steps=16000, vq_warmup=4000, batch_seconds=30.0,
              tokenizer_max_seconds=15.0, vocab_size=500, lr=1e-3, eval_every=1000, save_every=500,
              workers=2)  # fmt: skip
@@ -197,6 +197,7 @@ def texts(sizes: Sizes):
 
         write_tiny_texts(folder / "domain.jsonl")
         rows = [r for _, r in read_jsonl(folder / "domain.jsonl", "domain texts")]
+
         def kind(r):
             return (r.get("lang"), r.get("role"), r.get("split"))
 
