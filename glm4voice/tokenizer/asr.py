@@ -47,6 +47,9 @@ VQ_DEFAULTS = {"pooling_kernel_size": 4, "pooling_type": "avg", "quantize_vocab_
 # Our one field beyond GLM-4-Voice's: the weight of an auxiliary CTC loss on the encoder output (0: the paper's
 # recipe, no CTC head). A model from scratch learns to align far sooner with it (hybrid CTC/attention ASR).
 CTC_FIELD = "ctc_weight"
+# And its companion (InterCTC): the share of that CTC loss given to a second head on the hidden states the pooling
+# reads (50 Hz). At 12.5 Hz an English transcript has nearly as many ids as frames, which CTC can barely align.
+INTER_CTC_FIELD = "inter_ctc_weight"
 # checkpoint name -> module name of the VQ tensors
 VQ_NAMES = {"codebook.weight": "vq.codebook", "ema_count": "vq.ema_count", "ema_weight": "vq.ema_weight"}
 
@@ -117,6 +120,12 @@ def vq_config(base: dict, overrides: dict | None = None) -> dict:
     if not (isinstance(cfg[CTC_FIELD], (int, float)) and 0.0 <= cfg[CTC_FIELD] < 1.0):
         raise CheckpointError(f"config: {CTC_FIELD} must lie in [0, 1), not {cfg[CTC_FIELD]!r}")
     cfg.setdefault("pooling_position", cfg["quantize_position"])
+    cfg.setdefault(INTER_CTC_FIELD, 0.0)
+    inter = cfg[INTER_CTC_FIELD]
+    if not (isinstance(inter, (int, float)) and 0.0 <= inter < 1.0):
+        raise CheckpointError(f"config: {INTER_CTC_FIELD} must lie in [0, 1), not {inter!r}")
+    if inter > 0 and (cfg[CTC_FIELD] == 0 or cfg["pooling_kernel_size"] < 2):
+        raise CheckpointError(f"config: {INTER_CTC_FIELD} needs a CTC head ({CTC_FIELD} > 0) and pooling")
     if not 0 < cfg["quantize_position"] <= layers:
         raise CheckpointError(f"config: quantize_position must lie in 1..encoder_layers ({layers})")
     for key in ("d_model", "encoder_attention_heads", "decoder_attention_heads"):
@@ -165,18 +174,20 @@ class AsrTokenizer(nn.Module):
         self.decoder = WhisperDecoder(WhisperConfig(**{k: v for k, v in config.items() if k != "architectures"}))
         # CTC over the transcript vocabulary, <|endoftext|> as the blank (it never occurs inside a transcript)
         self.ctc_head = nn.Linear(d, config["vocab_size"]) if config[CTC_FIELD] > 0 else None
+        self.inter_ctc_head = nn.Linear(d, config["vocab_size"]) if config[INTER_CTC_FIELD] > 0 else None
 
     @property
     def blocks(self) -> list[nn.Module]:
         """The repeated layers (FSDP units, activation checkpointing)."""
         return [*self.encoder.layers, *self.post_layers, *self.decoder.layers]
 
-    def encode(self, features, mask, update: bool = False, bypass: bool = False):
+    def encode(self, features, mask, update: bool = False, bypass: bool = False, pre_pool: list | None = None):
         """features [B, 128, T], mask [B, T] -> (encoder output [B, T', D], mask [B, T'], VQ, pre-VQ hidden).
 
         `bypass`: the hidden states skip the quantizer (no loss, no EMA): the warm-up of a model from scratch.
+        `pre_pool`: receives the 50 Hz states before the pooling (`inter_ctc_loss` reads them).
         """
-        h, m = self.encoder.encode(features, mask)
+        h, m = self.encoder.encode(features, mask, pre_pool=pre_pool)
         if bypass:
             vq = VQOutput(h, self.vq.nearest(h), h.new_zeros(()), 0)
         else:
@@ -208,10 +219,12 @@ class AsrTokenizer(nn.Module):
     def ctc_loss(self, encoded: torch.Tensor, mask: torch.Tensor, ids: list[list[int]], blank: int) -> torch.Tensor:
         """CTC of transcript bodies `ids` (no special tokens) over `encoded` [B, T', D]; mean per target id.
         An utterance with more ids than frames adds nothing (zero_infinity)."""
-        log_probs = F.log_softmax(self.ctc_head(encoded).float(), dim=-1).transpose(0, 1)  # [T', B, vocab]
-        targets = torch.tensor([i for row in ids for i in row], dtype=torch.long, device=encoded.device)
-        lengths = torch.tensor([len(row) for row in ids], dtype=torch.long, device=encoded.device)
-        return F.ctc_loss(log_probs, targets, mask.sum(1), lengths, blank=blank, zero_infinity=True)
+        return _ctc(self.ctc_head, encoded, mask, ids, blank)
+
+    def inter_ctc_loss(self, pre_pool: list, ids: list[list[int]], blank: int) -> torch.Tensor:
+        """The same CTC by the intermediate head over the 50 Hz states `encode(..., pre_pool=...)` collected."""
+        (hidden, mask), = pre_pool
+        return _ctc(self.inter_ctc_head, hidden, mask, ids, blank)
 
     @torch.no_grad()
     def transcribe_ids(self, features, mask, codec: TranscriptCodec, max_ids: int = 200,
@@ -269,9 +282,11 @@ class AsrTokenizer(nn.Module):
                 key = f"encoder.{name}"
             state[key] = tensor
         state.update({f"decoder.{k}": v for k, v in parts["decoder"].items()})
-        if self.ctc_head is not None:  # a folder without one (Whisper's, or trained without CTC) starts it afresh
-            state.update({k[len("model.") :]: v for k, v in parts["other"].items() if k.startswith("model.ctc_head.")})
-        ctc = {"ctc_head.weight", "ctc_head.bias"}
+        for head in ("ctc_head", "inter_ctc_head"):  # a folder without one (Whisper's, ...) starts it afresh
+            if getattr(self, head) is not None:
+                state.update({k[len("model.") :]: v for k, v in parts["other"].items()
+                              if k.startswith(f"model.{head}.")})  # fmt: skip
+        ctc = {f"{head}.{p}" for head in ("ctc_head", "inter_ctc_head") for p in ("weight", "bias")}
         optional = frozenset(ctc) if strict_vq else frozenset({"vq.codebook", "vq.ema_count", "vq.ema_weight",
                                                                 "embed_positions2.weight", *ctc})  # fmt: skip
         missing = check_state(own, state, source, optional)
@@ -292,7 +307,7 @@ class AsrTokenizer(nn.Module):
                 name = key[len("encoder.") :]
             elif key.startswith("vq."):
                 name = {v: k for k, v in VQ_NAMES.items()}[key]
-            elif key.startswith(("decoder.", "ctc_head.")):
+            elif key.startswith(("decoder.", "ctc_head.", "inter_ctc_head.")):
                 out["model." + key] = tensor.contiguous()
                 continue
             else:
@@ -334,7 +349,7 @@ def new_asr(config: dict, codec: TranscriptCodec) -> AsrTokenizer:
         raise CheckpointError(f"config: {exc}") from None
     ids = {"vocab_size": codec.vocab_size, "pad_token_id": codec.eot, "bos_token_id": codec.eot,
            "eos_token_id": codec.eot, "decoder_start_token_id": codec.sot}  # fmt: skip
-    ours = {k: v for k, v in config.items() if k in VQ_DEFAULTS or k == CTC_FIELD}
+    ours = {k: v for k, v in config.items() if k in VQ_DEFAULTS or k in (CTC_FIELD, INTER_CTC_FIELD)}
     model = AsrTokenizer(vq_config({**base, **ids}, ours))
     model.fresh_vq = True
     return model
@@ -384,3 +399,11 @@ def transcribe(model: AsrTokenizer, codec: TranscriptCodec, waves, batch_size: i
         for (i, _), ids in zip(group, model.transcribe_ids(features, mask, codec)):
             texts[i].append(codec.decode(ids))
     return [" ".join(t for t in parts if t) for parts in texts]
+
+
+def _ctc(head: nn.Module, frames: torch.Tensor, mask: torch.Tensor, ids: list[list[int]], blank: int) -> torch.Tensor:
+    """CTC of transcript bodies `ids` by `head` over `frames` [B, T, D] with their mask [B, T]; mean per target id."""
+    log_probs = F.log_softmax(head(frames).float(), dim=-1).transpose(0, 1)  # [T, B, vocab]
+    targets = torch.tensor([i for row in ids for i in row], dtype=torch.long, device=frames.device)
+    lengths = torch.tensor([len(row) for row in ids], dtype=torch.long, device=frames.device)
+    return F.ctc_loss(log_probs, targets, mask.sum(1), lengths, blank=blank, zero_infinity=True)

@@ -121,8 +121,12 @@ class WhisperVQEncoder(nn.Module):
         h, mask = self.encode(features, mask, state)
         return self.quantize(h), mask
 
-    def encode(self, features: torch.Tensor, mask: torch.Tensor, state: EncoderState | None = None):
-        """The hidden states the quantizer sees: (h [B, T', D] at 12.5 Hz, mask [B, T']). Training starts here."""
+    def encode(self, features: torch.Tensor, mask: torch.Tensor, state: EncoderState | None = None,
+               pre_pool: list | None = None):  # fmt: skip
+        """The hidden states the quantizer sees: (h [B, T', D] at 12.5 Hz, mask [B, T']). Training starts here.
+
+        `pre_pool`: a list that receives (h [B, T, D], mask [B, T]) as the pooling reads them (50 Hz): what
+        training's intermediate CTC head hears."""
         cfg = self.cfg
         x = features.to(self.conv1.weight.dtype)
         if cfg.causal_conv:
@@ -159,6 +163,8 @@ class WhisperVQEncoder(nn.Module):
                     state.keys.append(kv[0])
                     state.values.append(kv[1])
             if idx + 1 == cfg.pooling_position and cfg.pooling_kernel > 1:
+                if pre_pool is not None:
+                    pre_pool.append((h, mask))
                 h, mask = self._pool(h, mask)
                 rate = cfg.pooling_kernel
         if state is not None:

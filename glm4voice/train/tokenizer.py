@@ -216,7 +216,7 @@ def train_tokenizer(data: str | os.PathLike, out: str | os.PathLike, cfg: RunCon
         if data is not None and data.drop_long_transcripts(codec, limit):
             print(json.dumps({"skipped_transcripts_over_max_target_positions": data.dropped}), flush=True)
     groups = duration_batches(train_set.seconds(), batch_seconds)
-    ctc_weight = model.config["ctc_weight"]
+    ctc_weight, inter_weight = model.config["ctc_weight"], model.config["inter_ctc_weight"]
     dist = Dist()
     try:
         model.to(dist.device).requires_grad_(True)
@@ -245,7 +245,9 @@ def train_tokenizer(data: str | os.PathLike, out: str | os.PathLike, cfg: RunCon
             if warm and b["index"] == warm:  # the warm-up is over: the codebook starts from the trained encoder
                 _codebook_from_data(model, train_set, groups, dist)
             bypass = b["index"] < warm
-            encoded, mask, vq, hidden = model.encode(b["features"], b["mask"], update=not bypass, bypass=bypass)
+            pre_pool = [] if model.inter_ctc_head is not None else None  # the 50 Hz states, for InterCTC
+            encoded, mask, vq, hidden = model.encode(b["features"], b["mask"], update=not bypass, bypass=bypass,
+                                                     pre_pool=pre_pool)  # fmt: skip
             logits = model.logits(encoded, b["inputs"], mask)
             asr = torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), b["labels"].flatten(),
                                                   label_smoothing=label_smoothing)
@@ -258,6 +260,10 @@ def train_tokenizer(data: str | os.PathLike, out: str | os.PathLike, cfg: RunCon
                 return asr + vq.loss, metrics
             ctc = model.ctc_loss(encoded, mask, b["bodies"], codec.eot)
             metrics["ctc_loss"] = ctc.item()
+            if pre_pool is not None:  # the CTC share splits between the final and the intermediate head
+                inter = model.inter_ctc_loss(pre_pool, b["bodies"], codec.eot)
+                metrics["inter_ctc_loss"] = inter.item()
+                ctc = (1 - inter_weight) * ctc + inter_weight * inter
             return (1 - ctc_weight) * asr + ctc_weight * ctc + vq.loss, metrics
 
         restarted = [0]  # codes restarted since the last record

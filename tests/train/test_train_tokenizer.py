@@ -207,6 +207,38 @@ def test_ctc_head_trains_is_saved_in_the_asr_layout_only_and_resumes_exactly(cor
         train_tokenizer(corpus / "train.jsonl", tmp_path / "c", cfg, **{**kwargs, "config": tmp_path / "bad.json"})
 
 
+def test_intermediate_ctc_head_hears_the_50_hz_states_and_shares_the_ctc_loss(corpus, tmp_path):
+    from safetensors.torch import load_file
+
+    (tmp_path / "cfg.json").write_text(json.dumps({**TINY, "ctc_weight": 0.4, "inter_ctc_weight": 0.25}))
+    cfg = RunConfig(steps=4, save_every=2, **{**FAST, "log_every": 1})
+    kwargs = dict(config=tmp_path / "cfg.json", batch_seconds=4, vocab_size=300, log=lambda line: None)
+    records = train_tokenizer(corpus / "train.jsonl", tmp_path / "a", cfg, **kwargs)
+    # 0.6 x attention + 0.4 x (0.75 x final CTC + 0.25 x intermediate CTC) + commitment
+    r = records[0]
+    assert r["inter_ctc_loss"] > 0 and r["loss"] == pytest.approx(
+        0.6 * r["asr_loss"] + 0.4 * (0.75 * r["ctc_loss"] + 0.25 * r["inter_ctc_loss"]) + r["commit_loss"], rel=1e-4)
+    resumed = train_tokenizer(corpus / "train.jsonl", tmp_path / "b", cfg, resume=tmp_path / "a" / "step-2", **kwargs)
+    assert [r["loss"] for r in resumed] == [r["loss"] for r in records[2:]]  # the head came back from the folder
+    assert "model.inter_ctc_head.weight" in load_file(tmp_path / "a" / "step-4" / "model.safetensors")
+    assert not any("ctc" in k for k in load_file(tmp_path / "a" / "tokenizer" / "model.safetensors"))
+    model, codec = load_asr(tmp_path / "a" / "step-4")
+    assert model.inter_ctc_head is not None
+    # it hears the states the pooling reads: 4 frames for each encoder output frame, padding masked alike
+    features, mask = torch.randn(2, 128, 160), torch.arange(160)[None] < torch.tensor([[160], [96]])
+    pre_pool = []
+    encoded, m, _, _ = model.encode(features, mask, pre_pool=pre_pool)
+    (hidden, hidden_mask), = pre_pool
+    assert hidden.shape[1] == 4 * encoded.shape[1] and hidden_mask.sum(1).tolist() == [80, 48]
+    assert m.sum(1).tolist() == [20, 12]
+    assert torch.isfinite(model.inter_ctc_loss(pre_pool, [[7, 8], [9]], codec.eot))
+    for bad, match in (({"ctc_weight": 0.0, "inter_ctc_weight": 0.5}, "needs a CTC head"),
+                       ({"ctc_weight": 0.5, "inter_ctc_weight": 1.0}, "inter_ctc_weight must lie in")):
+        (tmp_path / "bad.json").write_text(json.dumps({**TINY, **bad}))
+        with pytest.raises(Exception, match=match):
+            train_tokenizer(corpus / "train.jsonl", tmp_path / "c", cfg, **{**kwargs, "config": tmp_path / "bad.json"})
+
+
 def test_starts_from_a_transformers_whisper_folder(corpus, tmp_path):
     from transformers import WhisperConfig, WhisperForConditionalGeneration
 
