@@ -44,7 +44,7 @@ VQ_DEFAULTS = {"pooling_kernel_size": 4, "pooling_type": "avg", "quantize_vocab_
                "quantize_causal_block_size": 200, "encoder_causal_convolution": True, "quantize_ema_decay": 0.99,
                "quantize_restart_interval": 100, "quantize_commit_coefficient": 0.25, "quantize_loss_scale": 10.0,
                "skip_language_detection": True}  # fmt: skip
-# Our one field beyond GLM-4-Voice's: the weight of an auxiliary CTC loss on the encoder output (0: the paper's
+# Our field beyond GLM-4-Voice's: the weight of an auxiliary CTC loss on the encoder output (0: the paper's
 # recipe, no CTC head). A model from scratch learns to align far sooner with it (hybrid CTC/attention ASR).
 CTC_FIELD = "ctc_weight"
 # And its companion (InterCTC): the share of that CTC loss given to a second head on the hidden states the pooling
