@@ -50,6 +50,7 @@ CTC_FIELD = "ctc_weight"
 # And its companion (InterCTC): the share of that CTC loss given to a second head on the hidden states the pooling
 # reads (50 Hz). At 12.5 Hz an English transcript has nearly as many ids as frames, which CTC can barely align.
 INTER_CTC_FIELD = "inter_ctc_weight"
+CTC_HEADS = ("ctc_head", "inter_ctc_head")  # their modules: ASR-training layout only, optional when loading
 # checkpoint name -> module name of the VQ tensors
 VQ_NAMES = {"codebook.weight": "vq.codebook", "ema_count": "vq.ema_count", "ema_weight": "vq.ema_weight"}
 
@@ -116,15 +117,12 @@ def vq_config(base: dict, overrides: dict | None = None) -> dict:
     if not isinstance(layers, int) or layers < 1:
         raise CheckpointError("config: encoder_layers must be a positive integer")
     cfg.setdefault("quantize_position", max(1, layers // 2))
-    cfg.setdefault(CTC_FIELD, 0.0)
-    if not (isinstance(cfg[CTC_FIELD], (int, float)) and 0.0 <= cfg[CTC_FIELD] < 1.0):
-        raise CheckpointError(f"config: {CTC_FIELD} must lie in [0, 1), not {cfg[CTC_FIELD]!r}")
+    for field in (CTC_FIELD, INTER_CTC_FIELD):
+        cfg.setdefault(field, 0.0)
+        if not (isinstance(cfg[field], (int, float)) and 0.0 <= cfg[field] < 1.0):
+            raise CheckpointError(f"config: {field} must lie in [0, 1), not {cfg[field]!r}")
     cfg.setdefault("pooling_position", cfg["quantize_position"])
-    cfg.setdefault(INTER_CTC_FIELD, 0.0)
-    inter = cfg[INTER_CTC_FIELD]
-    if not (isinstance(inter, (int, float)) and 0.0 <= inter < 1.0):
-        raise CheckpointError(f"config: {INTER_CTC_FIELD} must lie in [0, 1), not {inter!r}")
-    if inter > 0 and (cfg[CTC_FIELD] == 0 or cfg["pooling_kernel_size"] < 2):
+    if cfg[INTER_CTC_FIELD] > 0 and (cfg[CTC_FIELD] == 0 or cfg["pooling_kernel_size"] < 2):
         raise CheckpointError(f"config: {INTER_CTC_FIELD} needs a CTC head ({CTC_FIELD} > 0) and pooling")
     if not 0 < cfg["quantize_position"] <= layers:
         raise CheckpointError(f"config: quantize_position must lie in 1..encoder_layers ({layers})")
@@ -282,11 +280,11 @@ class AsrTokenizer(nn.Module):
                 key = f"encoder.{name}"
             state[key] = tensor
         state.update({f"decoder.{k}": v for k, v in parts["decoder"].items()})
-        for head in ("ctc_head", "inter_ctc_head"):  # a folder without one (Whisper's, ...) starts it afresh
+        for head in CTC_HEADS:  # a folder without one (Whisper's, ...) starts it afresh
             if getattr(self, head) is not None:
                 state.update({k[len("model.") :]: v for k, v in parts["other"].items()
                               if k.startswith(f"model.{head}.")})  # fmt: skip
-        ctc = {f"{head}.{p}" for head in ("ctc_head", "inter_ctc_head") for p in ("weight", "bias")}
+        ctc = {f"{head}.{p}" for head in CTC_HEADS for p in ("weight", "bias")}
         optional = frozenset(ctc) if strict_vq else frozenset({"vq.codebook", "vq.ema_count", "vq.ema_weight",
                                                                 "embed_positions2.weight", *ctc})  # fmt: skip
         missing = check_state(own, state, source, optional)
@@ -307,7 +305,7 @@ class AsrTokenizer(nn.Module):
                 name = key[len("encoder.") :]
             elif key.startswith("vq."):
                 name = {v: k for k, v in VQ_NAMES.items()}[key]
-            elif key.startswith(("decoder.", "ctc_head.", "inter_ctc_head.")):
+            elif key.startswith(("decoder.", *(f"{head}." for head in CTC_HEADS))):
                 out["model." + key] = tensor.contiguous()
                 continue
             else:
