@@ -255,12 +255,14 @@ class AsrTokenizer(nn.Module):
         """Greedy CTC transcripts (transcript ids, no special tokens) of `encode`'s output [B, T', D]: what the
         encoder itself hears, without the decoder's language model (which, early in training from scratch,
         recites training sentences whatever the audio)."""
-        best = self.ctc_head(encoded).argmax(-1)  # [B, T']
-        out = []
-        for row, n in zip(best.tolist(), mask.sum(1).tolist()):
-            row = row[:n]  # repeats merge, then blanks go
-            out.append([i for k, i in enumerate(row) if i != blank and (k == 0 or i != row[k - 1])])
-        return out
+        return _ctc_greedy(self.ctc_head, encoded, mask, blank)
+
+    @torch.no_grad()
+    def inter_ctc_ids(self, pre_pool: list, blank: int) -> list[list[int]]:
+        """The intermediate head's greedy CTC transcripts of the 50 Hz states `encode(..., pre_pool=...)`
+        collected: what the encoder hears before the pooling and the quantizer."""
+        (hidden, mask), = pre_pool
+        return _ctc_greedy(self.inter_ctc_head, hidden, mask, blank)
 
     # --- folders ----------------------------------------------------------------------------------------
 
@@ -405,3 +407,13 @@ def _ctc(head: nn.Module, frames: torch.Tensor, mask: torch.Tensor, ids: list[li
     targets = torch.tensor([i for row in ids for i in row], dtype=torch.long, device=frames.device)
     lengths = torch.tensor([len(row) for row in ids], dtype=torch.long, device=frames.device)
     return F.ctc_loss(log_probs, targets, mask.sum(1), lengths, blank=blank, zero_infinity=True)
+
+
+def _ctc_greedy(head: nn.Module, frames: torch.Tensor, mask: torch.Tensor, blank: int) -> list[list[int]]:
+    """Best path of `head` over `frames` [B, T, D] with their mask [B, T]: repeats merge, then blanks go."""
+    best = head(frames).argmax(-1)  # [B, T]
+    out = []
+    for row, n in zip(best.tolist(), mask.sum(1).tolist()):
+        row = row[:n]
+        out.append([i for k, i in enumerate(row) if i != blank and (k == 0 or i != row[k - 1])])
+    return out

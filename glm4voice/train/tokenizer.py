@@ -125,14 +125,15 @@ def labels_for(codec, rows, device) -> tuple[torch.Tensor, torch.Tensor]:
 def error_rates(model, codec, data: Utterances, device, batch: int = 8, rank: int = 0, world: int = 1,
                 bypass: bool = False) -> dict:  # fmt: skip
     """WER (en) and CER (zh) of greedy transcripts, and codebook usage, over `data` (ranks share it); with a CTC
-    head, also those of its greedy transcripts (`ctc_wer_en`, `ctc_cer_zh`: the encoder's own hearing).
+    head, also those of its greedy transcripts (`ctc_wer_en`, `ctc_cer_zh`: the encoder's own hearing), and with an
+    intermediate one, its own (`inter_ctc_wer_en`, `inter_ctc_cer_zh`: what the 50 Hz states hear).
 
     `bypass` (the VQ warm-up): transcripts of the unquantized encoder, and no codebook usage (no codebook yet)."""
     from ..scoring import errors
 
-    ctc = model.ctc_head is not None
-    # en errors, en words, zh errors, zh chars; then the same for the CTC transcripts
-    totals = torch.zeros(8, dtype=torch.float64, device=device)
+    ctc, inter = model.ctc_head is not None, model.inter_ctc_head is not None
+    # en errors, en words, zh errors, zh chars; then the same for the CTC and the intermediate CTC transcripts
+    totals = torch.zeros(12, dtype=torch.float64, device=device)
     counts = torch.zeros(model.vq.size, dtype=torch.float64, device=device)  # codes over the validation frames
     mine = list(range(rank, len(data), world))
     rounds = -(-len(data) // world)  # every rank runs as many batches (FSDP), repeating its last if short
@@ -141,15 +142,18 @@ def error_rates(model, codec, data: Utterances, device, batch: int = 8, rank: in
         real = [k < len(mine) for k in range(start, min(start + batch, rounds))]
         features, mask = data.features(picked, device)
         hyps = model.transcribe_ids(features, mask, codec, bypass=bypass)
-        encoded, m, _, h = model.encode(features, mask, bypass=bypass)  # h: for codebook usage after the warm-up
+        pre_pool = [] if inter else None
+        encoded, m, _, h = model.encode(features, mask, bypass=bypass, pre_pool=pre_pool)  # h: codebook usage
         ctc_hyps = model.ctc_ids(encoded, m, codec.eot) if ctc else None
+        inter_hyps = model.inter_ctc_ids(pre_pool, codec.eot) if inter else None
         for i, keep in zip(range(len(picked)), real):
             if not keep:
                 continue
             row = data.rows[picked[i]]
             if not bypass:
                 counts += torch.bincount(model.vq.nearest(h[i][m[i]]), minlength=model.vq.size).to(counts)
-            for offset, hyp in ((0, hyps[i]), (4, ctc_hyps[i] if ctc_hyps else None)):
+            for offset, hyps_of in ((0, hyps), (4, ctc_hyps), (8, inter_hyps)):
+                hyp = hyps_of[i] if hyps_of else None
                 if hyp is not None:
                     wrong, n = errors(row.text, codec.decode(hyp), row.lang)
                     totals[offset + (0 if row.lang == "en" else 2)] += wrong
@@ -166,7 +170,7 @@ def error_rates(model, codec, data: Utterances, device, batch: int = 8, rank: in
         out = {"vq_bypassed": True}
     else:
         out = {"codes_used": round(float((counts > 0).double().mean()), 4), "code_perplexity": round(perplexity, 2)}
-    for prefix, offset in (("", 0), ("ctc_", 4)):
+    for prefix, offset in (("", 0), ("ctc_", 4), ("inter_ctc_", 8)):
         if totals[offset + 1]:
             out[f"{prefix}wer_en"] = round(float(totals[offset] / totals[offset + 1]), 4)
         if totals[offset + 3]:

@@ -212,8 +212,11 @@ def test_intermediate_ctc_head_hears_the_50_hz_states_and_shares_the_ctc_loss(co
 
     (tmp_path / "cfg.json").write_text(json.dumps({**TINY, "ctc_weight": 0.4, "inter_ctc_weight": 0.25}))
     cfg = RunConfig(steps=4, save_every=2, **{**FAST, "log_every": 1})
-    kwargs = dict(config=tmp_path / "cfg.json", batch_seconds=4, vocab_size=300, log=lambda line: None)
+    kwargs = dict(config=tmp_path / "cfg.json", batch_seconds=4, vocab_size=300, log=lambda line: None,
+                  valid=corpus / "train.jsonl")  # fmt: skip
     records = train_tokenizer(corpus / "train.jsonl", tmp_path / "a", cfg, **kwargs)
+    # validation scores the intermediate head's own greedy transcripts beside the final head's
+    assert {"ctc_wer_en", "ctc_cer_zh", "inter_ctc_wer_en", "inter_ctc_cer_zh"} <= set(records[-1])
     # 0.6 x attention + 0.4 x (0.75 x final CTC + 0.25 x intermediate CTC) + commitment
     r = records[0]
     assert r["inter_ctc_loss"] > 0 and r["loss"] == pytest.approx(
@@ -232,6 +235,17 @@ def test_intermediate_ctc_head_hears_the_50_hz_states_and_shares_the_ctc_loss(co
     assert hidden.shape[1] == 4 * encoded.shape[1] and hidden_mask.sum(1).tolist() == [80, 48]
     assert m.sum(1).tolist() == [20, 12]
     assert torch.isfinite(model.inter_ctc_loss(pre_pool, [[7, 8], [9]], codec.eot))
+    # its greedy path reads the 50 Hz states: repeats merge, blanks go, padded frames are ignored
+    with torch.no_grad():
+        model.inter_ctc_head.weight.zero_()
+        model.inter_ctc_head.bias.zero_()
+        for dim, token in enumerate([7, 8, codec.eot]):
+            model.inter_ctc_head.weight[token, dim] = 1.0
+    frames = torch.zeros(2, 6, hidden.shape[-1])
+    for row, dims in enumerate(([0, 0, 2, 0, 1, 1], [1, 2, 1, 0, 0, 0])):
+        frames[row, torch.arange(6), torch.tensor(dims)] = 1.0
+    assert model.inter_ctc_ids([(frames, torch.arange(6)[None] < torch.tensor([[6], [3]]))], codec.eot) == [
+        [7, 7, 8], [8, 8]]  # fmt: skip
     for bad, match in (({"ctc_weight": 0.0, "inter_ctc_weight": 0.5}, "needs a CTC head"),
                        ({"ctc_weight": 0.5, "inter_ctc_weight": 1.0}, "inter_ctc_weight must lie in")):
         (tmp_path / "bad.json").write_text(json.dumps({**TINY, **bad}))
