@@ -229,9 +229,14 @@ class AsrTokenizer(nn.Module):
                        bypass: bool = False) -> list[list[int]]:  # fmt: skip
         """Greedy transcripts (ids after <|startoftranscript|>) of a batch. Under torchrun every rank takes
         the same number of steps (FSDP needs it), stopping when all are done. `bypass`: as `encode`."""
+        encoded, m, _, _ = self.encode(features, mask, bypass=bypass)
+        return self.greedy_ids(encoded, m, codec, max_ids)
+
+    @torch.no_grad()
+    def greedy_ids(self, encoded, m, codec: TranscriptCodec, max_ids: int = 200) -> list[list[int]]:
+        """`transcribe_ids` over `encode`'s output [B, T', D] and mask [B, T'] (a caller that encoded already)."""
         import torch.distributed as dist
 
-        encoded, m, _, _ = self.encode(features, mask, bypass=bypass)
         ids = torch.full((encoded.shape[0], 1), codec.sot, dtype=torch.long, device=encoded.device)
         done = torch.zeros(encoded.shape[0], dtype=torch.bool, device=encoded.device)
         limit = min(max_ids, self.config.get("max_target_positions", 448) - 1)

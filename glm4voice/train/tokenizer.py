@@ -141,9 +141,9 @@ def error_rates(model, codec, data: Utterances, device, batch: int = 8, rank: in
         picked = [mine[min(k, len(mine) - 1)] for k in range(start, min(start + batch, rounds))] if mine else [0]
         real = [k < len(mine) for k in range(start, min(start + batch, rounds))]
         features, mask = data.features(picked, device)
-        hyps = model.transcribe_ids(features, mask, codec, bypass=bypass)
         pre_pool = [] if inter else None
         encoded, m, _, h = model.encode(features, mask, bypass=bypass, pre_pool=pre_pool)  # h: codebook usage
+        hyps = model.greedy_ids(encoded, m, codec)  # one encoder pass serves the decoder and both CTC heads
         ctc_hyps = model.ctc_ids(encoded, m, codec.eot) if ctc else None
         inter_hyps = model.inter_ctc_ids(pre_pool, codec.eot) if inter else None
         for i, keep in zip(range(len(picked)), real):
