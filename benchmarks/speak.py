@@ -22,7 +22,7 @@ from glm4voice.data.domain import tiny_texts
 from glm4voice.data.speak import SpeakSettings, parse_voice, speak
 
 ENGINES = {
-    "espeak-ng": ["espeak-ng:en-us", "espeak-ng:en-gb+f3", "espeak-ng:cmn"],
+    "espeak-ng": ["espeak-ng:en-us", "espeak-ng:en-gb+f3", "espeak-ng:cmn-latn-pinyin"],
     "flite": ["flite:slt", "flite:rms", "flite:awb", "flite:kal16"],
     "festival": ["festival:cmu_us_slt_arctic_hts", "festival:kal_diphone"],
 }

@@ -43,7 +43,7 @@ from glm4voice.tokenizer import SpeechTokenizer, TokenizerConfig, WhisperVQEncod
 SENTENCES = [
     ("The quick brown fox jumps over the lazy dog near the river bank.", "en"),
     ("Streaming speech tokenizers must agree with their offline twins.", "en-us"),
-    ("今天天气很好，我们去公园散步吧。", "cmn"),
+    ("今天天气很好，我们去公园散步吧。", "cmn-latn-pinyin"),
     ("Please remind me to call my sister tomorrow at nine in the morning.", "en-gb"),
     ("A speech language model listens, thinks in text, and answers in speech.", "en"),
 ]

@@ -49,7 +49,7 @@ def speech_clips() -> list[np.ndarray]:
     lines = [
         ("The quick brown fox jumps over the lazy dog near the river bank.", "en", 150, 40),
         ("Streaming speech tokenizers must agree with their offline twins.", "en-us", 175, 60),
-        ("今天天气很好，我们去公园散步吧。", "cmn", 150, 50),
+        ("今天天气很好，我们去公园散步吧。", "cmn-latn-pinyin", 150, 50),
         ("Please remind me to call my sister tomorrow at nine in the morning.", "en-gb", 140, 70),
     ]
     return [espeak(text, voice, rate, pitch) for text, voice, rate, pitch in lines]

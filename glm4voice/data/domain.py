@@ -33,7 +33,7 @@ from pathlib import Path
 
 from .manifest import Utterance, write_manifest
 
-ASSISTANT = {"en": "espeak-ng:en-us+f3", "zh": "espeak-ng:cmn+f3"}  # one voice, both languages
+ASSISTANT = {"en": "espeak-ng:en-us+f3", "zh": "espeak-ng:cmn-latn-pinyin+f3"}  # one voice, both languages
 SLOW, FAST = 0.7, 1.4
 HELD_OUT = 0.2  # share of each task's contents kept for the test
 

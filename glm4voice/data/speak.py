@@ -1,6 +1,6 @@
 """Many-voice synthetic speech: a text manifest -> a speech corpus (flac + manifest), with Debian's synthesisers.
 
-    glm4voice data speak --texts texts.jsonl --out corpus/ [--voices flite:slt,espeak-ng:cmn] [--seed 0]
+    glm4voice data speak --texts texts.jsonl --out corpus/ [--voices flite:slt,espeak-ng:cmn-latn-pinyin] [--seed 0]
                          [--workers 2] [--augment tempo,pitch,noise,reverb]
 
 No speech corpus can be downloaded where this project is built and tested, so the trainers learn from speech made
@@ -52,7 +52,7 @@ from .manifest import Utterance, iter_manifest, write_manifest
 
 DEFAULT_VOICES = (
     "espeak-ng:en-us", "espeak-ng:en-gb+f3", "espeak-ng:en-gb-scotland+m3", "espeak-ng:en-029+f2",
-    "espeak-ng:cmn", "espeak-ng:cmn+f4",
+    "espeak-ng:cmn-latn-pinyin", "espeak-ng:cmn-latn-pinyin+f4",
     "flite:slt", "flite:rms", "flite:awb", "flite:kal16",
     "festival:cmu_us_slt_arctic_hts", "festival:kal_diphone",
 )  # fmt: skip
@@ -144,6 +144,14 @@ def engine_voices(engine: str) -> dict[str, Voice]:
     return voices
 
 
+@functools.cache
+def _reads_hanzi(voice: str) -> bool:
+    """Whether an espeak-ng Mandarin voice says Chinese characters in Mandarin. Debian's espeak-ng 1.51 `cmn`
+    turns each character into pinyin and then reads that as English ('好' -> 'hao3' -> "how three"), marking the
+    switch `(en)` in its phonemes; `cmn-latn-pinyin` speaks the same pinyin in Mandarin with its tones."""
+    return "(en)" not in _query(["espeak-ng", "-q", "-x", "-v", voice, "你好"])
+
+
 def parse_voice(spec: str) -> Voice:
     """`engine:name` -> the installed Voice; SpeakError for a missing engine or an unknown voice."""
     engine, sep, name = spec.strip().partition(":")
@@ -153,6 +161,10 @@ def parse_voice(spec: str) -> Voice:
     if engine == "espeak-ng":
         base, plus, variant = name.partition("+")
         if base in voices and (not plus or "+" + variant in voices):
+            if voices[base].lang == "zh" and not _reads_hanzi(base):
+                raise SpeakError(f"voice {spec!r}: this espeak-ng reads Chinese characters as English words with "
+                                 "tone numbers ('好' sounds like 'how three'; espeak-ng issue #1236): use "
+                                 "espeak-ng:cmn-latn-pinyin")  # fmt: skip
             return Voice(engine, name, voices[base].lang)
     elif name in voices:
         return voices[name]

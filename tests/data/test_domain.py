@@ -142,10 +142,10 @@ def test_data_speak_reads_it_and_the_answer_rate_is_the_speech_rate(tmp_path, ro
     picked.append(next(r for r in questions(rows) if r.lang == "zh"))
     texts = tmp_path / "texts.jsonl"
     texts.write_text("".join(json.dumps(r.to_json(), ensure_ascii=False) + "\n" for r in picked), encoding="utf-8")
-    summary = speak(texts, tmp_path / "out", SpeakSettings(voices=("espeak-ng:cmn",)), progress=False)
+    summary = speak(texts, tmp_path / "out", SpeakSettings(voices=("espeak-ng:cmn-latn-pinyin",)), progress=False)
     assert summary["failed"] == 0
     spoken = read_manifest(tmp_path / "out" / "manifest.jsonl")
-    assert [r.id for r in spoken] == [r.id for r in picked] and spoken[-1].speaker == "espeak-ng:cmn"
+    assert [r.id for r in spoken] == [r.id for r in picked] and spoken[-1].speaker == "espeak-ng:cmn-latn-pinyin"
     by_rate = {r.extra["rate"]: r for r in spoken[:-1]}
     assert set(by_rate) == {SLOW, 1.0, FAST} and {r.speaker for r in spoken[:-1]} == {ASSISTANT["en"]}
     seconds = [sf.info(by_rate[rate].audio).duration for rate in (SLOW, 1.0, FAST)]

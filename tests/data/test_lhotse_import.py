@@ -20,7 +20,8 @@ lhotse = pytest.importorskip("lhotse", reason="the lhotse extra (make installs i
 @pytest.fixture
 def prepared(tmp_path):
     """Two real recordings: English (one supervision, whole file) and Mandarin (two supervised segments)."""
-    en, zh = espeak("Hello world, this is a test of the import."), espeak("今天天气很好，我们去公园散步吧。", "cmn")
+    en = espeak("Hello world, this is a test of the import.")
+    zh = espeak("今天天气很好，我们去公园散步吧。", "cmn-latn-pinyin")
     sf.write(tmp_path / "en.wav", en, 16000)
     sf.write(tmp_path / "zh.wav", np.stack([zh, 0.5 * zh], axis=1), 16000)  # two channels
     rec_en = lhotse.Recording.from_file(tmp_path / "en.wav", recording_id="rec-en")

@@ -39,7 +39,7 @@ def manifest(tmp_path_factory):
     root = tmp_path_factory.mktemp("rows")
     rows = []
     for id_, lang, text, key, task in QUESTIONS:
-        sf.write(root / f"{id_}.wav", espeak(text, voice="en-us" if lang == "en" else "cmn"), 16000)
+        sf.write(root / f"{id_}.wav", espeak(text, voice="en-us" if lang == "en" else "cmn-latn-pinyin"), 16000)
         rows.append({"id": id_, "audio": f"{id_}.wav", "text": text, "lang": lang, "role": "question",
                      "task": task, "key": key})  # fmt: skip
     story, right, wrong = STORY

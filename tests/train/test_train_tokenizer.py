@@ -23,7 +23,7 @@ TINY = {"d_model": 64, "encoder_layers": 3, "quantize_position": 2, "pooling_pos
         "decoder_ffn_dim": 128, "num_mel_bins": 128, "quantize_vocab_size": 64, "max_target_positions": 64}  # fmt: skip
 # Three utterances of clearly different lengths: a tiny model can tell them apart within a few seconds of CPU.
 SENTENCES = [("a", "en", "red green blue", "en-us"), ("b", "en", "one two three four five six seven", "en-us"),
-             ("c", "zh", "你好世界", "cmn")]  # fmt: skip
+             ("c", "zh", "你好世界", "cmn-latn-pinyin")]  # fmt: skip
 FAST = dict(lr=3e-3, min_lr=3e-4, weight_decay=0.0, log_every=50)
 
 
