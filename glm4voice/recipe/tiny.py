@@ -180,14 +180,16 @@ def _copy_bf16(source, target: Path) -> None:
 
 def _short_pieces(text: str, lang: str, limit: int) -> list[str]:
     """What of a fortune is short enough to speak in a few seconds: an English one whole when it fits; a Mandarin
-    one cut into its sentences and clauses ending in 。！？；(fortunes-zh holds long documents and poems), without
-    Latin letters or digits (commands and file names that espeak-ng spells out letter by letter)."""
+    one cut into its sentences and clauses ending in 。！？；(fortunes-zh holds long documents and poems), a list
+    item's leading `*` or `-` taken off, and kept only when it is characters and punctuation: Latin letters, digits
+    and symbols (commands, file names, `a + b`) espeak-ng reads out in English, letter by letter."""
     import re
 
     if lang != "zh":
         return [text] if len(text) <= limit else []
-    pieces = (p.strip() for p in re.split(r"(?<=[。！？；])|\n", text))
-    return [p for p in pieces if 4 <= len(p) <= limit and not re.search(r"[A-Za-z0-9]", p)]
+    pieces = (p.strip().lstrip("*-•· ").strip() for p in re.split(r"(?<=[。！？；])|\n", text))
+    plain = re.compile(r"[\u4e00-\u9fff。，？；：！、“”\"（）()［］\[\]《》…— ,.?!;:]+")
+    return [p for p in pieces if 4 <= len(p) <= limit and plain.fullmatch(p)]
 
 
 def texts(sizes: Sizes):

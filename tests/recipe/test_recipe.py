@@ -103,9 +103,11 @@ def test_until_and_bad_stage(tmp_path, capsys):
 def test_fortunes_are_cut_to_short_plain_sentences():
     from glm4voice.recipe.tiny import _short_pieces
 
-    doc = "要有礼貌\n在 Debian 这种规模的项目中，很难避免。请接受这一事实，并保持礼貌。春眠不觉晓，处处闻啼鸟。"
-    assert _short_pieces(doc, "zh", 30) == ["要有礼貌", "请接受这一事实，并保持礼貌。", "春眠不觉晓，处处闻啼鸟。"]
-    assert _short_pieces(doc, "zh", 8) == ["要有礼貌"]
+    doc = ("要有礼貌\n在 Debian 这种规模的项目中，很难避免。请接受这一事实，并保持礼貌。春眠不觉晓，处处闻啼鸟。"
+           "\n* 保持客观。\n输入 a + b 即可。\n按下 → 键。")
+    assert _short_pieces(doc, "zh", 30) == ["要有礼貌", "请接受这一事实，并保持礼貌。", "春眠不觉晓，处处闻啼鸟。",
+                                            "保持客观。"]  # fmt: skip
+    assert _short_pieces(doc, "zh", 8) == ["要有礼貌", "保持客观。"]
     assert _short_pieces("A short one.", "en", 20) == ["A short one."]
     assert _short_pieces("A sentence far too long for the limit.", "en", 20) == []
 
