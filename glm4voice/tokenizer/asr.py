@@ -50,6 +50,11 @@ CTC_FIELD = "ctc_weight"
 # And its companion (InterCTC): the share of that CTC loss given to a second head on the hidden states the pooling
 # reads (50 Hz). At 12.5 Hz an English transcript has nearly as many ids as frames, which CTC can barely align.
 INTER_CTC_FIELD = "inter_ctc_weight"
+# What the intermediate head predicts: "transcript" (the transcript ids, as the final head) or "phonemes"
+# (espeak-ng's phonemes of the transcript, `data.phonemes`: sounds are learnt sooner than spellings); with
+# phonemes, the symbols (the inventory of the training transcripts, blank 0 before them) are kept in the config.
+INTER_TARGETS_FIELD = "inter_ctc_targets"
+PHONEMES_FIELD = "inter_ctc_phonemes"
 CTC_HEADS = ("ctc_head", "inter_ctc_head")  # their modules: ASR-training layout only, optional when loading
 # checkpoint name -> module name of the VQ tensors
 VQ_NAMES = {"codebook.weight": "vq.codebook", "ema_count": "vq.ema_count", "ema_weight": "vq.ema_weight"}
@@ -124,6 +129,18 @@ def vq_config(base: dict, overrides: dict | None = None) -> dict:
     cfg.setdefault("pooling_position", cfg["quantize_position"])
     if cfg[INTER_CTC_FIELD] > 0 and (cfg[CTC_FIELD] == 0 or cfg["pooling_kernel_size"] < 2):
         raise CheckpointError(f"config: {INTER_CTC_FIELD} needs a CTC head ({CTC_FIELD} > 0) and pooling")
+    cfg.setdefault(INTER_TARGETS_FIELD, "transcript")
+    if cfg[INTER_TARGETS_FIELD] not in ("transcript", "phonemes"):
+        raise CheckpointError(f"config: {INTER_TARGETS_FIELD} is transcript or phonemes, "
+                              f"not {cfg[INTER_TARGETS_FIELD]!r}")  # fmt: skip
+    if cfg[INTER_TARGETS_FIELD] == "phonemes":
+        symbols = cfg.get(PHONEMES_FIELD)
+        if cfg[INTER_CTC_FIELD] == 0:
+            raise CheckpointError(f"config: {INTER_TARGETS_FIELD} phonemes needs the intermediate head "
+                                  f"({INTER_CTC_FIELD} > 0)")  # fmt: skip
+        if not (isinstance(symbols, list) and symbols and all(isinstance(x, str) and x for x in symbols)
+                and len(set(symbols)) == len(symbols)):  # fmt: skip
+            raise CheckpointError(f"config: {PHONEMES_FIELD} must list the phoneme symbols, each once")
     if not 0 < cfg["quantize_position"] <= layers:
         raise CheckpointError(f"config: quantize_position must lie in 1..encoder_layers ({layers})")
     for key in ("d_model", "encoder_attention_heads", "decoder_attention_heads"):
@@ -172,7 +189,13 @@ class AsrTokenizer(nn.Module):
         self.decoder = WhisperDecoder(WhisperConfig(**{k: v for k, v in config.items() if k != "architectures"}))
         # CTC over the transcript vocabulary, <|endoftext|> as the blank (it never occurs inside a transcript)
         self.ctc_head = nn.Linear(d, config["vocab_size"]) if config[CTC_FIELD] > 0 else None
-        self.inter_ctc_head = nn.Linear(d, config["vocab_size"]) if config[INTER_CTC_FIELD] > 0 else None
+        inter_classes = len(config[PHONEMES_FIELD]) + 1 if self.phonemic else config["vocab_size"]
+        self.inter_ctc_head = nn.Linear(d, inter_classes) if config[INTER_CTC_FIELD] > 0 else None
+
+    @property
+    def phonemic(self) -> bool:
+        """The intermediate head predicts phonemes (`PHONEMES_FIELD` symbols at 1.., blank 0)."""
+        return self.config.get(INTER_TARGETS_FIELD) == "phonemes"
 
     @property
     def blocks(self) -> list[nn.Module]:
@@ -220,7 +243,8 @@ class AsrTokenizer(nn.Module):
         return _ctc(self.ctc_head, encoded, mask, ids, blank)
 
     def inter_ctc_loss(self, pre_pool: list, ids: list[list[int]], blank: int) -> torch.Tensor:
-        """The same CTC by the intermediate head over the 50 Hz states `encode(..., pre_pool=...)` collected."""
+        """The same CTC by the intermediate head over the 50 Hz states `encode(..., pre_pool=...)` collected
+        (`ids`: transcript bodies, or phoneme ids with blank 0 when `phonemic`)."""
         (hidden, mask), = pre_pool
         return _ctc(self.inter_ctc_head, hidden, mask, ids, blank)
 
@@ -354,7 +378,8 @@ def new_asr(config: dict, codec: TranscriptCodec) -> AsrTokenizer:
         raise CheckpointError(f"config: {exc}") from None
     ids = {"vocab_size": codec.vocab_size, "pad_token_id": codec.eot, "bos_token_id": codec.eot,
            "eos_token_id": codec.eot, "decoder_start_token_id": codec.sot}  # fmt: skip
-    ours = {k: v for k, v in config.items() if k in VQ_DEFAULTS or k in (CTC_FIELD, INTER_CTC_FIELD)}
+    ours = {k: v for k, v in config.items()
+            if k in VQ_DEFAULTS or k in (CTC_FIELD, INTER_CTC_FIELD, INTER_TARGETS_FIELD, PHONEMES_FIELD)}  # fmt: skip
     model = AsrTokenizer(vq_config({**base, **ids}, ours))
     model.fresh_vq = True
     return model

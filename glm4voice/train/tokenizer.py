@@ -126,7 +126,8 @@ def error_rates(model, codec, data: Utterances, device, batch: int = 8, rank: in
                 bypass: bool = False) -> dict:  # fmt: skip
     """WER (en) and CER (zh) of greedy transcripts, and codebook usage, over `data` (ranks share it); with a CTC
     head, also those of its greedy transcripts (`ctc_wer_en`, `ctc_cer_zh`: the encoder's own hearing), and with an
-    intermediate one, its own (`inter_ctc_wer_en`, `inter_ctc_cer_zh`: what the 50 Hz states hear).
+    intermediate one, its own (`inter_ctc_wer_en`, `inter_ctc_cer_zh`: what the 50 Hz states hear; phoneme error
+    rates `inter_ctc_per_en`, `inter_ctc_per_zh` when it predicts phonemes).
 
     `bypass` (the VQ warm-up): transcripts of the unquantized encoder, and no codebook usage (no codebook yet)."""
     from ..scoring import errors
@@ -145,7 +146,7 @@ def error_rates(model, codec, data: Utterances, device, batch: int = 8, rank: in
         encoded, m, _, h = model.encode(features, mask, bypass=bypass, pre_pool=pre_pool)  # h: codebook usage
         hyps = model.greedy_ids(encoded, m, codec)  # one encoder pass serves the decoder and both CTC heads
         ctc_hyps = model.ctc_ids(encoded, m, codec.eot) if ctc else None
-        inter_hyps = model.inter_ctc_ids(pre_pool, codec.eot) if inter else None
+        inter_hyps = model.inter_ctc_ids(pre_pool, 0 if model.phonemic else codec.eot) if inter else None
         for i, keep in zip(range(len(picked)), real):
             if not keep:
                 continue
@@ -155,7 +156,10 @@ def error_rates(model, codec, data: Utterances, device, batch: int = 8, rank: in
             for offset, hyps_of in ((0, hyps), (4, ctc_hyps), (8, inter_hyps)):
                 hyp = hyps_of[i] if hyps_of else None
                 if hyp is not None:
-                    wrong, n = errors(row.text, codec.decode(hyp), row.lang)
+                    if offset == 8 and model.phonemic:  # phoneme errors over phoneme counts
+                        wrong, n = symbol_errors(phoneme_targets(model, [row])[0], hyp)
+                    else:
+                        wrong, n = errors(row.text, codec.decode(hyp), row.lang)
                     totals[offset + (0 if row.lang == "en" else 2)] += wrong
                     totals[offset + (1 if row.lang == "en" else 3)] += n
     import torch.distributed as dist
@@ -171,11 +175,31 @@ def error_rates(model, codec, data: Utterances, device, batch: int = 8, rank: in
     else:
         out = {"codes_used": round(float((counts > 0).double().mean()), 4), "code_perplexity": round(perplexity, 2)}
     for prefix, offset in (("", 0), ("ctc_", 4), ("inter_ctc_", 8)):
+        en, zh = ("per_en", "per_zh") if offset == 8 and model.phonemic else ("wer_en", "cer_zh")
         if totals[offset + 1]:
-            out[f"{prefix}wer_en"] = round(float(totals[offset] / totals[offset + 1]), 4)
+            out[f"{prefix}{en}"] = round(float(totals[offset] / totals[offset + 1]), 4)
         if totals[offset + 3]:
-            out[f"{prefix}cer_zh"] = round(float(totals[offset + 2] / totals[offset + 3]), 4)
+            out[f"{prefix}{zh}"] = round(float(totals[offset + 2] / totals[offset + 3]), 4)
     return out
+
+
+def phoneme_targets(model, rows) -> list[list[int]]:
+    """Rows' phonemes as the phonemic head's classes (1.., blank 0); symbols outside its inventory dropped."""
+    from ..data.phonemes import phonemes
+    from ..tokenizer.asr import PHONEMES_FIELD
+
+    index = {p: i + 1 for i, p in enumerate(model.config[PHONEMES_FIELD])}
+    return [[index[p] for p in phonemes(r.text, r.lang) if p in index] for r in rows]
+
+
+def symbol_errors(reference: list[int], hypothesis: list[int]) -> tuple[int, int]:
+    """(edit errors, reference length) between two symbol sequences (jiwer, each symbol a word)."""
+    import jiwer
+
+    if not reference:
+        return len(hypothesis), 0
+    out = jiwer.process_words(" ".join(map(str, reference)), " ".join(map(str, hypothesis)) or "-")
+    return out.substitutions + out.deletions + out.insertions, len(reference)
 
 
 def train_tokenizer(data: str | os.PathLike, out: str | os.PathLike, cfg: RunConfig, *, init=None, config=None,
@@ -191,7 +215,15 @@ def train_tokenizer(data: str | os.PathLike, out: str | os.PathLike, cfg: RunCon
     frames of the then trained encoder (for a model from scratch, whose first features are all alike: a codebook
     started on them collapses to a few codes).
     """
-    from ..tokenizer.asr import TranscriptCodec, load_asr, new_asr, write_asr_folder
+    from ..data.phonemes import inventory
+    from ..tokenizer.asr import (
+        INTER_TARGETS_FIELD,
+        PHONEMES_FIELD,
+        TranscriptCodec,
+        load_asr,
+        new_asr,
+        write_asr_folder,
+    )
 
     if init is None and config is None and resume is None:
         raise Glm4VoiceError("give --init (a Whisper or tokenizer folder), --config (from scratch) or --resume")
@@ -210,6 +242,8 @@ def train_tokenizer(data: str | os.PathLike, out: str | os.PathLike, cfg: RunCon
     valid_set = Utterances(valid, "validation") if valid is not None else None
     if train_set.skipped:
         print(json.dumps({"skipped_longer_than_max_seconds": train_set.skipped}), flush=True)
+    if overrides and overrides.get(INTER_TARGETS_FIELD) == "phonemes" and not overrides.get(PHONEMES_FIELD):
+        overrides[PHONEMES_FIELD] = inventory((r.text, r.lang) for r in train_set.rows)  # the head's classes
     if resume is not None or init is not None:
         model, codec = load_asr(resume if resume is not None else init, None if resume is not None else overrides)
     else:
@@ -242,8 +276,9 @@ def train_tokenizer(data: str | os.PathLike, out: str | os.PathLike, cfg: RunCon
             rows = [train_set.rows[i] for i in group]
             inputs, labels = labels_for(codec, rows, dist.device)
             bodies = [codec.encode(r.text, r.lang)[len(codec.task) + 2 : -1] for r in rows]  # the CTC targets
+            inter = phoneme_targets(model, rows) if model.phonemic else bodies  # the intermediate head's
             return {"index": index, "features": features, "mask": mask, "inputs": inputs, "labels": labels,
-                    "bodies": bodies}
+                    "bodies": bodies, "inter_targets": inter}
 
         def loss(model, b) -> tuple[torch.Tensor, dict]:
             if warm and b["index"] == warm:  # the warm-up is over: the codebook starts from the trained encoder
@@ -265,7 +300,7 @@ def train_tokenizer(data: str | os.PathLike, out: str | os.PathLike, cfg: RunCon
             ctc = model.ctc_loss(encoded, mask, b["bodies"], codec.eot)
             metrics["ctc_loss"] = ctc.item()
             if pre_pool is not None:  # the CTC share splits between the final and the intermediate head
-                inter = model.inter_ctc_loss(pre_pool, b["bodies"], codec.eot)
+                inter = model.inter_ctc_loss(pre_pool, b["inter_targets"], 0 if model.phonemic else codec.eot)
                 metrics["inter_ctc_loss"] = inter.item()
                 ctc = (1 - inter_weight) * ctc + inter_weight * inter
             return (1 - ctc_weight) * asr + ctc_weight * ctc + vq.loss, metrics

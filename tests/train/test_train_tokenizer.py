@@ -114,7 +114,9 @@ def test_vq_warm_up_then_resume_across_it(corpus, tmp_path):
 def test_a_commitment_loss_that_swamps_the_asr_loss_is_reported(corpus, tmp_path, capsys):
     kwargs = dict(batch_seconds=4, vocab_size=300, vq_warmup=2, log=lambda line: None)
     for scale, said in ((1e8, True), (1e-6, False)):  # tiny data: k-means fits the frames closely
-        (tmp_path / f"{scale}.json").write_text(json.dumps({**TINY, "quantize_loss_scale": scale}))
+        # 16 codes: fewer than the corpus's frames (with a code per frame the commitment loss would be 0)
+        (tmp_path / f"{scale}.json").write_text(json.dumps({**TINY, "quantize_loss_scale": scale,
+                                                            "quantize_vocab_size": 16}))  # fmt: skip
         train_tokenizer(corpus / "train.jsonl", tmp_path / str(scale), RunConfig(steps=3, **FAST),
                         config=tmp_path / f"{scale}.json", **kwargs)  # fmt: skip
         out = capsys.readouterr().out
@@ -249,6 +251,42 @@ def test_intermediate_ctc_head_hears_the_50_hz_states_and_shares_the_ctc_loss(co
     for bad, match in (({"ctc_weight": 0.0, "inter_ctc_weight": 0.5}, "needs a CTC head"),
                        ({"ctc_weight": 0.5, "inter_ctc_weight": 1.0}, "inter_ctc_weight must lie in")):
         (tmp_path / "bad.json").write_text(json.dumps({**TINY, **bad}))
+        with pytest.raises(Exception, match=match):
+            train_tokenizer(corpus / "train.jsonl", tmp_path / "c", cfg, **{**kwargs, "config": tmp_path / "bad.json"})
+
+
+def test_intermediate_head_on_phonemes_learns_espeak_ng_phonemes_and_keeps_its_symbols(corpus, tmp_path):
+    from glm4voice.data.phonemes import phonemes
+    from glm4voice.train.tokenizer import phoneme_targets, symbol_errors
+
+    config = {**TINY, "ctc_weight": 0.5, "inter_ctc_weight": 0.5, "inter_ctc_targets": "phonemes"}
+    (tmp_path / "cfg.json").write_text(json.dumps(config))
+    cfg = RunConfig(steps=60, save_every=30, **{**FAST, "log_every": 10})
+    kwargs = dict(config=tmp_path / "cfg.json", batch_seconds=8, vocab_size=300, log=lambda line: None,
+                  valid=corpus / "train.jsonl", eval_every=30)  # fmt: skip
+    records = train_tokenizer(corpus / "train.jsonl", tmp_path / "a", cfg, **kwargs)
+    model, codec = load_asr(tmp_path / "a" / "step-60")
+    # the head's classes: the training transcripts' phonemes (kept in the config), blank 0 before them
+    symbols = model.config["inter_ctc_phonemes"]
+    assert set(symbols) == {p for _, lang, text, _ in SENTENCES for p in phonemes(text, lang)}
+    assert model.phonemic and model.inter_ctc_head.out_features == len(symbols) + 1
+    # validation scores it by phoneme error rate; it learns the three utterances' phonemes
+    first, last = next(r for r in records if r.get("step") == 30), records[-1]
+    assert {"inter_ctc_per_en", "inter_ctc_per_zh"} <= set(last) and "inter_ctc_wer_en" not in last
+    assert last["inter_ctc_per_en"] < first["inter_ctc_per_en"] and last["inter_ctc_loss"] < first["inter_ctc_loss"]
+    # resuming reads the symbols back from the folder and goes on exactly
+    resumed = train_tokenizer(corpus / "train.jsonl", tmp_path / "b", cfg, resume=tmp_path / "a" / "step-30",
+                              **kwargs)  # fmt: skip
+    before = {r["step"]: r["loss"] for r in records}
+    assert [r["loss"] for r in resumed if r["step"] in before] == [before[s] for s in (40, 50, 60)]
+    from glm4voice.data.manifest import read_manifest
+
+    rows = list(read_manifest(corpus / "train.jsonl"))
+    assert [len(t) for t in phoneme_targets(model, rows)] == [len(phonemes(r.text, r.lang)) for r in rows]
+    assert symbol_errors([1, 2, 3], [1, 3]) == (1, 3) and symbol_errors([1, 2], [4, 1, 2]) == (1, 2)
+    for bad, match in (({"inter_ctc_weight": 0.0}, "needs the intermediate head"),
+                       ({"inter_ctc_targets": "letters"}, "transcript or phonemes")):  # fmt: skip
+        (tmp_path / "bad.json").write_text(json.dumps({**config, **bad}))
         with pytest.raises(Exception, match=match):
             train_tokenizer(corpus / "train.jsonl", tmp_path / "c", cfg, **{**kwargs, "config": tmp_path / "bad.json"})
 
