@@ -197,6 +197,10 @@ class AsrTokenizer(nn.Module):
         """The intermediate head predicts phonemes (`PHONEMES_FIELD` symbols at 1.., blank 0)."""
         return self.config.get(INTER_TARGETS_FIELD) == "phonemes"
 
+    def inter_blank(self, eot: int) -> int:
+        """The intermediate head's blank: 0 over phonemes, <|endoftext|> over transcript ids (as the final head)."""
+        return 0 if self.phonemic else eot
+
     @property
     def blocks(self) -> list[nn.Module]:
         """The repeated layers (FSDP units, activation checkpointing)."""

@@ -146,7 +146,7 @@ def error_rates(model, codec, data: Utterances, device, batch: int = 8, rank: in
         encoded, m, _, h = model.encode(features, mask, bypass=bypass, pre_pool=pre_pool)  # h: codebook usage
         hyps = model.greedy_ids(encoded, m, codec)  # one encoder pass serves the decoder and both CTC heads
         ctc_hyps = model.ctc_ids(encoded, m, codec.eot) if ctc else None
-        inter_hyps = model.inter_ctc_ids(pre_pool, 0 if model.phonemic else codec.eot) if inter else None
+        inter_hyps = model.inter_ctc_ids(pre_pool, model.inter_blank(codec.eot)) if inter else None
         for i, keep in zip(range(len(picked)), real):
             if not keep:
                 continue
@@ -300,7 +300,7 @@ def train_tokenizer(data: str | os.PathLike, out: str | os.PathLike, cfg: RunCon
             ctc = model.ctc_loss(encoded, mask, b["bodies"], codec.eot)
             metrics["ctc_loss"] = ctc.item()
             if pre_pool is not None:  # the CTC share splits between the final and the intermediate head
-                inter = model.inter_ctc_loss(pre_pool, b["inter_targets"], 0 if model.phonemic else codec.eot)
+                inter = model.inter_ctc_loss(pre_pool, b["inter_targets"], model.inter_blank(codec.eot))
                 metrics["inter_ctc_loss"] = inter.item()
                 ctc = (1 - inter_weight) * ctc + inter_weight * inter
             return (1 - ctc_weight) * asr + ctc_weight * ctc + vq.loss, metrics
