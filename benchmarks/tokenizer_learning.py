@@ -131,7 +131,9 @@ def main() -> None:
         print(json.dumps({"feature_mean": round(float(frames.mean()), 3), "bin_means": [
             round(float(x), 2) for x in shift[::16, 0]], "bin_spreads": [round(float(x), 2) for x in scale[::16, 0]]}))
     for kind in args.models.split(","):
-        config = {**json.loads(CONFIG.read_text()), **json.loads(args.config)}
+        config = {**json.loads(CONFIG.read_text()), "inter_ctc_weight": 0.0, **json.loads(args.config)}
+        if not config["inter_ctc_weight"]:  # this measures the final CTC head and the decoder: no intermediate one
+            config.pop("inter_ctc_targets", None)
         model = new_asr(config, codec) if kind == "encoder" else StackedGru(codec.vocab_size)
         if kind == "encoder" and args.init_std > 0:
             for module in [*model.encoder.modules(), *model.post_layers.modules()]:
