@@ -32,6 +32,16 @@ def errors(reference: str, hypothesis: str, lang: str) -> tuple[int, int]:
     return out.substitutions + out.deletions + out.insertions, out.substitutions + out.deletions + out.hits
 
 
+def symbol_errors(reference: list[int], hypothesis: list[int]) -> tuple[int, int]:
+    """(edit errors, reference length) between two symbol sequences, e.g. phoneme ids (jiwer, a symbol a word)."""
+    import jiwer
+
+    if not reference:
+        return len(hypothesis), 0
+    out = jiwer.process_words(" ".join(map(str, reference)), " ".join(map(str, hypothesis)) or "-")
+    return out.substitutions + out.deletions + out.insertions, len(reference)
+
+
 _DECODER = None
 
 

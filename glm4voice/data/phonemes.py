@@ -11,7 +11,7 @@ synthesiser spoke; flite's and festival's lexicons differ from espeak-ng's in fe
 
 libespeak-ng (the `espeak-ng` Debian package, which `make` installs) through ctypes: its
 `espeak_TextToPhonemes` in ASCII mode (Kirshenbaum-like names, with Mandarin's tone contours as digits:
-`i214`, `ua51`; its IPA mode collapses 55 and 51, espeak-ng PR #2542), a `_` between phonemes. Stress marks
+`i214`, `ua51`; its IPA mode collapses 55 and 51, espeak-ng PR #2542), a `_` between phonemes. Stress marks,
 word, syllable and clause boundaries and pauses are dropped: CTC targets are what is heard, in order.
 """
 

@@ -130,7 +130,7 @@ def error_rates(model, codec, data: Utterances, device, batch: int = 8, rank: in
     rates `inter_ctc_per_en`, `inter_ctc_per_zh` when it predicts phonemes).
 
     `bypass` (the VQ warm-up): transcripts of the unquantized encoder, and no codebook usage (no codebook yet)."""
-    from ..scoring import errors
+    from ..scoring import errors, symbol_errors
 
     ctc, inter = model.ctc_head is not None, model.inter_ctc_head is not None
     # en errors, en words, zh errors, zh chars; then the same for the CTC and the intermediate CTC transcripts
@@ -190,16 +190,6 @@ def phoneme_targets(model, rows) -> list[list[int]]:
 
     index = {p: i + 1 for i, p in enumerate(model.config[PHONEMES_FIELD])}
     return [[index[p] for p in phonemes(r.text, r.lang) if p in index] for r in rows]
-
-
-def symbol_errors(reference: list[int], hypothesis: list[int]) -> tuple[int, int]:
-    """(edit errors, reference length) between two symbol sequences (jiwer, each symbol a word)."""
-    import jiwer
-
-    if not reference:
-        return len(hypothesis), 0
-    out = jiwer.process_words(" ".join(map(str, reference)), " ".join(map(str, hypothesis)) or "-")
-    return out.substitutions + out.deletions + out.insertions, len(reference)
 
 
 def train_tokenizer(data: str | os.PathLike, out: str | os.PathLike, cfg: RunConfig, *, init=None, config=None,

@@ -257,7 +257,8 @@ def test_intermediate_ctc_head_hears_the_50_hz_states_and_shares_the_ctc_loss(co
 
 def test_intermediate_head_on_phonemes_learns_espeak_ng_phonemes_and_keeps_its_symbols(corpus, tmp_path):
     from glm4voice.data.phonemes import phonemes
-    from glm4voice.train.tokenizer import phoneme_targets, symbol_errors
+    from glm4voice.scoring import symbol_errors
+    from glm4voice.train.tokenizer import phoneme_targets
 
     config = {**TINY, "ctc_weight": 0.5, "inter_ctc_weight": 0.5, "inter_ctc_targets": "phonemes"}
     (tmp_path / "cfg.json").write_text(json.dumps(config))
