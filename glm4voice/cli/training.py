@@ -174,6 +174,9 @@ def _add_train_decoder(sub) -> None:
     p.add_argument("--adversarial-from", type=int, default=0,
                    help="hift: the step from which the discriminators (multi-period, multi-resolution) train too "
                         "(0: never)")  # fmt: skip
+    p.add_argument("--prior-weight", type=float, default=0.0,
+                   help="flow: weight of Matcha-TTS's prior loss (the token encoder's mu against the mel itself), "
+                        "for small data (0: none)")  # fmt: skip
     from ..train.decoder import decoder_defaults
 
     add_run_options(p, decoder_defaults())
@@ -187,7 +190,8 @@ def _run_decoder(args) -> int:
     records = train_decoder(args.init, args.speech_tokenizer, args.data, args.out, cfg, stage=args.stage,
                             valid=args.valid, eval_every=args.eval_every, crop_codes=args.crop_codes,
                             crop_frames=args.crop_frames, config=_decoder_config(args.config),
-                            adversarial_from=args.adversarial_from, resume=args.resume)  # fmt: skip
+                            adversarial_from=args.adversarial_from, prior_weight=args.prior_weight,
+                            resume=args.resume)  # fmt: skip
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"glm4voice train-decoder: {finished(records)}; {args.out}/step-{cfg.steps} (a decoder folder)",
               file=sys.stderr)  # fmt: skip

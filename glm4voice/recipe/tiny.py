@@ -63,6 +63,7 @@ class Sizes:
     hift_steps: int = 2000
     decoder_batch: int = 8
     crop_codes: int = 40
+    flow_prior_weight: float = 0.0  # Matcha-TTS's prior loss on the flow's mu (README "The flow's length")
     crop_frames: int = 64
     bpe_vocab: int = 2000  # with bf16 storage, what keeps the bundle within 40 MB
     t2t_config: tuple = (("hidden_size", 256), ("intermediate_size", 768), ("num_hidden_layers", 4),
@@ -336,7 +337,7 @@ def _decoder_run(sizes: Sizes, folder: Path, done: dict, kind: str) -> dict:
     elif not finished:  # from the vocoder stage's folder: its trained HiFT rides along, the flow trains
         init = None if resume else done["vocoder"]["decoder"]
         train_decoder(init, done["tokenizer"]["released"], voice, folder / "run", cfg, stage="flow",
-                      **common)  # fmt: skip
+                      prior_weight=sizes.flow_prior_weight, **common)  # fmt: skip
     return {"decoder": str(folder / "run" / f"step-{steps}"), **_trained(folder / "run", "valid", "wer", "mcd")}
 
 

@@ -103,8 +103,8 @@ class FlowLoss(torch.nn.Module):
         super().__init__()
         self.flow = flow
 
-    def forward(self, codes, mel, prompt, drop, t, z) -> torch.Tensor:
-        return flow_loss(self.flow, codes, mel, prompt, drop, t, z)
+    def forward(self, codes, mel, prompt, drop, t, z) -> tuple[torch.Tensor, torch.Tensor]:
+        return flow_terms(self.flow, codes, mel, prompt, drop, t, z)
 
 
 def flow_loss(flow, codes, mel, prompt, drop, t, z) -> torch.Tensor:
@@ -113,6 +113,14 @@ def flow_loss(flow, codes, mel, prompt, drop, t, z) -> torch.Tensor:
     codes [B, N]; mel [B, 80, T] targets; prompt [B] frames of the target given as `cond`; drop [B] bool
     (conditions zeroed); t [B] times after the schedule; z [B, 80, T] noise. Mean over unprompted frames.
     """
+    return flow_terms(flow, codes, mel, prompt, drop, t, z)[0]
+
+
+def flow_terms(flow, codes, mel, prompt, drop, t, z) -> tuple[torch.Tensor, torch.Tensor]:
+    """`flow_loss`, and beside it Matcha-TTS's prior loss: how far the codes' condition mu is from the target
+    mel itself (0.5 x mean squared error over every frame: a unit-variance Gaussian's log-likelihood without its
+    constant). Weighted in (`prior_weight`), it asks the token encoder to say the mel outright, a direct signal
+    for a small flow on little data, which the flow-matching loss gives it only through the estimator."""
     b, channels, frames = mel.shape
     mu = flow.mu(codes, frames)
     in_prompt = torch.arange(frames, device=mel.device)[None] < prompt[:, None]  # [B, T]
@@ -125,7 +133,8 @@ def flow_loss(flow, codes, mel, prompt, drop, t, z) -> torch.Tensor:
     target = mel - (1 - sigma) * z
     pred = flow.decoder.estimator(y, mu * keep[:, None, None], t, spk, cond)
     weight = (~in_prompt).to(mel.dtype)[:, None]  # [B, 1, T]
-    return (((pred - target) ** 2) * weight).sum() / (weight.sum() * channels).clamp(min=1)
+    fm = (((pred - target) ** 2) * weight).sum() / (weight.sum() * channels).clamp(min=1)
+    return fm, 0.5 * ((mu - mel) ** 2).mean()
 
 
 def sample_conditions(flow, b: int, frames: int, device):
@@ -191,16 +200,22 @@ def resynthesis_scores(flow, decoder, examples: list[Example], device) -> dict:
 
 def train_decoder(init, speech_tokenizer, data, out, cfg: RunConfig, *, stage: str = "flow", valid=None,
                   eval_every: int = 0, crop_codes: int = 40, crop_frames: int = 64, config=None,
-                  adversarial_from: int = 0, resume=None, log=None) -> list[dict]:  # fmt: skip
+                  adversarial_from: int = 0, prior_weight: float = 0.0, resume=None,
+                  log=None) -> list[dict]:  # fmt: skip
     """Train one stage of the decoder (flow: codes -> mel; hift: mel -> audio); returns the logged records.
 
     Starts from `init` (a decoder folder or hub id) or `config` (a config.yaml: random weights of its sizes);
-    `adversarial_from` (hift): the step from which the discriminators train with the generator (0: never)."""
+    `adversarial_from` (hift): the step from which the discriminators train with the generator (0: never);
+    `prior_weight` (flow): the weight of the prior loss beside the flow-matching one (`flow_terms`; 0: none)."""
     if stage not in ("flow", "hift"):
         raise Glm4VoiceError(f"--stage {stage}: flow or hift")
     if crop_codes < 2 or crop_frames < 16 or eval_every < 0 or adversarial_from < 0:
         raise Glm4VoiceError("--crop-codes must be at least 2, --crop-frames at least 16, --eval-every and "
                              "--adversarial-from >= 0")  # fmt: skip
+    if not math.isfinite(prior_weight) or prior_weight < 0:
+        raise Glm4VoiceError(f"--prior-weight must be a finite number >= 0, got {prior_weight}")
+    if prior_weight and stage != "flow":
+        raise Glm4VoiceError("--prior-weight is for the flow stage (the loss on its token encoder's output)")
     if adversarial_from and stage != "hift":
         raise Glm4VoiceError("--adversarial-from is for the hift stage (the vocoder's discriminators)")
     if stage == "flow" and speech_tokenizer is None:
@@ -242,8 +257,10 @@ def train_decoder(init, speech_tokenizer, data, out, cfg: RunConfig, *, stage: s
 
         def loss(model, b) -> tuple[torch.Tensor, dict]:
             conditions = sample_conditions(flow, b["mel"].shape[0], b["mel"].shape[2], dist.device)
-            value = model(b["codes"], b["mel"], *conditions)
-            return value, {"flow_loss": value.item()}
+            fm, prior = model(b["codes"], b["mel"], *conditions)
+            if not prior_weight:
+                return fm, {"flow_loss": fm.item()}
+            return fm + prior_weight * prior, {"flow_loss": fm.item(), "prior_loss": prior.item()}
 
         def after_step(step: int) -> dict | None:
             if valid_set is None or not (step == cfg.steps or (eval_every and step % eval_every == 0)):

@@ -13,7 +13,7 @@ import torch
 from glm4voice.decoder import SpeechDecoder
 from glm4voice.errors import Glm4VoiceError
 from glm4voice.train.config import RunConfig
-from glm4voice.train.decoder import crop_batch, flow_loss, load_examples, mel_l1, train_decoder
+from glm4voice.train.decoder import crop_batch, flow_loss, flow_terms, load_examples, mel_l1, train_decoder
 from tests.conftest import GOLDEN, write_wav16
 
 
@@ -73,6 +73,20 @@ def test_flow_loss_equals_a_hand_computation(flow):
         total += float(((pred - u)[:, :, prompt[i] :] ** 2).sum().detach())
         count += 80 * (frames - int(prompt[i]))
     assert float(got.detach()) == pytest.approx(total / count, rel=1e-5)
+
+
+def test_the_prior_loss_is_half_the_squared_distance_of_mu_to_the_mel_on_every_frame(flow):
+    g = torch.Generator().manual_seed(2)
+    codes = torch.randint(0, flow.cfg.vocab_size, (2, 6), generator=g)
+    frames = frames_for(6)
+    mel, z = torch.randn(2, 80, frames, generator=g), torch.randn(2, 80, frames, generator=g)
+    args = (codes, mel, torch.tensor([0, 10]), torch.tensor([False, True]), torch.tensor([0.3, 0.8]), z)
+    with torch.no_grad():
+        fm, prior = flow_terms(flow, *args)
+        assert float(fm) == float(flow_loss(flow, *args))  # the flow-matching term is flow_loss itself
+        by_hand = sum(float(((flow.mu(codes[i : i + 1], frames) - mel[i]) ** 2).sum()) for i in range(2))
+    # prompt frames and dropped conditions count too: the prior is on the token encoder, before either applies
+    assert float(prior) == pytest.approx(0.5 * by_hand / mel.numel(), rel=1e-5)
 
 
 def test_the_prompt_gets_no_loss_and_dropout_zeroes_what_inference_zeroes(flow):
@@ -149,6 +163,22 @@ def test_bad_inputs(corpus, golden, tmp_path):
                       stage="gan")  # fmt: skip
     with pytest.raises(Glm4VoiceError, match="needs --speech-tokenizer"):
         train_decoder(golden / "decoder", None, corpus / "voice.jsonl", tmp_path / "d", cfg)
+    for weight in (-1.0, float("nan"), float("inf")):
+        with pytest.raises(Glm4VoiceError, match="prior-weight must be"):
+            train_decoder(golden / "decoder", golden / "tokenizer", corpus / "voice.jsonl", tmp_path / "e", cfg,
+                          prior_weight=weight)  # fmt: skip
+    with pytest.raises(Glm4VoiceError, match="for the flow stage"):
+        train_decoder(golden / "decoder", None, corpus / "voice.jsonl", tmp_path / "f", cfg, stage="hift",
+                      prior_weight=1.0)  # fmt: skip
+
+
+def test_the_prior_loss_trains_the_token_encoder_toward_the_mel(corpus, golden, tmp_path):
+    cfg = RunConfig(steps=40, batch_size=2, lr=3e-3, min_lr=3e-4, warmup_steps=5, weight_decay=0.0, log_every=1)
+    records = train_decoder(golden / "decoder", golden / "tokenizer", corpus / "one.jsonl", tmp_path / "p", cfg,
+                            crop_codes=8, prior_weight=1.0, log=lambda line: None)  # fmt: skip
+    prior = [r["prior_loss"] for r in records if "prior_loss" in r]
+    assert len(prior) == 40 and all(r["loss"] > r["flow_loss"] for r in records if "prior_loss" in r)
+    assert sum(prior[-5:]) < 0.5 * sum(prior[:5]), prior  # mu moves toward the mel it conditions
 
 
 def test_cli(corpus, golden, tmp_path, capsys):
