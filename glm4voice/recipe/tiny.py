@@ -63,7 +63,7 @@ class Sizes:
     hift_steps: int = 2000
     decoder_batch: int = 8
     crop_codes: int = 40
-    flow_prior_weight: float = 0.0  # Matcha-TTS's prior loss on the flow's mu (README "The flow's length")
+    flow_prior_weight: float = 0.0  # Matcha-TTS's prior loss on the flow's mu: 1.0 did not help (README)
     crop_frames: int = 64
     bpe_vocab: int = 2000  # with bf16 storage, what keeps the bundle within 40 MB
     t2t_config: tuple = (("hidden_size", 256), ("intermediate_size", 768), ("num_hidden_layers", 4),
