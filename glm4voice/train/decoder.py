@@ -13,7 +13,8 @@ by mean squared error over the frames outside the prompt. The prompt is a
 random prefix of the target (none half of the time, else up to 80 % of it)
 given as `cond`, as a stream's context is. With chance `training_cfg_rate`
 (0.2) a sample's conditions (mu, speaker, cond) are all zero: the
-unconditioned branch of inference's classifier-free guidance.
+unconditioned branch of inference's classifier-free guidance. Optionally
+(`--prior-weight`) Matcha-TTS's prior loss pulls mu itself toward the mel.
 
 Batches are equal-length crops (`--crop-codes` codes and their mel frames),
 so nothing is padded: half of them start at an utterance's first code, as a
