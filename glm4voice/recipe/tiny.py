@@ -59,11 +59,11 @@ class Sizes:
     eval_every: int
     save_every: int
     workers: int
-    flow_steps: int = 4800  # was 2400 (the shipped bundle): 4800 took valid mel L1 1.27 -> 1.12 (README "recipe tiny")
+    flow_steps: int = 4800  # was 2400 (the shipped bundle): valid mel L1 1.27 -> 1.12 (README "The flow's length")
     hift_steps: int = 2000
     decoder_batch: int = 8
     crop_codes: int = 40
-    flow_prior_weight: float = 0.0  # Matcha-TTS's prior loss on the flow's mu: 1.0 did not help (README)
+    flow_prior_weight: float = 0.0  # Matcha-TTS's prior loss on mu: 1.0 did not help (README "The flow's length")
     crop_frames: int = 64
     bpe_vocab: int = 2000  # with bf16 storage, what keeps the bundle within 40 MB
     t2t_config: tuple = (("hidden_size", 256), ("intermediate_size", 768), ("num_hidden_layers", 4),
