@@ -10,7 +10,8 @@ crops of --crop-codes codes; `hift`: the vocoder's generator losses on crops of 
 AdamW) on the trainers' own loss modules, counts one step's FLOPs with torch's FLOP counter, and measures
 the fp32 matmul peak of this machine in the same run (`of_peak`; a bf16 row's share is of that fp32 peak too),
 in float32 and, with `--precisions none,bf16`, under the trainers' bf16 autocast. The inputs are random (a
-step's work does not depend on the values). Prints the CPU model and flags first, then one JSON line per (size, stage).
+step's work does not depend on the values). Prints the CPU model and flags first, then one JSON line per
+(size, stage, precision).
 """
 
 from __future__ import annotations
