@@ -329,11 +329,12 @@ def _decoder_run(sizes: Sizes, folder: Path, done: dict, kind: str) -> dict:
 
     voice = done["speech"]["assistant"]["manifest"]
     dev = _valid_subset(done["speech"]["assistant-test"]["manifest"], 2, folder / "valid.jsonl")
-    steps, lr = (sizes.hift_steps, 1e-3) if kind == "hift" else (sizes.flow_steps, sizes.flow_lr)
+    steps, lr, warmup, precision = (sizes.hift_steps, 1e-3, 200, "none") if kind == "hift" else \
+        (sizes.flow_steps, sizes.flow_lr, 500, sizes.flow_precision)  # fmt: skip
     resume, finished = _resume(folder / "run", steps)
-    cfg = RunConfig(steps=steps, lr=lr, min_lr=lr / 10, warmup_steps=min(200 if kind == "hift" else 500, steps // 10),
+    cfg = RunConfig(steps=steps, lr=lr, min_lr=lr / 10, warmup_steps=min(warmup, steps // 10),
                     batch_size=sizes.decoder_batch, save_every=sizes.save_every, keep_last=2,
-                    mixed_precision="none" if kind == "hift" else sizes.flow_precision)  # fmt: skip
+                    mixed_precision=precision)  # fmt: skip
     common = dict(valid=dev, crop_codes=sizes.crop_codes, crop_frames=sizes.crop_frames, log=None, resume=resume)
     if kind == "hift" and not finished:  # from random weights of the packaged sizes: the flow stays random
         train_decoder(None, None, voice, folder / "run", cfg, stage="hift",
