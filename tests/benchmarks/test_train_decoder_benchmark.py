@@ -2,7 +2,6 @@
 change to the trainers' loss modules once broke it unnoticed). Not a timing: one tiny step each."""
 
 import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
@@ -12,13 +11,10 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def _benchmark():
+    """The script as a module (it puts the repository root on sys.path itself, for `benchmarks.machine`)."""
     spec = importlib.util.spec_from_file_location("bench_train_decoder", ROOT / "benchmarks" / "train_decoder.py")
     module = importlib.util.module_from_spec(spec)
-    sys.path.insert(0, str(ROOT))
-    try:
-        spec.loader.exec_module(module)
-    finally:
-        sys.path.remove(str(ROOT))
+    spec.loader.exec_module(module)
     return module
 
 
