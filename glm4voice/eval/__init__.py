@@ -49,7 +49,7 @@ def evaluate(model_dir, suites: list[str], manifest, out, limit: int | None = No
         figures = SUITES[name](bundle, picked)
         figures["seconds_taken"] = round(time.perf_counter() - start, 1)
         results["suites"][name] = figures
-        log(json.dumps({"suite": name, **{k: v for k, v in figures.items() if not isinstance(v, list)}},
+        log(json.dumps({"suite": name, **{k: v for k, v in figures.items() if not isinstance(v, (list, dict))}},
                        ensure_ascii=False))  # fmt: skip
     from ..atomic import write_text
 
@@ -64,7 +64,7 @@ def table(results: dict) -> str:
              "|---|---|---|---|---|"]  # fmt: skip
     for suite, figures in results["suites"].items():
         for name, value in figures.items():
-            if isinstance(value, list) or name.startswith("n_") or name == "seconds_taken":
+            if isinstance(value, (list, dict)) or name.startswith("n_") or name == "seconds_taken":
                 continue
             rule = TARGETS.get((suite, name))
             target = f"{rule[0]} {rule[1]}" if rule else ""
@@ -72,6 +72,14 @@ def table(results: dict) -> str:
                                                                      value >= rule[1]) else "no")  # fmt: skip
             n = figures.get(f"n_{name}", "")
             lines.append(f"| {suite} | {name}{f' (n={n})' if n else ''} | {value} | {target} | {met} |")
+    for suite, figures in results["suites"].items():  # breakdowns (qa's by_task): one table each
+        for name, value in figures.items():
+            if isinstance(value, dict) and value:
+                kinds = sorted({kind for row in value.values() for kind in row})
+                lines += ["", f"## {suite}, {name.replace('_', ' ')}", "", f"| | {' | '.join(kinds)} |",
+                          "|---" * (len(kinds) + 1) + "|"]  # fmt: skip
+                lines += [f"| {key} | {' | '.join(str(row.get(kind, '')) for kind in kinds)} |"
+                          for key, row in value.items()]  # fmt: skip
     return "\n".join(lines) + "\n"
 
 

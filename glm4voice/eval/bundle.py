@@ -60,12 +60,13 @@ class Bundle:
 
         return TextToToken.from_pretrained(self.part("t2t"), device=self.device)
 
-    def chat(self, max_new_tokens: int = 300):
-        """A fresh conversation, greedy (evaluation is deterministic), with speech output when there is a decoder."""
+    def chat(self, max_new_tokens: int = 300, speak: bool = True):
+        """A fresh conversation, greedy (evaluation is deterministic), with speech output when there is a decoder
+        (`speak=False`: text and codes only, for figures that read the reply text alone)."""
         from ..chat import VoiceChat
         from ..lm.generate import SamplingConfig
 
-        decoder = self.decoder if (self.root / "decoder").is_dir() else None
+        decoder = self.decoder if speak and (self.root / "decoder").is_dir() else None
         tokenizer = self.tokenizer if (self.root / "tokenizer").is_dir() else None
         return VoiceChat(tokenizer, self.lm, decoder, self.text_tokenizer,
                          sampling=SamplingConfig(temperature=0, max_new_tokens=max_new_tokens))  # fmt: skip

@@ -3,7 +3,8 @@
     asr      WER (en) / CER (zh) of the tokenizer's ASR head
     recon    speech -> codes -> decoder: pocketsphinx WER of the re-synthesis beside the originals', and MCD
     tts      text -> text-to-token codes -> decoder: pocketsphinx WER beside the original recordings'
-    qa       spoken questions: S->T (the reply text says the row's `key`) and S->S (pocketsphinx hears it; en)
+    qa       spoken questions: S->T (the reply text says the row's `key`) and S->S (pocketsphinx hears it; en);
+             T->T, the same questions typed (what the LM knows without listening); each also by task
     cloze    story pairs: the LM's likelihood prefers the right ending; T->T, S->T (rows with `story_audio`), S->S
     rate     "say ... slowly / quickly": reply speech duration against the plain "say ..."
     latency  end of the user's speech -> first reply text / audio, through the streaming tokenizer
@@ -129,26 +130,40 @@ def says(text: str, key: str, lang: str) -> bool:
 
 
 def qa(bundle, rows, max_new_tokens: int = 300) -> dict:
+    """S->T and S->S on the spoken questions, and T->T on the same questions typed: the control that tells what
+    the LM knows from what it hears (a low S->T beside a high T->T is the speech tokenizer's fault). `by_task`
+    splits every figure by the row's task (arithmetic, capitals, ...), where the misses are."""
     from ..scoring import recognise_english
 
     rows = _need([r for r in rows if r.audio and r.extra.get("role") == "question" and r.extra.get("key")],
                  "spoken questions with a key", "qa")  # fmt: skip
     right: dict = defaultdict(lambda: [0, 0])  # (kind, lang) -> [right, asked]
+    by_task: dict = defaultdict(lambda: defaultdict(lambda: [0, 0]))  # task -> (kind, lang) -> [right, asked]
     examples = []
+
+    def score(kind: str, lang: str, task: str, ok: bool) -> None:
+        for tally in (right[kind, lang], by_task[task][kind, lang]):
+            tally[0] += ok
+            tally[1] += 1
+
     for row in rows:
+        key, task = row.extra["key"], row.extra.get("task", "")
         reply = bundle.chat(max_new_tokens).reply(_load(row))
-        key = row.extra["key"]
-        right["s2t", row.lang][0] += says(reply.text, key, row.lang)
-        right["s2t", row.lang][1] += 1
+        score("s2t", row.lang, task, says(reply.text, key, row.lang))
         if row.lang == "en" and reply.audio.numel():
-            heard = recognise_english(reply.audio.numpy(), reply.sample_rate)
-            right["s2s", "en"][0] += says(heard, key, "en")
-            right["s2s", "en"][1] += 1
+            score("s2s", "en", task, says(recognise_english(reply.audio.numpy(), reply.sample_rate), key, "en"))
+        if row.text:
+            typed = bundle.chat(max_new_tokens, speak=False).reply(text=row.text)
+            score("t2t", row.lang, task, says(typed.text, key, row.lang))
         if len(examples) < EXAMPLES:
             examples.append([row.text, key, reply.text])
-    out = {f"{kind}_{lang}": round(r / n, 4) for (kind, lang), (r, n) in sorted(right.items())}
+
+    def shares(tallies: dict) -> dict:
+        return {f"{kind}_{lang}": round(r / n, 4) for (kind, lang), (r, n) in sorted(tallies.items())}
+
+    out = shares(right)
     out.update({f"n_{kind}_{lang}": n for (kind, lang), (_, n) in sorted(right.items())})
-    return {**out, "examples": examples}
+    return {**out, "by_task": {task: shares(t) for task, t in sorted(by_task.items())}, "examples": examples}
 
 
 def rate(bundle, rows, max_new_tokens: int = 300) -> dict:

@@ -60,11 +60,12 @@ def rows_of(manifest):
 class FakeChat:
     """Replies with a text and an audio of a given length: what a perfect (or a useless) model would say."""
 
-    def __init__(self, answer, seconds=1.0):
-        self.answer, self.seconds = answer, seconds
+    def __init__(self, answer, seconds=1.0, typed=lambda text: "no idea"):
+        self.answer, self.seconds, self.typed = answer, seconds, typed
 
-    def reply(self, audio):
-        text, seconds = self.answer(audio), self.seconds(audio) if callable(self.seconds) else self.seconds
+    def reply(self, audio=None, *, text=None):
+        seconds = self.seconds(audio) if callable(self.seconds) else self.seconds
+        text = self.answer(audio) if text is None else self.typed(text)
         return Reply(text=text, codes=[], audio=torch.zeros(int(seconds * 22050)), sample_rate=22050,
                      reason="stop", n_ids=3, timings=Timings())  # fmt: skip
 
@@ -77,14 +78,28 @@ def test_says_compares_words_and_characters():
 
 def test_qa_scores_one_for_right_answers_and_zero_for_wrong(bundle_dir, manifest, monkeypatch):
     bundle, rows = Bundle(bundle_dir), rows_of(manifest)
-    keys = iter([q[3] for q in QUESTIONS])
-    monkeypatch.setattr(bundle, "chat", lambda n=300: FakeChat(lambda audio: f"I think it is {next(keys)}."))
+    key_of = {q[2]: q[3] for q in QUESTIONS}  # typed question -> its key
+    keys = iter([q[3] for q in QUESTIONS])  # the spoken replies, in row order
+    right = lambda n=300, speak=True: FakeChat(lambda audio: f"I think it is {next(keys)}.",  # noqa: E731
+                                               typed=lambda text: f"It is {key_of[text]}.")
+    monkeypatch.setattr(bundle, "chat", right)
     good = suites.qa(bundle, rows)
     assert good["s2t_en"] == 1.0 and good["s2t_zh"] == 1.0 and good["n_s2t_en"] == 4
+    assert good["t2t_en"] == 1.0 and good["t2t_zh"] == 1.0 and good["n_t2t_zh"] == 1
     assert good["s2s_en"] == 0.0  # the fake reply's audio is silence: pocketsphinx hears no answer
-    monkeypatch.setattr(bundle, "chat", lambda n=300: FakeChat(lambda audio: "no idea"))
+    assert good["by_task"]["capital"] == {"s2s_en": 0.0, "s2t_en": 1.0, "s2t_zh": 1.0, "t2t_en": 1.0, "t2t_zh": 1.0}
+    assert set(good["by_task"]) == {"capital", "say", "say_slowly", "say_quickly"}
+    # an LM that knows the answers but does not hear the questions: T->T right, S->T wrong
+    deaf = lambda n=300, speak=True: FakeChat(lambda audio: "no idea", typed=lambda text: key_of[text])  # noqa: E731
+    monkeypatch.setattr(bundle, "chat", deaf)
     bad = suites.qa(bundle, rows)
-    assert bad["s2t_en"] == 0.0 and bad["s2t_zh"] == 0.0
+    assert bad["s2t_en"] == 0.0 and bad["s2t_zh"] == 0.0 and bad["t2t_en"] == 1.0 and bad["t2t_zh"] == 1.0
+    assert bad["by_task"]["say"]["s2t_en"] == 0.0 and bad["by_task"]["say"]["t2t_en"] == 1.0
+
+
+def test_bundle_chat_without_speech_has_no_decoder(bundle_dir):
+    bundle = Bundle(bundle_dir)
+    assert bundle.chat(10).decoder is not None and bundle.chat(10, speak=False).decoder is None
 
 
 def test_rate_is_the_ratio_of_reply_durations(bundle_dir, manifest, monkeypatch):
@@ -92,7 +107,8 @@ def test_rate_is_the_ratio_of_reply_durations(bundle_dir, manifest, monkeypatch)
     by_task = {r.extra["task"]: r for r in rows if r.extra.get("task", "").startswith("say")}
     lengths = {"say": 2.0, "say_slowly": 3.0, "say_quickly": 1.0}
     seconds = iter(lengths[r.extra["task"]] for r in rows if r.extra.get("task") in lengths)
-    monkeypatch.setattr(bundle, "chat", lambda n=300: FakeChat(lambda audio: "", lambda audio: next(seconds)))
+    fake = lambda n=300, speak=True: FakeChat(lambda audio: "", lambda audio: next(seconds))  # noqa: E731
+    monkeypatch.setattr(bundle, "chat", fake)
     out = suites.rate(bundle, rows)
     assert len(by_task) == 3 and out["slow_over_normal"] == 1.5 and out["normal_over_quick"] == 2.0
 
@@ -150,6 +166,18 @@ def test_cli_runs_recon_tts_latency_and_writes_the_report(bundle_dir, manifest, 
     table = (tmp_path / "report" / "results.md").read_text()
     assert "| latency | first_audio_p50" in table and "<= 1.0" in table
     assert (tmp_path / "report" / "latency.png").stat().st_size > 1000
+
+
+def test_the_report_tables_a_breakdown_apart():
+    from glm4voice.eval import table
+
+    results = {"model_dir": "m", "suites": {"qa": {"s2t_en": 0.5, "n_s2t_en": 2, "examples": [["q", "k", "r"]],
+                                                   "by_task": {"add": {"s2t_en": 0.0, "t2t_en": 1.0},
+                                                               "capital": {"s2t_en": 1.0}}}}}  # fmt: skip
+    lines = table(results).splitlines()
+    assert "| qa | s2t_en (n=2) | 0.5 | >= 0.9 | no |" in lines and not any("by_task |" in x for x in lines)
+    assert lines[-6:] == ["## qa, by task", "", "| | s2t_en | t2t_en |", "|---|---|---|", "| add | 0.0 | 1.0 |",
+                          "| capital | 1.0 |  |"]
 
 
 @pytest.mark.parametrize("argv, message", [
