@@ -13,7 +13,8 @@ def _add_eval(sub) -> None:
     p.add_argument("--suite", required=True, help="comma-separated suites, or all")
     p.add_argument("--manifest", help="corpus manifest of the rows to score (e.g. the tiny domain's test split)")
     p.add_argument("--out", required=True, help="report folder: results.json, results.md, plots")
-    p.add_argument("--limit", type=int, help="at most this many rows of each (role, task, language)")
+    p.add_argument("--limit", type=int,
+                   help="at most this many rows of each (role, task, language), evenly spaced through them")
     p.add_argument("--device", default="cpu")
 
 

@@ -133,24 +133,34 @@ def write_manifest(path: str | os.PathLike, rows: Iterable[Utterance]) -> Path:
 def first_of_each(rows: Iterable, n: int | None, key: Callable, together: Callable | None = None) -> list:
     """Up to `n` rows of each `key(row)`, in their order (all when n is None), so a sample still holds every kind.
     Rows whose `together(row)` is the same, not None (a story's two endings), count as one and stay together."""
+    return _of_each(rows, n, key, together, lambda count: range(min(n, count)))
+
+
+def spread_of_each(rows: Iterable, n: int | None, key: Callable, together: Callable | None = None) -> list:
+    """Like `first_of_each`, but the `n` rows of a kind are evenly spaced through that kind's rows: the first
+    n of a task's questions are a few contents phrased every way, n spread ones are n contents (what a figure
+    over a sample should stand for). Deterministic: the same rows every run."""
+    return _of_each(rows, n, key, together, lambda count: [i * count // n for i in range(n)] if count > n
+                    else range(count))  # fmt: skip
+
+
+def _of_each(rows, n, key, together, chosen: Callable) -> list:
+    """The rows of the units (a row, or rows sharing `together`) that `chosen(count)` picks by index within
+    each kind's units, in the rows' order."""
     rows = list(rows)
     if n is None:
         return rows
-    seen: dict = {}
-    kept: set = set()
-    keep = []
-    for row in rows:
+    units: dict = {}  # kind (of the unit's first row) -> [unit id, ...] in order
+    unit_of, seen = [], set()  # each row's unit id; the units met so far
+    for i, row in enumerate(rows):
         group = together(row) if together is not None else None
-        if group is not None and group in kept:
-            keep.append(row)
-            continue
-        k = key(row)
-        if seen.get(k, 0) < n:
-            seen[k] = seen.get(k, 0) + 1
-            keep.append(row)
-            if group is not None:
-                kept.add(group)
-    return keep
+        unit = ("group", group) if group is not None else ("row", i)
+        unit_of.append(unit)
+        if unit not in seen:
+            seen.add(unit)
+            units.setdefault(key(row), []).append(unit)
+    keep = {kind_units[j] for kind_units in units.values() for j in chosen(len(kind_units))}
+    return [row for row, unit in zip(rows, unit_of) if unit in keep]
 
 
 def parquet_rows(paths: list[Path], columns: tuple[str, ...]) -> Iterator[dict]:

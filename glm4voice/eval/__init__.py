@@ -33,8 +33,9 @@ def parse_suites(text: str) -> list[str]:
 
 def evaluate(model_dir, suites: list[str], manifest, out, limit: int | None = None, device: str = "cpu",
              log=print) -> dict:  # fmt: skip
-    """Run `suites` on the bundle over the manifest's rows (the first `limit` of each suite's, when given)."""
-    from ..data.manifest import first_of_each, read_manifest
+    """Run `suites` on the bundle over the manifest's rows (`limit` of each (role, task, language) when given,
+    evenly spaced through them: different contents rather than one content phrased every way)."""
+    from ..data.manifest import read_manifest, spread_of_each
 
     rows = read_manifest(manifest, need=()) if manifest is not None else []
     bundle = Bundle(model_dir, device)
@@ -43,8 +44,8 @@ def evaluate(model_dir, suites: list[str], manifest, out, limit: int | None = No
     results = {"model_dir": str(model_dir), "manifest": str(manifest), "suites": {}}
     for name in suites:
         start = time.perf_counter()
-        # up to `limit` of each (role, task, lang); a story's two endings count as one
-        picked = first_of_each(rows, limit, lambda r: (r.extra.get("role"), r.extra.get("task"), r.lang),
+        # up to `limit` of each (role, task, lang), evenly spaced through its rows; a story's endings count as one
+        picked = spread_of_each(rows, limit, lambda r: (r.extra.get("role"), r.extra.get("task"), r.lang),
                                lambda r: r.extra.get("pair"))  # fmt: skip
         figures = SUITES[name](bundle, picked)
         figures["seconds_taken"] = round(time.perf_counter() - start, 1)

@@ -113,3 +113,14 @@ def test_first_of_each_keeps_order_kinds_and_pairs_together():
     assert [r["id"] for r in kept] == [0, 1, 2, 3, 5]  # the pair's second row rides along; a's third is left
     assert [r["id"] for r in first_of_each(rows, 1, lambda r: r["k"])] == [0, 2]
     assert first_of_each(rows, None, lambda r: r["k"]) == rows
+
+
+def test_spread_of_each_spaces_its_rows_through_each_kind():
+    from glm4voice.data.manifest import spread_of_each
+
+    rows = [{"k": "a", "id": i} for i in range(12)] + [{"k": "b", "id": 12}, {"k": "b", "id": 13, "pair": "s"},
+                                                       {"k": "b", "id": 14, "pair": "s"}]  # fmt: skip
+    kept = [r["id"] for r in spread_of_each(rows, 3, lambda r: r["k"], lambda r: r.get("pair"))]
+    assert kept == [0, 4, 8, 12, 13, 14]  # a: every fourth; b has two units (a row, a pair): both, all rows
+    assert [r["id"] for r in spread_of_each(rows, 1, lambda r: r["k"])] == [0, 12]
+    assert spread_of_each(rows, None, lambda r: r["k"]) == rows and len(spread_of_each(rows, 20, lambda r: 0)) == 15
