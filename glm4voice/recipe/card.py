@@ -78,7 +78,8 @@ def card(bundle: Path, done: dict, report: Path | None) -> str:
               "## Evaluation", ""]  # fmt: skip
     if report is not None and report.is_file():
         body = report.read_text(encoding="utf-8").splitlines()
-        lines += [line for line in body if not line.startswith("# ")]
+        # the report's title dropped, its sections (qa by task) one level under the card's "Evaluation"
+        lines += ["#" + line if line.startswith("## ") else line for line in body if not line.startswith("# ")]
     else:
         lines.append("(no report)")
     return "\n".join(lines).rstrip() + "\n"
