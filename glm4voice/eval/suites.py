@@ -141,13 +141,13 @@ def qa(bundle, rows, max_new_tokens: int = 300) -> dict:
     by_task: dict = defaultdict(lambda: defaultdict(lambda: [0, 0]))  # task -> (kind, lang) -> [right, asked]
     examples = []
 
-    def score(kind: str, lang: str, task: str, ok: bool) -> None:
-        for tally in (right[kind, lang], by_task[task][kind, lang]):
+    def score(kind: str, lang: str, task: str | None, ok: bool) -> None:
+        for tally in (right[kind, lang], *([] if task is None else [by_task[task][kind, lang]])):
             tally[0] += ok
             tally[1] += 1
 
     for row in rows:
-        key, task = row.extra["key"], row.extra.get("task", "")
+        key, task = row.extra["key"], row.extra.get("task")  # a manifest without tasks: no breakdown
         reply = bundle.chat(max_new_tokens).reply(_load(row))
         score("s2t", row.lang, task, says(reply.text, key, row.lang))
         if row.lang == "en" and reply.audio.numel():

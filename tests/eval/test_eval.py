@@ -95,6 +95,10 @@ def test_qa_scores_one_for_right_answers_and_zero_for_wrong(bundle_dir, manifest
     bad = suites.qa(bundle, rows)
     assert bad["s2t_en"] == 0.0 and bad["s2t_zh"] == 0.0 and bad["t2t_en"] == 1.0 and bad["t2t_zh"] == 1.0
     assert bad["by_task"]["say"]["s2t_en"] == 0.0 and bad["by_task"]["say"]["t2t_en"] == 1.0
+    for row in rows:  # a user's manifest without tasks: the figures, no breakdown
+        row.extra.pop("task", None)
+    untasked = suites.qa(bundle, rows)
+    assert untasked["t2t_en"] == 1.0 and untasked["by_task"] == {}
 
 
 def test_bundle_chat_without_speech_has_no_decoder(bundle_dir):
