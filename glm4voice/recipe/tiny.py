@@ -79,7 +79,7 @@ class Sizes:
                         ("max_position_embeddings", 2048))  # fmt: skip
     lm_seq_length: int = 1024
     pretrain_steps: int = 1200
-    sft_steps: int = 4000  # was 2000 (2026-12-05 bundle): 2000 more took QA 23/14 % -> 26/28 % held out (README)
+    sft_steps: int = 12000  # was 2000, then 4000; 12000: held-out QA T->T 19/24 % -> 41/34 % (README "SFT length")
     typed_every: int = 4  # every n-th training question is also a typed one
     eval_suites: tuple = ("asr", "recon", "tts", "qa", "cloze", "rate", "latency")
     eval_limit: int | None = 6  # rows of each (role, task, language): the eval in minutes, not an hour
