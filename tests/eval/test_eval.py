@@ -99,6 +99,8 @@ def test_qa_scores_one_for_right_answers_and_zero_for_wrong(bundle_dir, manifest
         row.extra.pop("task", None)
     untasked = suites.qa(bundle, rows)
     assert untasked["t2t_en"] == 1.0 and untasked["by_task"] == {}
+    rows[0].text = " "  # a question without its text: asked spoken only
+    assert suites.qa(bundle, rows)["n_t2t_en"] == untasked["n_t2t_en"] - 1
 
 
 def test_bundle_chat_without_speech_has_no_decoder(bundle_dir):
