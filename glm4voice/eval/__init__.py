@@ -42,11 +42,11 @@ def evaluate(model_dir, suites: list[str], manifest, out, limit: int | None = No
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     results = {"model_dir": str(model_dir), "manifest": str(manifest), "suites": {}}
+    # up to `limit` of each (role, task, lang), evenly spaced through its rows; a story's endings count as one
+    picked = spread_of_each(rows, limit, lambda r: (r.extra.get("role"), r.extra.get("task"), r.lang),
+                            lambda r: r.extra.get("pair"))  # fmt: skip
     for name in suites:
         start = time.perf_counter()
-        # up to `limit` of each (role, task, lang), evenly spaced through its rows; a story's endings count as one
-        picked = spread_of_each(rows, limit, lambda r: (r.extra.get("role"), r.extra.get("task"), r.lang),
-                               lambda r: r.extra.get("pair"))  # fmt: skip
         figures = SUITES[name](bundle, picked)
         figures["seconds_taken"] = round(time.perf_counter() - start, 1)
         results["suites"][name] = figures
