@@ -54,7 +54,13 @@ INTER_CTC_FIELD = "inter_ctc_weight"
 # (espeak-ng's phonemes of the transcript, `data.phonemes`: sounds are learnt sooner than spellings); with
 # phonemes, the symbols (the inventory of the training transcripts, blank 0 before them) are kept in the config.
 INTER_TARGETS_FIELD = "inter_ctc_targets"
-PHONEMES_FIELD = "inter_ctc_phonemes"
+PHONEMES_FIELD = "inter_ctc_phonemes"  # the phoneme symbols of whichever head predicts phonemes (one inventory)
+# The final head's own choices: its targets (as the intermediate head's), and how many CTC steps each 12.5 Hz
+# frame gives it (`ctc_upsample` k: the head predicts k symbols per frame). Phonemes at k 4 make every code
+# carry the sounds of its 80 ms, which the flow needs to speak them; the transcript at k 1 is the default.
+TARGETS_FIELD = "ctc_targets"
+UPSAMPLE_FIELD = "ctc_upsample"
+TARGETS = ("transcript", "phonemes")
 CTC_HEADS = ("ctc_head", "inter_ctc_head")  # their modules: ASR-training layout only, optional when loading
 # checkpoint name -> module name of the VQ tensors
 VQ_NAMES = {"codebook.weight": "vq.codebook", "ema_count": "vq.ema_count", "ema_weight": "vq.ema_weight"}
@@ -129,15 +135,17 @@ def vq_config(base: dict, overrides: dict | None = None) -> dict:
     cfg.setdefault("pooling_position", cfg["quantize_position"])
     if cfg[INTER_CTC_FIELD] > 0 and (cfg[CTC_FIELD] == 0 or cfg["pooling_kernel_size"] < 2):
         raise CheckpointError(f"config: {INTER_CTC_FIELD} needs a CTC head ({CTC_FIELD} > 0) and pooling")
-    cfg.setdefault(INTER_TARGETS_FIELD, "transcript")
-    if cfg[INTER_TARGETS_FIELD] not in ("transcript", "phonemes"):
-        raise CheckpointError(f"config: {INTER_TARGETS_FIELD} is transcript or phonemes, "
-                              f"not {cfg[INTER_TARGETS_FIELD]!r}")  # fmt: skip
-    if cfg[INTER_TARGETS_FIELD] == "phonemes":
+    for field, weight in ((INTER_TARGETS_FIELD, INTER_CTC_FIELD), (TARGETS_FIELD, CTC_FIELD)):
+        cfg.setdefault(field, "transcript")
+        if cfg[field] not in TARGETS:
+            raise CheckpointError(f"config: {field} is transcript or phonemes, not {cfg[field]!r}")
+        if cfg[field] == "phonemes" and cfg[weight] == 0:
+            raise CheckpointError(f"config: {field} phonemes needs its head ({weight} > 0)")
+    cfg.setdefault(UPSAMPLE_FIELD, 1)
+    if not (isinstance(cfg[UPSAMPLE_FIELD], int) and 1 <= cfg[UPSAMPLE_FIELD] <= 16):
+        raise CheckpointError(f"config: {UPSAMPLE_FIELD} must be an integer in 1..16, not {cfg[UPSAMPLE_FIELD]!r}")
+    if "phonemes" in (cfg[INTER_TARGETS_FIELD], cfg[TARGETS_FIELD]):
         symbols = cfg.get(PHONEMES_FIELD)
-        if cfg[INTER_CTC_FIELD] == 0:
-            raise CheckpointError(f"config: {INTER_TARGETS_FIELD} phonemes needs the intermediate head "
-                                  f"({INTER_CTC_FIELD} > 0)")  # fmt: skip
         if not (isinstance(symbols, list) and symbols and all(isinstance(x, str) and x for x in symbols)
                 and len(set(symbols)) == len(symbols)):  # fmt: skip
             raise CheckpointError(f"config: {PHONEMES_FIELD} must list the phoneme symbols, each once")
@@ -188,18 +196,30 @@ class AsrTokenizer(nn.Module):
             self.encoder.embed_positions.weight.copy_(_sinusoids(cfg.max_positions, d))
         self.decoder = WhisperDecoder(WhisperConfig(**{k: v for k, v in config.items() if k != "architectures"}))
         # CTC over the transcript vocabulary, <|endoftext|> as the blank (it never occurs inside a transcript)
-        self.ctc_head = nn.Linear(d, config["vocab_size"]) if config[CTC_FIELD] > 0 else None
-        inter_classes = len(config[PHONEMES_FIELD]) + 1 if self.phonemic else config["vocab_size"]
+        # (phonemic heads: the phoneme symbols at 1.., blank 0); the final head predicts `upsample` per frame
+        self.upsample = config[UPSAMPLE_FIELD]
+        classes = len(config[PHONEMES_FIELD]) + 1 if self.phonemic else config["vocab_size"]
+        self.ctc_head = nn.Linear(d, classes * self.upsample) if config[CTC_FIELD] > 0 else None
+        inter_classes = len(config[PHONEMES_FIELD]) + 1 if self.inter_phonemic else config["vocab_size"]
         self.inter_ctc_head = nn.Linear(d, inter_classes) if config[INTER_CTC_FIELD] > 0 else None
 
     @property
     def phonemic(self) -> bool:
-        """The intermediate head predicts phonemes (`PHONEMES_FIELD` symbols at 1.., blank 0)."""
+        """The final CTC head predicts phonemes (`PHONEMES_FIELD` symbols at 1.., blank 0)."""
+        return self.config.get(TARGETS_FIELD) == "phonemes"
+
+    @property
+    def inter_phonemic(self) -> bool:
+        """The intermediate head predicts phonemes."""
         return self.config.get(INTER_TARGETS_FIELD) == "phonemes"
 
-    def inter_blank(self, eot: int) -> int:
-        """The intermediate head's blank: 0 over phonemes, <|endoftext|> over transcript ids (as the final head)."""
+    def blank(self, eot: int) -> int:
+        """The final head's blank: 0 over phonemes, <|endoftext|> over transcript ids."""
         return 0 if self.phonemic else eot
+
+    def inter_blank(self, eot: int) -> int:
+        """The intermediate head's blank, as `blank`."""
+        return 0 if self.inter_phonemic else eot
 
     @property
     def blocks(self) -> list[nn.Module]:
@@ -242,13 +262,14 @@ class AsrTokenizer(nn.Module):
         return F.linear(dec.layer_norm(x), dec.embed_tokens.weight)  # tied, as Whisper's proj_out
 
     def ctc_loss(self, encoded: torch.Tensor, mask: torch.Tensor, ids: list[list[int]], blank: int) -> torch.Tensor:
-        """CTC of transcript bodies `ids` (no special tokens) over `encoded` [B, T', D]; mean per target id.
-        An utterance with more ids than frames adds nothing (zero_infinity)."""
-        return _ctc(self.ctc_head, encoded, mask, ids, blank)
+        """CTC of transcript bodies `ids` (no special tokens; phoneme ids when `phonemic`) over `encoded`
+        [B, T', D], `upsample` steps a frame; mean per target id. An utterance with more ids than steps adds
+        nothing (zero_infinity)."""
+        return _ctc(self.ctc_head, encoded, mask, ids, blank, self.upsample)
 
     def inter_ctc_loss(self, pre_pool: list, ids: list[list[int]], blank: int) -> torch.Tensor:
         """The same CTC by the intermediate head over the 50 Hz states `encode(..., pre_pool=...)` collected
-        (`ids`: transcript bodies, or phoneme ids with blank 0 when `phonemic`)."""
+        (`ids`: transcript bodies, or phoneme ids with blank 0 when `inter_phonemic`)."""
         (hidden, mask), = pre_pool
         return _ctc(self.inter_ctc_head, hidden, mask, ids, blank)
 
@@ -288,7 +309,7 @@ class AsrTokenizer(nn.Module):
         """Greedy CTC transcripts (transcript ids, no special tokens) of `encode`'s output [B, T', D]: what the
         encoder itself hears, without the decoder's language model (which, early in training from scratch,
         recites training sentences whatever the audio)."""
-        return _ctc_greedy(self.ctc_head, encoded, mask, blank)
+        return _ctc_greedy(self.ctc_head, encoded, mask, blank, self.upsample)
 
     @torch.no_grad()
     def inter_ctc_ids(self, pre_pool: list, blank: int) -> list[list[int]]:
@@ -383,7 +404,8 @@ def new_asr(config: dict, codec: TranscriptCodec) -> AsrTokenizer:
     ids = {"vocab_size": codec.vocab_size, "pad_token_id": codec.eot, "bos_token_id": codec.eot,
            "eos_token_id": codec.eot, "decoder_start_token_id": codec.sot}  # fmt: skip
     ours = {k: v for k, v in config.items()
-            if k in VQ_DEFAULTS or k in (CTC_FIELD, INTER_CTC_FIELD, INTER_TARGETS_FIELD, PHONEMES_FIELD)}  # fmt: skip
+            if k in VQ_DEFAULTS or k in (CTC_FIELD, INTER_CTC_FIELD, INTER_TARGETS_FIELD, PHONEMES_FIELD,
+                                         TARGETS_FIELD, UPSAMPLE_FIELD)}  # fmt: skip
     model = AsrTokenizer(vq_config({**base, **ids}, ours))
     model.fresh_vq = True
     return model
@@ -435,17 +457,30 @@ def transcribe(model: AsrTokenizer, codec: TranscriptCodec, waves, batch_size: i
     return [" ".join(t for t in parts if t) for parts in texts]
 
 
-def _ctc(head: nn.Module, frames: torch.Tensor, mask: torch.Tensor, ids: list[list[int]], blank: int) -> torch.Tensor:
+def _head_logits(head: nn.Module, frames: torch.Tensor, mask: torch.Tensor, upsample: int):
+    """`head` over `frames` [B, T, D] -> logits [B, T * upsample, C] and their mask (each frame's k steps in order)."""
+    logits = head(frames)
+    if upsample > 1:
+        logits = logits.unflatten(-1, (upsample, -1)).flatten(1, 2)  # [B, T, k * C] -> [B, T * k, C]
+        mask = mask.repeat_interleave(upsample, dim=1)
+    return logits, mask
+
+
+def _ctc(head: nn.Module, frames: torch.Tensor, mask: torch.Tensor, ids: list[list[int]], blank: int,
+         upsample: int = 1) -> torch.Tensor:  # fmt: skip
     """CTC of transcript bodies `ids` by `head` over `frames` [B, T, D] with their mask [B, T]; mean per target id."""
-    log_probs = F.log_softmax(head(frames).float(), dim=-1).transpose(0, 1)  # [T, B, vocab]
+    logits, mask = _head_logits(head, frames, mask, upsample)
+    log_probs = F.log_softmax(logits.float(), dim=-1).transpose(0, 1)  # [T, B, classes]
     targets = torch.tensor([i for row in ids for i in row], dtype=torch.long, device=frames.device)
     lengths = torch.tensor([len(row) for row in ids], dtype=torch.long, device=frames.device)
     return F.ctc_loss(log_probs, targets, mask.sum(1), lengths, blank=blank, zero_infinity=True)
 
 
-def _ctc_greedy(head: nn.Module, frames: torch.Tensor, mask: torch.Tensor, blank: int) -> list[list[int]]:
+def _ctc_greedy(head: nn.Module, frames: torch.Tensor, mask: torch.Tensor, blank: int,
+                upsample: int = 1) -> list[list[int]]:  # fmt: skip
     """Best path of `head` over `frames` [B, T, D] with their mask [B, T]: repeats merge, then blanks go."""
-    best = head(frames).argmax(-1)  # [B, T]
+    logits, mask = _head_logits(head, frames, mask, upsample)
+    best = logits.argmax(-1)  # [B, T * k]
     out = []
     for row, n in zip(best.tolist(), mask.sum(1).tolist()):
         row = row[:n]

@@ -126,13 +126,14 @@ def error_rates(model, codec, data: Utterances, device, batch: int = 8, rank: in
                 bypass: bool = False) -> dict:  # fmt: skip
     """WER (en) and CER (zh) of greedy transcripts, and codebook usage, over `data` (ranks share it); with a CTC
     head, also those of its greedy transcripts (`ctc_wer_en`, `ctc_cer_zh`: the encoder's own hearing), and with an
-    intermediate one, its own (`inter_ctc_wer_en`, `inter_ctc_cer_zh`: what the 50 Hz states hear; phoneme error
-    rates `inter_ctc_per_en`, `inter_ctc_per_zh` when it predicts phonemes).
+    intermediate one, its own (`inter_ctc_wer_en`, `inter_ctc_cer_zh`: what the 50 Hz states hear); a head on
+    phonemes is scored by phoneme error rate instead (`ctc_per_en`, `inter_ctc_per_zh`, ...).
 
     `bypass` (the VQ warm-up): transcripts of the unquantized encoder, and no codebook usage (no codebook yet)."""
     from ..scoring import errors, symbol_errors
 
     ctc, inter = model.ctc_head is not None, model.inter_ctc_head is not None
+    phonemic = {0: False, 4: model.phonemic, 8: model.inter_phonemic}  # which transcripts are phonemes
     # en errors, en words, zh errors, zh chars; then the same for the CTC and the intermediate CTC transcripts
     totals = torch.zeros(12, dtype=torch.float64, device=device)
     counts = torch.zeros(model.vq.size, dtype=torch.float64, device=device)  # codes over the validation frames
@@ -145,7 +146,7 @@ def error_rates(model, codec, data: Utterances, device, batch: int = 8, rank: in
         pre_pool = [] if inter else None
         encoded, m, _, h = model.encode(features, mask, bypass=bypass, pre_pool=pre_pool)  # h: codebook usage
         hyps = model.greedy_ids(encoded, m, codec)  # one encoder pass serves the decoder and both CTC heads
-        ctc_hyps = model.ctc_ids(encoded, m, codec.eot) if ctc else None
+        ctc_hyps = model.ctc_ids(encoded, m, model.blank(codec.eot)) if ctc else None
         inter_hyps = model.inter_ctc_ids(pre_pool, model.inter_blank(codec.eot)) if inter else None
         for i, keep in zip(range(len(picked)), real):
             if not keep:
@@ -156,7 +157,7 @@ def error_rates(model, codec, data: Utterances, device, batch: int = 8, rank: in
             for offset, hyps_of in ((0, hyps), (4, ctc_hyps), (8, inter_hyps)):
                 hyp = hyps_of[i] if hyps_of else None
                 if hyp is not None:
-                    if offset == 8 and model.phonemic:  # phoneme errors over phoneme counts
+                    if phonemic[offset]:  # phoneme errors over phoneme counts
                         wrong, n = symbol_errors(phoneme_targets(model, [row])[0], hyp)
                     else:
                         wrong, n = errors(row.text, codec.decode(hyp), row.lang)
@@ -175,7 +176,7 @@ def error_rates(model, codec, data: Utterances, device, batch: int = 8, rank: in
     else:
         out = {"codes_used": round(float((counts > 0).double().mean()), 4), "code_perplexity": round(perplexity, 2)}
     for prefix, offset in (("", 0), ("ctc_", 4), ("inter_ctc_", 8)):
-        en, zh = ("per_en", "per_zh") if offset == 8 and model.phonemic else ("wer_en", "cer_zh")
+        en, zh = ("per_en", "per_zh") if phonemic[offset] else ("wer_en", "cer_zh")
         if totals[offset + 1]:
             out[f"{prefix}{en}"] = round(float(totals[offset] / totals[offset + 1]), 4)
         if totals[offset + 3]:
@@ -209,6 +210,7 @@ def train_tokenizer(data: str | os.PathLike, out: str | os.PathLike, cfg: RunCon
     from ..tokenizer.asr import (
         INTER_TARGETS_FIELD,
         PHONEMES_FIELD,
+        TARGETS_FIELD,
         TranscriptCodec,
         load_asr,
         new_asr,
@@ -232,7 +234,8 @@ def train_tokenizer(data: str | os.PathLike, out: str | os.PathLike, cfg: RunCon
     valid_set = Utterances(valid, "validation") if valid is not None else None
     if train_set.skipped:
         print(json.dumps({"skipped_longer_than_max_seconds": train_set.skipped}), flush=True)
-    if overrides and overrides.get(INTER_TARGETS_FIELD) == "phonemes" and not overrides.get(PHONEMES_FIELD):
+    if overrides and "phonemes" in (overrides.get(INTER_TARGETS_FIELD), overrides.get(TARGETS_FIELD)) \
+            and not overrides.get(PHONEMES_FIELD):
         overrides[PHONEMES_FIELD] = inventory((r.text, r.lang) for r in train_set.rows)  # the head's classes
     if resume is not None or init is not None:
         model, codec = load_asr(resume if resume is not None else init, None if resume is not None else overrides)
@@ -266,9 +269,10 @@ def train_tokenizer(data: str | os.PathLike, out: str | os.PathLike, cfg: RunCon
             rows = [train_set.rows[i] for i in group]
             inputs, labels = labels_for(codec, rows, dist.device)
             bodies = [codec.encode(r.text, r.lang)[len(codec.task) + 2 : -1] for r in rows]  # the CTC targets
-            inter = phoneme_targets(model, rows) if model.phonemic else bodies  # the intermediate head's
+            sounds = phoneme_targets(model, rows) if model.phonemic or model.inter_phonemic else None
             return {"index": index, "features": features, "mask": mask, "inputs": inputs, "labels": labels,
-                    "bodies": bodies, "inter_targets": inter}
+                    "targets": sounds if model.phonemic else bodies,  # the final head's
+                    "inter_targets": sounds if model.inter_phonemic else bodies}  # the intermediate head's
 
         def loss(model, b) -> tuple[torch.Tensor, dict]:
             if warm and b["index"] == warm:  # the warm-up is over: the codebook starts from the trained encoder
@@ -287,7 +291,7 @@ def train_tokenizer(data: str | os.PathLike, out: str | os.PathLike, cfg: RunCon
                 _warn_if_commitment_dominates(model, hidden, mask, metrics)
             if model.ctc_head is None:
                 return asr + vq.loss, metrics
-            ctc = model.ctc_loss(encoded, mask, b["bodies"], codec.eot)
+            ctc = model.ctc_loss(encoded, mask, b["targets"], model.blank(codec.eot))
             metrics["ctc_loss"] = ctc.item()
             if pre_pool is not None:  # the CTC share splits between the final and the intermediate head
                 inter = model.inter_ctc_loss(pre_pool, b["inter_targets"], model.inter_blank(codec.eot))

@@ -270,7 +270,7 @@ def test_intermediate_head_on_phonemes_learns_espeak_ng_phonemes_and_keeps_its_s
     # the head's classes: the training transcripts' phonemes (kept in the config), blank 0 before them
     symbols = model.config["inter_ctc_phonemes"]
     assert set(symbols) == {p for _, lang, text, _ in SENTENCES for p in phonemes(text, lang)}
-    assert model.phonemic and model.inter_ctc_head.out_features == len(symbols) + 1
+    assert model.inter_phonemic and not model.phonemic and model.inter_ctc_head.out_features == len(symbols) + 1
     # validation scores it by phoneme error rate; it learns the three utterances' phonemes
     first, last = next(r for r in records if r.get("step") == 30), records[-1]
     assert {"inter_ctc_per_en", "inter_ctc_per_zh"} <= set(last) and "inter_ctc_wer_en" not in last
@@ -285,12 +285,50 @@ def test_intermediate_head_on_phonemes_learns_espeak_ng_phonemes_and_keeps_its_s
     rows = list(read_manifest(corpus / "train.jsonl"))
     assert [len(t) for t in phoneme_targets(model, rows)] == [len(phonemes(r.text, r.lang)) for r in rows]
     assert symbol_errors([1, 2, 3], [1, 3]) == (1, 3) and symbol_errors([1, 2], [4, 1, 2]) == (1, 2)
-    for bad, match in (({"inter_ctc_weight": 0.0}, "needs the intermediate head"),
+    for bad, match in (({"inter_ctc_weight": 0.0}, "inter_ctc_targets phonemes needs its head"),
                        ({"inter_ctc_targets": "letters"}, "transcript or phonemes")):  # fmt: skip
         (tmp_path / "bad.json").write_text(json.dumps({**config, **bad}))
         with pytest.raises(Exception, match=match):
             train_tokenizer(corpus / "train.jsonl", tmp_path / "c", cfg, **{**kwargs, "config": tmp_path / "bad.json"})
 
+
+
+def test_final_head_on_phonemes_at_four_steps_a_frame_learns_what_the_codes_say(corpus, tmp_path):
+    from glm4voice.data.phonemes import phonemes
+
+    config = {**TINY, "ctc_weight": 0.5, "ctc_targets": "phonemes", "ctc_upsample": 4}
+    (tmp_path / "cfg.json").write_text(json.dumps(config))
+    cfg = RunConfig(steps=120, save_every=60, **{**FAST, "log_every": 10})
+    kwargs = dict(config=tmp_path / "cfg.json", batch_seconds=8, vocab_size=300, log=lambda line: None,
+                  valid=corpus / "train.jsonl", eval_every=60)  # fmt: skip
+    records = train_tokenizer(corpus / "train.jsonl", tmp_path / "a", cfg, **kwargs)
+    model, _ = load_asr(tmp_path / "a" / "step-120")
+    symbols = model.config["inter_ctc_phonemes"]  # one inventory, whichever head reads it
+    assert set(symbols) == {p for _, lang, text, _ in SENTENCES for p in phonemes(text, lang)}
+    assert model.phonemic and not model.inter_phonemic and model.upsample == 4 and model.blank(99) == 0
+    assert model.ctc_head.out_features == 4 * (len(symbols) + 1)
+    first, last = next(r for r in records if r.get("step") == 60), records[-1]
+    assert {"ctc_per_en", "ctc_per_zh"} <= set(last) and "ctc_wer_en" not in last
+    assert last["ctc_per_en"] < first["ctc_per_en"] and last["ctc_loss"] < first["ctc_loss"]
+    # each frame's four steps in order: frame 0 says 1 2, frame 1 says 2 (blank between), frame 2 says nothing
+    classes = len(symbols) + 1
+    with torch.no_grad():
+        model.ctc_head.weight.zero_()
+        model.ctc_head.bias.zero_()
+        for frame_dim, steps in enumerate([[1, 2, 2, 0], [0, 2, 0, 0], [0, 0, 0, 0]]):
+            for k, symbol in enumerate(steps):
+                model.ctc_head.weight[k * classes + symbol, frame_dim] = 1.0
+    frames = torch.nn.functional.one_hot(torch.tensor([[0, 1, 2, 0]]), TINY["d_model"]).float()
+    assert model.ctc_ids(frames, torch.ones(1, 4, dtype=torch.bool), 0) == [[1, 2, 2, 1, 2]]
+    assert model.ctc_ids(frames, torch.arange(4)[None] < 2, 0) == [[1, 2, 2]]  # a padded frame's steps are not read
+    # 12 steps for 9 symbols: the loss is finite where 3 frames alone could not hold them
+    assert torch.isfinite(model.ctc_loss(frames[:, :3], torch.ones(1, 3, dtype=torch.bool), [[1, 2] * 4 + [1]], 0))
+    for bad, match in (({"ctc_upsample": 0}, "ctc_upsample must be an integer"),
+                       ({"ctc_weight": 0.0}, "ctc_targets phonemes needs its head"),
+                       ({"ctc_targets": "letters"}, "ctc_targets is transcript or phonemes")):  # fmt: skip
+        (tmp_path / "bad.json").write_text(json.dumps({**config, **bad}))
+        with pytest.raises(Exception, match=match):
+            train_tokenizer(corpus / "train.jsonl", tmp_path / "c", cfg, **{**kwargs, "config": tmp_path / "bad.json"})
 
 def test_starts_from_a_transformers_whisper_folder(corpus, tmp_path):
     from transformers import WhisperConfig, WhisperForConditionalGeneration
