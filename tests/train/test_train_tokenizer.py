@@ -402,3 +402,18 @@ def test_torchrun_two_ranks(corpus, tmp_path):
                              config=corpus / "tiny.json", batch_seconds=4, vocab_size=300, log=lambda line: None)
     assert abs(logged[0]["loss"] - single[0]["loss"]) < 0.01 * single[0]["loss"]
     assert SpeechTokenizer.from_pretrained(tmp_path / "f" / "tokenizer").tokenize(corpus / "a.wav")
+
+
+def test_the_packaged_tiny_config_builds_a_model_whose_heads_both_hear_phonemes():
+    from glm4voice.data.phonemes import inventory
+    from glm4voice.recipe.tiny import CONFIGS
+    from glm4voice.tokenizer.asr import new_asr
+
+    config = json.loads((CONFIGS / "tokenizer-tiny.json").read_text())
+    config["inter_ctc_phonemes"] = inventory((text, lang) for _, lang, text, _ in SENTENCES)  # as the trainer fills
+    model = new_asr(config, TranscriptCodec.train([s[2] for s in SENTENCES], 300))
+    assert model.phonemic and model.inter_phonemic and model.upsample == 4
+    features, mask = torch.randn(1, 128, 200), torch.ones(1, 200, dtype=torch.bool)  # 2 s: 25 codes, 100 steps
+    pre_pool = []
+    encoded, m, _, _ = model.encode(features, mask, pre_pool=pre_pool)
+    assert encoded.shape[1] == 25 and torch.isfinite(model.ctc_loss(encoded, m, [list(range(1, 40))], 0))
