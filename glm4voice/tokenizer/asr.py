@@ -306,9 +306,9 @@ class AsrTokenizer(nn.Module):
 
     @torch.no_grad()
     def ctc_ids(self, encoded: torch.Tensor, mask: torch.Tensor, blank: int) -> list[list[int]]:
-        """Greedy CTC transcripts (transcript ids, no special tokens) of `encode`'s output [B, T', D]: what the
-        encoder itself hears, without the decoder's language model (which, early in training from scratch,
-        recites training sentences whatever the audio)."""
+        """Greedy CTC transcripts (transcript ids without special tokens, or phoneme ids when `phonemic`) of
+        `encode`'s output [B, T', D]: what the encoder itself hears, without the decoder's language model
+        (which, early in training from scratch, recites training sentences whatever the audio)."""
         return _ctc_greedy(self.ctc_head, encoded, mask, blank, self.upsample)
 
     @torch.no_grad()
