@@ -261,11 +261,7 @@ def test_intermediate_head_on_phonemes_learns_espeak_ng_phonemes_and_keeps_its_s
     from glm4voice.train.tokenizer import phoneme_targets
 
     config = {**TINY, "ctc_weight": 0.5, "inter_ctc_weight": 0.5, "inter_ctc_targets": "phonemes"}
-    (tmp_path / "cfg.json").write_text(json.dumps(config))
-    cfg = RunConfig(steps=60, save_every=30, **{**FAST, "log_every": 10})
-    kwargs = dict(config=tmp_path / "cfg.json", batch_seconds=8, vocab_size=300, log=lambda line: None,
-                  valid=corpus / "train.jsonl", eval_every=30)  # fmt: skip
-    records = train_tokenizer(corpus / "train.jsonl", tmp_path / "a", cfg, **kwargs)
+    cfg, kwargs, records = _phonemic_run(corpus, tmp_path, config, 60)
     model, codec = load_asr(tmp_path / "a" / "step-60")
     # the head's classes: the training transcripts' phonemes (kept in the config), blank 0 before them
     symbols = model.config["inter_ctc_phonemes"]
@@ -285,11 +281,9 @@ def test_intermediate_head_on_phonemes_learns_espeak_ng_phonemes_and_keeps_its_s
     rows = list(read_manifest(corpus / "train.jsonl"))
     assert [len(t) for t in phoneme_targets(model, rows)] == [len(phonemes(r.text, r.lang)) for r in rows]
     assert symbol_errors([1, 2, 3], [1, 3]) == (1, 3) and symbol_errors([1, 2], [4, 1, 2]) == (1, 2)
-    for bad, match in (({"inter_ctc_weight": 0.0}, "inter_ctc_targets phonemes needs its head"),
-                       ({"inter_ctc_targets": "letters"}, "transcript or phonemes")):  # fmt: skip
-        (tmp_path / "bad.json").write_text(json.dumps({**config, **bad}))
-        with pytest.raises(Exception, match=match):
-            train_tokenizer(corpus / "train.jsonl", tmp_path / "c", cfg, **{**kwargs, "config": tmp_path / "bad.json"})
+    _refuses(corpus, tmp_path, cfg, kwargs, config, [
+        ({"inter_ctc_weight": 0.0}, "inter_ctc_targets phonemes needs its head"),
+        ({"inter_ctc_targets": "letters"}, "transcript or phonemes")])  # fmt: skip
 
 
 
@@ -297,11 +291,7 @@ def test_final_head_on_phonemes_at_four_steps_a_frame_learns_what_the_codes_say(
     from glm4voice.data.phonemes import phonemes
 
     config = {**TINY, "ctc_weight": 0.5, "ctc_targets": "phonemes", "ctc_upsample": 4}
-    (tmp_path / "cfg.json").write_text(json.dumps(config))
-    cfg = RunConfig(steps=120, save_every=60, **{**FAST, "log_every": 10})
-    kwargs = dict(config=tmp_path / "cfg.json", batch_seconds=8, vocab_size=300, log=lambda line: None,
-                  valid=corpus / "train.jsonl", eval_every=60)  # fmt: skip
-    records = train_tokenizer(corpus / "train.jsonl", tmp_path / "a", cfg, **kwargs)
+    cfg, kwargs, records = _phonemic_run(corpus, tmp_path, config, 120)
     model, _ = load_asr(tmp_path / "a" / "step-120")
     symbols = model.config["inter_ctc_phonemes"]  # one inventory, whichever head reads it
     assert set(symbols) == {p for _, lang, text, _ in SENTENCES for p in phonemes(text, lang)}
@@ -323,12 +313,29 @@ def test_final_head_on_phonemes_at_four_steps_a_frame_learns_what_the_codes_say(
     assert model.ctc_ids(frames, torch.arange(4)[None] < 2, 0) == [[1, 2, 2]]  # a padded frame's steps are not read
     # 12 steps for 9 symbols: the loss is finite where 3 frames alone could not hold them
     assert torch.isfinite(model.ctc_loss(frames[:, :3], torch.ones(1, 3, dtype=torch.bool), [[1, 2] * 4 + [1]], 0))
-    for bad, match in (({"ctc_upsample": 0}, "ctc_upsample must be an integer"),
-                       ({"ctc_weight": 0.0}, "ctc_targets phonemes needs its head"),
-                       ({"ctc_targets": "letters"}, "ctc_targets is transcript or phonemes")):  # fmt: skip
+    _refuses(corpus, tmp_path, cfg, kwargs, config, [
+        ({"ctc_upsample": 0}, "ctc_upsample must be an integer"),
+        ({"ctc_weight": 0.0}, "ctc_targets phonemes needs its head"),
+        ({"ctc_targets": "letters"}, "ctc_targets is transcript or phonemes")])  # fmt: skip
+
+
+def _phonemic_run(corpus, tmp_path, config: dict, steps: int):
+    """Train `config` from scratch for `steps`, saved and validated (on the training rows) half way and at the end
+    into tmp_path/a; returns (run config, the trainer's keyword arguments, records)."""
+    (tmp_path / "cfg.json").write_text(json.dumps(config))
+    cfg = RunConfig(steps=steps, save_every=steps // 2, **{**FAST, "log_every": 10})
+    kwargs = dict(config=tmp_path / "cfg.json", batch_seconds=8, vocab_size=300, log=lambda line: None,
+                  valid=corpus / "train.jsonl", eval_every=steps // 2)  # fmt: skip
+    return cfg, kwargs, train_tokenizer(corpus / "train.jsonl", tmp_path / "a", cfg, **kwargs)
+
+
+def _refuses(corpus, tmp_path, cfg, kwargs, config: dict, cases) -> None:
+    """Each (change to `config`, error pattern) of `cases` stops the trainer with that error."""
+    for bad, match in cases:
         (tmp_path / "bad.json").write_text(json.dumps({**config, **bad}))
         with pytest.raises(Exception, match=match):
             train_tokenizer(corpus / "train.jsonl", tmp_path / "c", cfg, **{**kwargs, "config": tmp_path / "bad.json"})
+
 
 def test_starts_from_a_transformers_whisper_folder(corpus, tmp_path):
     from transformers import WhisperConfig, WhisperForConditionalGeneration
