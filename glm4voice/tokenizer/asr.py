@@ -198,10 +198,12 @@ class AsrTokenizer(nn.Module):
         # CTC over the transcript vocabulary, <|endoftext|> as the blank (it never occurs inside a transcript)
         # (phonemic heads: the phoneme symbols at 1.., blank 0); the final head predicts `upsample` per frame
         self.upsample = config[UPSAMPLE_FIELD]
-        classes = len(config[PHONEMES_FIELD]) + 1 if self.phonemic else config["vocab_size"]
-        self.ctc_head = nn.Linear(d, classes * self.upsample) if config[CTC_FIELD] > 0 else None
-        inter_classes = len(config[PHONEMES_FIELD]) + 1 if self.inter_phonemic else config["vocab_size"]
-        self.inter_ctc_head = nn.Linear(d, inter_classes) if config[INTER_CTC_FIELD] > 0 else None
+
+        def classes(phonemic: bool) -> int:
+            return len(config[PHONEMES_FIELD]) + 1 if phonemic else config["vocab_size"]
+
+        self.ctc_head = nn.Linear(d, classes(self.phonemic) * self.upsample) if config[CTC_FIELD] > 0 else None
+        self.inter_ctc_head = nn.Linear(d, classes(self.inter_phonemic)) if config[INTER_CTC_FIELD] > 0 else None
 
     @property
     def phonemic(self) -> bool:

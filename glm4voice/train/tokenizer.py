@@ -152,13 +152,14 @@ def error_rates(model, codec, data: Utterances, device, batch: int = 8, rank: in
             if not keep:
                 continue
             row = data.rows[picked[i]]
+            sounds = phoneme_targets(model, [row])[0] if phonemic[4] or phonemic[8] else None  # once for both heads
             if not bypass:
                 counts += torch.bincount(model.vq.nearest(h[i][m[i]]), minlength=model.vq.size).to(counts)
             for offset, hyps_of in ((0, hyps), (4, ctc_hyps), (8, inter_hyps)):
                 hyp = hyps_of[i] if hyps_of else None
                 if hyp is not None:
                     if phonemic[offset]:  # phoneme errors over phoneme counts
-                        wrong, n = symbol_errors(phoneme_targets(model, [row])[0], hyp)
+                        wrong, n = symbol_errors(sounds, hyp)
                     else:
                         wrong, n = errors(row.text, codec.decode(hyp), row.lang)
                     totals[offset + (0 if row.lang == "en" else 2)] += wrong
