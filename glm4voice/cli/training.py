@@ -169,7 +169,8 @@ def _add_train_decoder(sub) -> None:
     p.add_argument("--out", required=True, help="run folder: OUT/step-N are decoder folders")
     p.add_argument("--valid", help="held-out manifest: mel L1 of offline decodes every --eval-every steps")
     p.add_argument("--eval-every", type=int, default=0, help="steps between validations (0: only at the end)")
-    p.add_argument("--crop-codes", type=int, default=40, help="flow: codes per training crop (40 = 3.2 s)")
+    p.add_argument("--crop-codes", type=int, default=40,
+                   help="flow: at most this many codes per training crop (40 = 3.2 s; a shorter utterance whole)")
     p.add_argument("--crop-frames", type=int, default=64, help="hift: mel frames per training crop (64 = 0.74 s)")
     p.add_argument("--adversarial-from", type=int, default=0,
                    help="hift: the step from which the discriminators (multi-period, multi-resolution) train too "

@@ -63,7 +63,7 @@ class Sizes:
     hift_steps: int = 2000
     decoder_batch: int = 8
     crop_codes: int = 40
-    flow_lr: float = 1e-3  # peak (after 500 warm-up steps), cosine to a tenth; was 5e-4 with 4800 steps
+    flow_lr: float = 1e-3  # peak (after 500 warm-up steps), linear decay to a tenth; was 5e-4 with 4800 steps
     flow_precision: str = "bf16"  # autocast, fp32 weights: 1.31x the float32 step's speed on AVX-512 bf16 (README
     # "Decoder training"); "none" on a CPU without bf16 instructions, where autocast is emulated
     flow_prior_weight: float = 0.0  # Matcha-TTS's prior loss on mu: 1.0 did not help (README "The flow's length")

@@ -13,7 +13,7 @@ import torch
 from glm4voice.decoder import SpeechDecoder
 from glm4voice.errors import Glm4VoiceError
 from glm4voice.train.config import RunConfig
-from glm4voice.train.decoder import crop_batch, flow_loss, flow_terms, load_examples, mel_l1, train_decoder
+from glm4voice.train.decoder import Example, crop_batch, flow_loss, flow_terms, load_examples, mel_l1, train_decoder
 from tests.conftest import GOLDEN, write_wav16
 
 
@@ -125,6 +125,30 @@ def test_crops_are_aligned_and_half_start_at_zero(corpus, golden):
     assert 16 < starts < 56
 
 
+def test_crops_use_every_utterance_short_ones_whole():
+    # utterances of 3..30 codes (the tiny recipe's are mostly shorter than its 40-code crops); code k of
+    # utterance i is 100 i + k and its mel's frame j holds 1000 i + j, so each crop says where it came from
+    def example(i, n):
+        return Example(f"u{i}", torch.arange(n) + 100 * i, (torch.arange(frames_for(n)) + 1000.0 * i).expand(80, -1))
+
+    lengths = [3, 5, 8, 12, 20, 30]
+    examples = [example(i, n) for i, n in enumerate(lengths)] + [Example("one code", torch.zeros(1).long(),
+                                                                         torch.zeros(80, frames_for(1)))]
+    seen, whole = set(), set()
+    for step in range(200):
+        codes, mel = crop_batch(examples, 4, 10, random.Random(step), frames_for)
+        b, n = codes.shape
+        assert n <= 10 and b == 4 * 10 // n and mel.shape == (b, 80, frames_for(n))  # the same codes a step
+        for c, m in zip(codes, mel):
+            i, start = int(c[0]) // 100, int(c[0]) % 100
+            assert torch.equal(c, torch.arange(start, start + n) + 100 * i)
+            assert torch.equal(m[0], torch.arange(frames_for(n)) + frames_for(start) + 1000.0 * i)  # aligned
+            seen.add(i)
+            if n == lengths[i]:
+                whole.add(i)
+    assert seen == set(range(len(lengths))) and {0, 1, 2} <= whole  # short ones too, whole; never the 1-code one
+
+
 def test_overfits_one_utterance_exports_and_resumes(corpus, golden, tmp_path):
     one = load_examples(corpus / "one.jsonl", golden / "tokenizer", frames_for, "validation")
     before = mel_l1(SpeechDecoder.from_pretrained(golden / "decoder").flow.float(), one, "cpu")
@@ -155,7 +179,7 @@ def test_bad_inputs(corpus, golden, tmp_path):
     cfg = RunConfig(steps=2, batch_size=2)
     with pytest.raises(Glm4VoiceError, match="crop-codes"):
         train_decoder(golden / "decoder", golden / "tokenizer", corpus / "voice.jsonl", tmp_path / "a", cfg,
-                      crop_codes=10_000)  # fmt: skip
+                      crop_codes=1)  # fmt: skip
     with pytest.raises(Glm4VoiceError, match="--init"):
         train_decoder(None, golden / "tokenizer", corpus / "voice.jsonl", tmp_path / "b", cfg)
     with pytest.raises(Glm4VoiceError, match="flow or hift"):
