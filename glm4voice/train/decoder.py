@@ -17,9 +17,10 @@ unconditioned branch of inference's classifier-free guidance. Optionally
 (`--prior-weight`) Matcha-TTS's prior loss pulls mu itself toward the mel.
 
 Batches are equal-length crops (at most `--crop-codes` codes and their mel
-frames; a shorter utterance whole, beside crops of its length from longer
-ones), so nothing is padded: half of them start at an utterance's first code,
-as a stream's first chunk does. Speech codes come from `--speech-tokenizer`;
+frames; length buckets, a shorter utterance whole beside ones of nearly its
+length; every second of speech as likely), so nothing is padded: half
+of them start at an utterance's first code, as a stream's first chunk does.
+Speech codes come from `--speech-tokenizer`;
 the mel from the one decoder mel function (`audio.decoder_log_mel`).
 Checkpoints `OUT/step-N/` are decoder folders (`decode`, `chat` and
 `SpeechDecoder.from_pretrained` read them); what the stage does not train
@@ -83,24 +84,31 @@ def load_examples(manifest, speech_tokenizer, frames, what: str) -> list[Example
 
 
 MIN_CODES = 2  # an utterance shorter than this (a fraction of a second) is not trained on
+BUCKET_RATIO = 1.25  # utterances in a length bucket differ by less than this factor: a crop cuts under 20 %
 
 
 def crop_batch(examples: list[Example], size: int, crop: int, rng: random.Random, frames):
     """Equal-length crops of at most `crop` codes (and their frames), drawn from every utterance.
 
-    One utterance drawn at random sets the length L = min(crop, its codes); the batch is `size * crop // L`
-    crops of L codes (the same number of codes every step): that utterance and others at least L codes long,
-    half of them starting at code 0 as a stream's first chunk does. Equal lengths need no padding masks, and an
-    utterance shorter than `crop` is trained on whole (requiring `crop` codes of every utterance left out the
-    many short ones: 91 % of the tiny recipe's assistant corpus at 40 codes).
+    Utterances fall in length buckets (lengths within a factor 1.25; all of at least `crop` codes in one); a
+    code drawn at random over the corpus picks the bucket, so every second of speech is as likely. The batch's
+    length L is the bucket's shortest (at most `crop`), and it holds `size * crop // L` crops of L codes (the
+    same number of codes every step) of the bucket's utterances, each drawn in proportion to its codes; half
+    start at code 0, as a stream's first chunk does. Equal lengths need no padding masks. (Requiring `crop`
+    codes of every utterance left out the many short ones: 91 % of the tiny recipe's assistant corpus at 40.)
 
     Returns codes [B, L], mel [B, 80, frames(L)]."""
-    usable = [e for e in examples if len(e.codes) >= MIN_CODES]
-    first = rng.choice(usable)
-    length = min(crop, len(first.codes))
-    pool = [e for e in usable if len(e.codes) >= length]
+    buckets: dict[int, list[Example]] = {}
+    for e in examples:
+        if len(e.codes) >= MIN_CODES:
+            key = -1 if len(e.codes) >= crop else int(math.log(len(e.codes)) / math.log(BUCKET_RATIO))
+            buckets.setdefault(key, []).append(e)
+    groups = [buckets[k] for k in sorted(buckets)]
+    bucket = rng.choices(groups, weights=[sum(len(e.codes) for e in g) for g in groups])[0]
+    length = min(crop, min(len(e.codes) for e in bucket))
+    picks = rng.choices(bucket, weights=[len(e.codes) for e in bucket], k=size * crop // length)
     codes, mels, n = [], [], frames(length)
-    for e in [first] + [rng.choice(pool) for _ in range(size * crop // length - 1)]:
+    for e in picks:
         start = 0 if rng.random() < 0.5 else rng.randrange(len(e.codes) - length + 1)
         begin = min(frames(start), e.mel.shape[1] - n)
         codes.append(e.codes[start : start + length])

@@ -131,11 +131,11 @@ def test_crops_use_every_utterance_short_ones_whole():
     def example(i, n):
         return Example(f"u{i}", torch.arange(n) + 100 * i, (torch.arange(frames_for(n)) + 1000.0 * i).expand(80, -1))
 
-    lengths = [3, 5, 8, 12, 20, 30]
+    lengths = [3, 5, 8, 12, 20, 30] * 8
     examples = [example(i, n) for i, n in enumerate(lengths)] + [Example("one code", torch.zeros(1).long(),
                                                                          torch.zeros(80, frames_for(1)))]
-    seen, whole = set(), set()
-    for step in range(200):
+    seen, whole, trained = set(), set(), [0] * len(lengths)
+    for step in range(400):
         codes, mel = crop_batch(examples, 4, 10, random.Random(step), frames_for)
         b, n = codes.shape
         assert n <= 10 and b == 4 * 10 // n and mel.shape == (b, 80, frames_for(n))  # the same codes a step
@@ -144,9 +144,13 @@ def test_crops_use_every_utterance_short_ones_whole():
             assert torch.equal(c, torch.arange(start, start + n) + 100 * i)
             assert torch.equal(m[0], torch.arange(frames_for(n)) + frames_for(start) + 1000.0 * i)  # aligned
             seen.add(i)
+            trained[i] += n
             if n == lengths[i]:
                 whole.add(i)
-    assert seen == set(range(len(lengths))) and {0, 1, 2} <= whole  # short ones too, whole; never the 1-code one
+    assert seen == set(range(len(lengths)))  # short ones too (and whole); never the 1-code one
+    assert {i for i, n in enumerate(lengths) if n < 10} <= whole
+    per_code = [sum(t for t, m in zip(trained, lengths) if m == n) / n for n in lengths[:6]]  # by length
+    assert max(per_code) < 2 * min(per_code), per_code  # every second of speech about as often
 
 
 def test_overfits_one_utterance_exports_and_resumes(corpus, golden, tmp_path):
