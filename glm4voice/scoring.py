@@ -46,7 +46,11 @@ _DECODER = None
 
 
 def recognise_english(audio, sample_rate: int) -> str:
-    """pocketsphinx's transcript of mono float audio (its bundled US-English model, 16 kHz)."""
+    """pocketsphinx's transcript of mono float audio (its bundled US-English model, 16 kHz).
+
+    Its feature front end (cepstral mean, noise estimate) is reset before every utterance: left as it was, it
+    carries over, and the words heard in one recording depended on what was recognised before it (a
+    recording after a noisy re-synthesis lost words it had when heard first)."""
     global _DECODER
     from pocketsphinx import Decoder
 
@@ -56,6 +60,7 @@ def recognise_english(audio, sample_rate: int) -> str:
         _DECODER = Decoder(samprate=16000, loglevel="FATAL")
     audio = resample(np.asarray(audio, dtype=np.float32), sample_rate, 16000) if sample_rate != 16000 else audio
     pcm = (np.clip(np.asarray(audio, dtype=np.float32), -1, 1) * 32767).astype(np.int16).tobytes()
+    _DECODER.reinit_feat()
     _DECODER.start_utt()
     _DECODER.process_raw(pcm, full_utt=True)
     _DECODER.end_utt()
