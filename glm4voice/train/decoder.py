@@ -20,8 +20,8 @@ Batches are equal-length crops (at most `--crop-codes` codes and their mel
 frames; length buckets, a shorter utterance whole beside ones of nearly its
 length; every second of speech as likely), so nothing is padded: half
 of them start at an utterance's first code, as a stream's first chunk does.
-Speech codes come from `--speech-tokenizer`;
-the mel from the one decoder mel function (`audio.decoder_log_mel`).
+Speech codes come from `--speech-tokenizer`; the mel from the one decoder mel
+function (`audio.decoder_log_mel`).
 Checkpoints `OUT/step-N/` are decoder folders (`decode`, `chat` and
 `SpeechDecoder.from_pretrained` read them); what the stage does not train
 (the HiFT vocoder, the config) is copied from the start byte for byte. The
@@ -258,7 +258,7 @@ def train_decoder(init, speech_tokenizer, data, out, cfg: RunConfig, *, stage: s
     if max(len(e.codes) for e in train_set) < MIN_CODES:
         raise Glm4VoiceError(f"{data}: no utterance has {MIN_CODES} speech codes to train on")
     vocab = decoder.vocab_size
-    if max(int(e.codes.max()) for e in train_set) >= vocab:
+    if max(int(e.codes.max()) for e in train_set if len(e.codes)) >= vocab:  # (one has MIN_CODES: checked)
         raise Glm4VoiceError(f"the speech tokenizer's codes exceed the decoder's vocabulary ({vocab}): "
                              "a tokenizer and a decoder of different releases")  # fmt: skip
     dist = Dist()
