@@ -34,6 +34,7 @@ and pocketsphinx's WER of the re-synthesis beside its WER of the recordings.
 
 from __future__ import annotations
 
+import itertools
 import math
 import random
 from dataclasses import dataclass
@@ -87,26 +88,39 @@ MIN_CODES = 2  # an utterance shorter than this (a fraction of a second) is not 
 BUCKET_RATIO = 1.25  # utterances in a length bucket differ by less than this factor: a crop cuts under 20 %
 
 
-def crop_batch(examples: list[Example], size: int, crop: int, rng: random.Random, frames):
-    """Equal-length crops of at most `crop` codes (and their frames), drawn from every utterance.
+@dataclass
+class Bucket:
+    """Utterances within a factor BUCKET_RATIO in length (or all of at least the crop): one batch's source."""
 
-    Utterances fall in length buckets (lengths within a factor 1.25; all of at least `crop` codes in one); a
-    code drawn at random over the corpus picks the bucket, so every second of speech is as likely. The batch's
-    length L is the bucket's shortest (at most `crop`), and it holds `size * crop // L` crops of L codes (the
-    same number of codes every step) of the bucket's utterances, each drawn in proportion to its codes; half
-    start at code 0, as a stream's first chunk does. Equal lengths need no padding masks. (Requiring `crop`
-    codes of every utterance left out the many short ones: 91 % of the tiny recipe's assistant corpus at 40.)
+    members: list[Example]
+    weights: list[int]  # cumulative codes of the members: each drawn in proportion to its codes
+    length: int  # the batch's crop: the shortest member's codes, at most the crop
 
-    Returns codes [B, L], mel [B, 80, frames(L)]."""
-    buckets: dict[int, list[Example]] = {}
+
+def length_buckets(examples: list[Example], crop: int) -> list[Bucket]:
+    """The training set's length buckets, shortest first (made once: batches draw from them every step)."""
+    groups: dict[int, list[Example]] = {}
     for e in examples:
         if len(e.codes) >= MIN_CODES:
             key = -1 if len(e.codes) >= crop else int(math.log(len(e.codes)) / math.log(BUCKET_RATIO))
-            buckets.setdefault(key, []).append(e)
-    groups = [buckets[k] for k in sorted(buckets)]
-    bucket = rng.choices(groups, weights=[sum(len(e.codes) for e in g) for g in groups])[0]
-    length = min(crop, min(len(e.codes) for e in bucket))
-    picks = rng.choices(bucket, weights=[len(e.codes) for e in bucket], k=size * crop // length)
+            groups.setdefault(key, []).append(e)
+    return [Bucket(g, list(itertools.accumulate(len(e.codes) for e in g)), min(crop, min(len(e.codes) for e in g)))
+            for g in (groups[k] for k in sorted(groups))]  # fmt: skip
+
+
+def crop_batch(buckets: list[Bucket], size: int, crop: int, rng: random.Random, frames):
+    """Equal-length crops of at most `crop` codes (and their frames), drawn from every utterance.
+
+    A code drawn at random over the corpus picks the bucket (`length_buckets`), so every second of speech is as
+    likely. The batch holds `size * crop // L` crops of the bucket's L codes (the same number of codes every
+    step) of its utterances, each drawn in proportion to its codes; half start at code 0, as a stream's first
+    chunk does. Equal lengths need no padding masks. (Requiring `crop` codes of every utterance left out the
+    many short ones: 91 % of the tiny recipe's assistant corpus at 40.)
+
+    Returns codes [B, L], mel [B, 80, frames(L)]."""
+    bucket = rng.choices(buckets, cum_weights=list(itertools.accumulate(b.weights[-1] for b in buckets)))[0]
+    length = bucket.length
+    picks = rng.choices(bucket.members, cum_weights=bucket.weights, k=size * crop // length)
     codes, mels, n = [], [], frames(length)
     for e in picks:
         start = 0 if rng.random() < 0.5 else rng.randrange(len(e.codes) - length + 1)
@@ -255,10 +269,11 @@ def train_decoder(init, speech_tokenizer, data, out, cfg: RunConfig, *, stage: s
     decoder = start.decoder  # flow, HiFT and config; the flow is trained
     train_set = load_examples(data, speech_tokenizer, decoder.frames, "training")
     valid_set = load_examples(valid, speech_tokenizer, decoder.frames, "validation") if valid is not None else None
-    if max(len(e.codes) for e in train_set) < MIN_CODES:
+    buckets = length_buckets(train_set, crop_codes)
+    if not buckets:
         raise Glm4VoiceError(f"{data}: no utterance has {MIN_CODES} speech codes to train on")
     vocab = decoder.vocab_size
-    if max(int(e.codes.max()) for e in train_set if len(e.codes)) >= vocab:  # (one has MIN_CODES: checked)
+    if max(int(e.codes.max()) for b in buckets for e in b.members) >= vocab:
         raise Glm4VoiceError(f"the speech tokenizer's codes exceed the decoder's vocabulary ({vocab}): "
                              "a tokenizer and a decoder of different releases")  # fmt: skip
     dist = Dist()
@@ -272,7 +287,7 @@ def train_decoder(init, speech_tokenizer, data, out, cfg: RunConfig, *, stage: s
 
         def batch(index: int) -> dict:
             rng = random.Random(f"{cfg.seed}-{index}-{dist.rank}")
-            codes, mel = crop_batch(train_set, cfg.batch_size, crop_codes, rng, decoder.frames)
+            codes, mel = crop_batch(buckets, cfg.batch_size, crop_codes, rng, decoder.frames)
             return {"codes": codes.to(dist.device), "mel": mel.to(dist.device)}
 
         def loss(model, b) -> tuple[torch.Tensor, dict]:

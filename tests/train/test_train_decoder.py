@@ -13,7 +13,16 @@ import torch
 from glm4voice.decoder import SpeechDecoder
 from glm4voice.errors import Glm4VoiceError
 from glm4voice.train.config import RunConfig
-from glm4voice.train.decoder import Example, crop_batch, flow_loss, flow_terms, load_examples, mel_l1, train_decoder
+from glm4voice.train.decoder import (
+    Example,
+    crop_batch,
+    flow_loss,
+    flow_terms,
+    length_buckets,
+    load_examples,
+    mel_l1,
+    train_decoder,
+)
 from tests.conftest import GOLDEN, write_wav16
 
 
@@ -119,7 +128,7 @@ def test_crops_are_aligned_and_half_start_at_zero(corpus, golden):
     examples = load_examples(corpus / "voice.jsonl", golden / "tokenizer", frames_for, "training")
     for e in examples:
         assert e.mel.shape[1] == frames_for(len(e.codes))
-    codes, mel = crop_batch(examples, 64, 8, random.Random(0), frames_for)
+    codes, mel = crop_batch(length_buckets(examples, 8), 64, 8, random.Random(0), frames_for)
     assert codes.shape == (64, 8) and mel.shape == (64, 80, frames_for(8))
     starts = sum(any(torch.equal(c, e.codes[:8]) for e in examples) for c in codes)
     assert 16 < starts < 56
@@ -134,9 +143,9 @@ def test_crops_use_every_utterance_short_ones_whole():
     lengths = [3, 5, 8, 12, 20, 30] * 8
     examples = [example(i, n) for i, n in enumerate(lengths)] + [Example("one code", torch.zeros(1).long(),
                                                                          torch.zeros(80, frames_for(1)))]
-    seen, whole, trained = set(), set(), [0] * len(lengths)
+    seen, whole, trained, buckets = set(), set(), [0] * len(lengths), length_buckets(examples, 10)
     for step in range(400):
-        codes, mel = crop_batch(examples, 4, 10, random.Random(step), frames_for)
+        codes, mel = crop_batch(buckets, 4, 10, random.Random(step), frames_for)
         b, n = codes.shape
         assert n <= 10 and b == 4 * 10 // n and mel.shape == (b, 80, frames_for(n))  # the same codes a step
         for c, m in zip(codes, mel):
