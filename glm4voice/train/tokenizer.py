@@ -152,7 +152,7 @@ def error_rates(model, codec, data: Utterances, device, batch: int = 8, rank: in
             if not keep:
                 continue
             row = data.rows[picked[i]]
-            sounds = phoneme_targets(model, [row])[0] if phonemic[4] or phonemic[8] else None  # once for both heads
+            sounds = phoneme_targets(model, [row])[0] if any(phonemic.values()) else None  # once for both
             if not bypass:
                 counts += torch.bincount(model.vq.nearest(h[i][m[i]]), minlength=model.vq.size).to(counts)
             for offset, hyps_of in ((0, hyps), (4, ctc_hyps), (8, inter_hyps)):
