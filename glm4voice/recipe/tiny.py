@@ -64,8 +64,8 @@ class Sizes:
     decoder_batch: int = 8
     crop_codes: int = 40
     flow_lr: float = 1e-3  # peak (after 500 warm-up steps), linear decay to a tenth; was 5e-4 with 4800 steps
-    flow_precision: str = "bf16"  # autocast, fp32 weights: 1.31x the float32 step's speed on AVX-512 bf16 (README
-    # "Decoder training"); "none" on a CPU without bf16 instructions, where autocast is emulated
+    flow_precision: str = "auto"  # bf16 autocast (fp32 weights) where the CPU has bf16 instructions: 1.31x the
+    # float32 step's speed on AVX-512 bf16 (README "Decoder training"); elsewhere "none": emulated, it is far slower
     flow_prior_weight: float = 0.0  # Matcha-TTS's prior loss on mu: 1.0 did not help (README "The flow's length")
     crop_frames: int = 64
     bpe_vocab: int = 2000  # with bf16 storage, what keeps the bundle within 40 MB
@@ -121,7 +121,7 @@ def _valid_subset(manifest: str | Path, n: int, out: Path) -> Path:
     manifest = Path(manifest)
     questions = [r for _, r in read_jsonl(manifest, "test manifest") if r.get("role") == "question"]
     picked = first_of_each(questions, n, lambda r: (r.get("lang"), r.get("task")))
-    _write_rows(out, [{**row, "audio": str(manifest.parent / row["audio"])} for row in picked])
+    _write_rows(out, [{**row, "audio": str(manifest.parent.resolve() / row["audio"])} for row in picked])
     return out
 
 
@@ -322,6 +322,15 @@ def tokenizer(sizes: Sizes):
     return Stage("tokenizer", run, "the speech tokenizer from scratch (ASR through the 12.5 Hz VQ, CTC beside)")
 
 
+def _precision(setting: str) -> str:
+    """A stage's mixed precision: "auto" is bf16 where this CPU computes bf16 in hardware, else none."""
+    from ..train.config import native_bf16
+
+    if setting != "auto":
+        return setting
+    return "bf16" if native_bf16() else "none"
+
+
 def _decoder_run(sizes: Sizes, folder: Path, done: dict, kind: str) -> dict:
     """One decoder stage on the assistant's voice, validated on 2 test questions per language and task (60)."""
     from ..train.config import RunConfig
@@ -330,7 +339,7 @@ def _decoder_run(sizes: Sizes, folder: Path, done: dict, kind: str) -> dict:
     voice = done["speech"]["assistant"]["manifest"]
     dev = _valid_subset(done["speech"]["assistant-test"]["manifest"], 2, folder / "valid.jsonl")
     steps, lr, warmup, precision = (sizes.hift_steps, 1e-3, 200, "none") if kind == "hift" else \
-        (sizes.flow_steps, sizes.flow_lr, 500, sizes.flow_precision)  # fmt: skip
+        (sizes.flow_steps, sizes.flow_lr, 500, _precision(sizes.flow_precision))  # fmt: skip
     resume, finished = _resume(folder / "run", steps)
     cfg = RunConfig(steps=steps, lr=lr, min_lr=lr / 10, warmup_steps=min(warmup, steps // 10),
                     batch_size=sizes.decoder_batch, save_every=sizes.save_every, keep_last=2,

@@ -164,3 +164,26 @@ def test_word_lists_draw_training_words_in_no_sentence_order():
         pieces = [body[i:i + 2] for i in range(0, len(body), 2)]
         assert set(pieces) <= {"二加", "加三", "三是", "是多", "多少"}
     assert word_lists(train, {"en": 0, "zh": 0}) == [] and word_lists([], {"en": 3}) == []
+
+
+def test_flow_precision_auto_is_bf16_only_where_the_cpu_has_it(monkeypatch):
+    from glm4voice.recipe.tiny import FULL, _precision
+
+    assert FULL.flow_precision == "auto" and _precision("none") == "none" and _precision("bf16") == "bf16"
+    for avx512_bf16, amx, expected in ((False, False, "none"), (True, False, "bf16"), (False, True, "bf16")):
+        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda v=avx512_bf16: v, raising=False)
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda v=amx: v, raising=False)
+        assert _precision("auto") == expected
+
+
+def test_validation_subsets_hold_absolute_audio_paths(tmp_path, monkeypatch):
+    from glm4voice.recipe.tiny import _valid_subset
+
+    (tmp_path / "speech").mkdir()
+    rows = [{"id": f"q{i}", "audio": f"audio/q{i}.flac", "text": "hi", "lang": "en", "task": "add",
+             "role": "question"} for i in range(3)]  # fmt: skip
+    (tmp_path / "speech" / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    monkeypatch.chdir(tmp_path)  # a recipe run with a relative --out: the subset is read from another folder
+    out = _valid_subset("speech/manifest.jsonl", 2, tmp_path / "valid.jsonl")
+    audio = [json.loads(line)["audio"] for line in out.read_text().splitlines()]
+    assert audio == [str(tmp_path / "speech" / "audio" / f"q{i}.flac") for i in range(2)]
