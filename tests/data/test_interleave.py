@@ -54,6 +54,18 @@ def test_span_statistics_match_the_settings():
     assert words_of("你好", "zh") == ["你", "好"]
 
 
+def test_short_documents_get_their_share_of_speech():
+    """The expected speech is eta * n for short documents too (sentences, question/answer pairs), not only for
+    documents many spans long: sampling stopped before the target left them mostly text."""
+    rng = random.Random(2)
+    for n in (1, 3, 6, 10):
+        draws = [sample_spans(n, 0.3, 5.0, rng) for _ in range(20000)]
+        covered = sum(b - a for found in draws for a, b in found)
+        assert covered / (n * len(draws)) == pytest.approx(0.3, abs=0.01), n
+        assert all(0 <= a < b <= n for found in draws for a, b in found)
+    assert sample_spans(0, 0.3, 5.0, rng) == []
+
+
 def run_cli(setup, out, *extra):
     root, t2t = setup
     return main(["data", "interleave", "--t2t", str(t2t), "--corpus", str(root / "corpus.jsonl"), "--out", str(out),
