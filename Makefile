@@ -53,9 +53,10 @@ test: system-deps browser $(STAMP)
 demo: system-deps $(STAMP)
 	$(PY) -m glm4voice.demo
 
-# The tiny recipe, full size (hours on 2 cores; stop and rerun to continue): runs/tiny/bundle/bundle.
+# The tiny recipe, full size (hours on 2 cores, two stages side by side where they can; stop and rerun to
+# continue): runs/tiny/bundle/bundle.
 tiny: system-deps $(STAMP)
-	$(PY) -m glm4voice recipe tiny --out runs/tiny
+	$(PY) -m glm4voice recipe tiny --out runs/tiny --jobs 2
 
 lint: $(STAMP)
 	$(PY) -m ruff check glm4voice tests benchmarks

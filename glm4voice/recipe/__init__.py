@@ -6,7 +6,9 @@ A stage that finished has `OUT/<stage>/done.json` (what it made, how long it too
 recipe runs again; a stage that was interrupted runs again and its trainer resumes from its last
 checkpoint, so a recipe may be stopped and continued any number of times. `only` runs one stage alone (a
 second process may run another beside it, e.g. the vocoder beside the speech tokenizer); a stage already
-running in another process is refused, never run twice at once.
+running in another process is refused, never run twice at once. `jobs` > 1 runs stages whose inputs are
+done side by side, each in its own process (`spawn`: the command that runs one stage alone, i.e. `only`), the
+machine's cores shared among them: on 2 cores the tiny recipe's decoder trains beside its LM stages.
 """
 
 from __future__ import annotations
@@ -27,13 +29,22 @@ class Stage:
     name: str
     run: Callable[[Path, dict], dict]  # (its folder, the finished stages' summaries) -> its summary
     what: str
+    needs: tuple[str, ...] = ()  # the stages whose summaries it reads: what must be done before it starts
 
 
-def run_stages(stages: list[Stage], out, log=print, until: str | None = None, only: str | None = None) -> dict:
+def run_stages(stages: list[Stage], out, log=print, until: str | None = None, only: str | None = None,
+               jobs: int = 1, spawn: Callable[[str], list[str]] | None = None) -> dict:  # fmt: skip
     """Run the stages not yet done, in order; returns every stage's summary (`until`: stop after that one;
-    `only`: that stage alone, the stages it reads done before)."""
+    `only`: that stage alone, the stages it reads done before; `jobs` > 1: up to that many at once, each
+    in a process that `spawn(name)`'s command starts)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    if jobs > 1 and only is None:
+        if until is not None:
+            stages = stages[: [s.name for s in stages].index(until) + 1]
+        from .lanes import run_side_by_side
+
+        return run_side_by_side(stages, out, jobs, spawn, log)
     names = {s.name for s in stages}
     done: dict = {}
     for stage in stages:

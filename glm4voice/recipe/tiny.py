@@ -291,7 +291,7 @@ def speech(sizes: Sizes):
         return made
 
     return Stage("speech", run, "train texts in every voice (augmented), test questions in held-out voice settings, "
-                 "the domain in the assistant's voice")  # fmt: skip
+                 "the domain in the assistant's voice", needs=("texts",))  # fmt: skip
 
 
 def tokenizer(sizes: Sizes):
@@ -319,7 +319,8 @@ def tokenizer(sizes: Sizes):
         return {"released": str(folder / "run" / "tokenizer"), "asr": str(folder / "run" / f"step-{cfg.steps}"),
                 **figures}  # fmt: skip
 
-    return Stage("tokenizer", run, "the speech tokenizer from scratch (ASR through the 12.5 Hz VQ, CTC beside)")
+    return Stage("tokenizer", run, "the speech tokenizer from scratch (ASR through the 12.5 Hz VQ, CTC beside)",
+                 needs=("speech",))  # fmt: skip
 
 
 def _precision(setting: str) -> str:
@@ -357,12 +358,14 @@ def _decoder_run(sizes: Sizes, folder: Path, done: dict, kind: str) -> dict:
 
 def vocoder(sizes: Sizes):
     return Stage("vocoder", lambda folder, done: _decoder_run(sizes, folder, done, "hift"),
-                 "HiFT (mel -> audio) from random weights in the assistant's voice; needs no speech tokenizer")
+                 "HiFT (mel -> audio) from random weights in the assistant's voice; needs no speech tokenizer",
+                 needs=("speech",))  # fmt: skip
 
 
 def decoder(sizes: Sizes):
     return Stage("decoder", lambda folder, done: _decoder_run(sizes, folder, done, "flow"),
-                 "the flow on the speech tokenizer's codes in the assistant's voice, beside the vocoder's HiFT")
+                 "the flow on the speech tokenizer's codes in the assistant's voice, beside the vocoder's HiFT",
+                 needs=("speech", "vocoder", "tokenizer"))  # fmt: skip
 
 
 def codes(sizes: Sizes):
@@ -378,7 +381,8 @@ def codes(sizes: Sizes):
                                "failed": summary.get("failed")}  # fmt: skip
         return made
 
-    return Stage("codes", run, "both corpora through the trained tokenizer (Ray Data) -> shards of codes")
+    return Stage("codes", run, "both corpora through the trained tokenizer (Ray Data) -> shards of codes",
+                 needs=("speech", "tokenizer"))  # fmt: skip
 
 
 def text_tokenizer(sizes: Sizes):
@@ -399,7 +403,8 @@ def text_tokenizer(sizes: Sizes):
             extend_vocab(folder / "bpe", size, folder / "speech")
         return {"text_tokenizer": str(folder / "speech"), "bpe_vocab": sizes.bpe_vocab, "n_audio": size}
 
-    return Stage("text-tokenizer", run, "a byte-level BPE on the training texts, then the speech ids")
+    return Stage("text-tokenizer", run, "a byte-level BPE on the training texts, then the speech ids",
+                 needs=("texts", "tokenizer"))  # fmt: skip
 
 
 def t2t(sizes: Sizes):
@@ -417,19 +422,22 @@ def t2t(sizes: Sizes):
                       resume=resume, **start)  # fmt: skip
         return {"t2t": str(folder / "run" / f"step-{sizes.t2t_steps}"), **_trained(folder / "run", "loss")}
 
-    return Stage("t2t", run, "the text-to-token model from scratch on the assistant's (text, codes) pairs")
+    return Stage("t2t", run, "the text-to-token model from scratch on the assistant's (text, codes) pairs",
+                 needs=("codes", "text-tokenizer"))  # fmt: skip
 
 
 def interleaved(sizes: Sizes):
     def run(folder: Path, done: dict) -> dict:
         from ..data.interleave import InterleaveOptions, interleave
 
+        # no `pairs`: the pre-training mixture reads speech, ASR and TTS from the codes' shards as sources of their
+        # own; here they made 93 % of the "interleaved" 30 % (its real interleaved share was 2 %)
         report = interleave(done["t2t"]["t2t"], [done["texts"]["train_texts"]], folder / "shards",
-                            InterleaveOptions(seq_length=sizes.lm_seq_length), pairs=[done["codes"]["train"]["shards"]],
-                            progress=False)  # fmt: skip
+                            InterleaveOptions(seq_length=sizes.lm_seq_length), progress=False)  # fmt: skip
         return {"shards": str(folder / "shards"), **{k: v for k, v in report.items() if not isinstance(v, list)}}
 
-    return Stage("interleaved", run, "spans of the training texts turned into speech codes by the t2t model")
+    return Stage("interleaved", run, "spans of the training texts turned into speech codes by the t2t model",
+                 needs=("texts", "codes", "t2t"))  # fmt: skip
 
 
 def sft_data(sizes: Sizes):
@@ -454,7 +462,8 @@ def sft_data(sizes: Sizes):
         _write_rows(folder / "sft.jsonl", turns)
         return {"sft": str(folder / "sft.jsonl"), "turns": len(turns)}
 
-    return Stage("sft-data", run, "spoken and typed training questions -> answer text + the assistant's codes")
+    return Stage("sft-data", run, "spoken and typed training questions -> answer text + the assistant's codes",
+                 needs=("speech", "codes"))  # fmt: skip
 
 
 def pretrain(sizes: Sizes):
@@ -479,7 +488,8 @@ def pretrain(sizes: Sizes):
             train_lm(folder / "mixture.json", folder / "run", cfg, resume=resume, **start)
         return {"lm": str(folder / "run" / f"step-{sizes.pretrain_steps}"), **_trained(folder / "run", "loss")}
 
-    return Stage("pretrain", run, "the LM from scratch on text, speech, ASR, TTS and interleaved samples")
+    return Stage("pretrain", run, "the LM from scratch on text, speech, ASR, TTS and interleaved samples",
+                 needs=("texts", "codes", "text-tokenizer", "interleaved"))  # fmt: skip
 
 
 def sft(sizes: Sizes):
@@ -495,7 +505,8 @@ def sft(sizes: Sizes):
                       max_length=sizes.lm_seq_length, resume=resume)  # fmt: skip
         return {"lm": str(folder / "run" / f"step-{sizes.sft_steps}"), **_trained(folder / "run", "loss")}
 
-    return Stage("sft", run, "streaming-thoughts fine-tuning: spoken and typed questions -> interleaved answers")
+    return Stage("sft", run, "streaming-thoughts fine-tuning: spoken and typed questions -> interleaved answers",
+                 needs=("pretrain", "sft-data"))  # fmt: skip
 
 
 def bundle(sizes: Sizes):
@@ -514,7 +525,8 @@ def bundle(sizes: Sizes):
         VoiceChat.from_pretrained(model_dir=target)  # it loads as `--model-dir` will load it
         return {"bundle": str(target), "megabytes": round(megabytes(target), 1)}
 
-    return Stage("bundle", run, "tokenizer/, lm/, decoder/, t2t/ in one folder (what --model-dir takes)")
+    return Stage("bundle", run, "tokenizer/, lm/, decoder/, t2t/ in one folder (what --model-dir takes)",
+                 needs=("tokenizer", "decoder", "t2t", "sft"))  # fmt: skip
 
 
 def evaluation(sizes: Sizes):
@@ -537,7 +549,8 @@ def evaluation(sizes: Sizes):
                 "figures": {suite: {k: v for k, v in f.items() if not isinstance(v, list)}
                             for suite, f in results["suites"].items()}}  # fmt: skip
 
-    return Stage("eval", run, "glm4voice eval of the bundle on the held-out test split")
+    return Stage("eval", run, "glm4voice eval of the bundle on the held-out test split",
+                 needs=("speech", "tokenizer", "bundle"))  # fmt: skip
 
 
 def model_card(sizes: Sizes):
@@ -546,7 +559,8 @@ def model_card(sizes: Sizes):
 
         return {"card": str(write_card(Path(done["bundle"]["bundle"]), done, Path(done["eval"]["report"])))}
 
-    return Stage("card", run, "the bundle's model card (README.md): data, sizes, training times, the eval table")
+    return Stage("card", run, "the bundle's model card (README.md): data, sizes, training times, the eval table",
+                 needs=("bundle", "eval"))  # fmt: skip
 
 
 def stages(smoke: bool = False) -> list[Stage]:

@@ -45,6 +45,11 @@ def test_smoke_recipe_runs_skips_and_resumes(tmp_path, capsys):
     codes = TextToToken.from_pretrained(done["t2t"]["t2t"]).generate(["hello"], T2TConfig(seed=0))[0]
     assert all(0 <= c < 32 for c in codes)
     assert done["interleaved"]["shards"] and done["sft-data"]["turns"] > 0
+    import pyarrow.parquet as pq  # interleaved samples only: the mixture reads the pairs from the codes' shards
+
+    shards = (out / "interleaved" / "shards").glob("*.parquet")
+    kinds = {k for f in shards for k in pq.read_table(f)["kind"].to_pylist()}
+    assert kinds == {"interleaved"}
     # the bundle chats: a spoken question in, text and speech out (random-ish weights: what it says is noise)
     from glm4voice.chat import VoiceChat
     from glm4voice.lm.generate import SamplingConfig
@@ -86,7 +91,7 @@ def test_smoke_recipe_runs_skips_and_resumes(tmp_path, capsys):
     capsys.readouterr()
     for name in trainers:
         (out / name / "done.json").unlink()
-    assert main(["recipe", "tiny", "--smoke", "--out", str(out)]) == 0
+    assert main(["recipe", "tiny", "--smoke", "--out", str(out), "--jobs", "2"]) == 0  # side by side, each alone
     assert capsys.readouterr().out.count('"state": "finished"') == len(trainers)
     assert {name: (out / name / "run" / "metrics.jsonl").read_text() for name in trainers} == logged
     assert all((out / name / "done.json").is_file() for name in trainers)
