@@ -56,11 +56,17 @@ def run_stages(stages: list[Stage], out, log=print, until: str | None = None, on
                 if not marker.is_file():  # another process may have finished it before this one took the lock
                     done[stage.name] = _run(stage, folder, done, names, log)
         if stage.name not in done and marker.is_file():
-            done[stage.name] = json.loads(marker.read_text(encoding="utf-8"))
-            log(json.dumps({"stage": stage.name, "state": "done before", "seconds": done[stage.name]["seconds"]}))
+            done[stage.name] = done_before(marker, stage.name, log)
         if stage.name in (until, only):
             break
     return done
+
+
+def done_before(marker: Path, name: str, log) -> dict:
+    """A stage finished in an earlier run (or another process): its summary, read from its marker."""
+    summary = json.loads(marker.read_text(encoding="utf-8"))
+    log(json.dumps({"stage": name, "state": "done before", "seconds": summary["seconds"]}))
+    return summary
 
 
 def _run(stage: Stage, folder: Path, done: dict, names: set, log) -> dict:
@@ -93,4 +99,4 @@ def _running(folder: Path, name: str):
         yield
 
 
-__all__ = ["Stage", "run_stages"]
+__all__ = ["Stage", "done_before", "run_stages"]

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..errors import Glm4VoiceError
+from . import done_before
 
 POLL_SECONDS = 0.5
 
@@ -30,12 +31,8 @@ def run_side_by_side(stages: list, out: Path, jobs: int, spawn: Callable[[str], 
     for s in stages:
         if not set(s.needs) <= set(names[: names.index(s.name)]):
             raise ValueError(f"stage {s.name} needs {s.needs}: every one must come before it")
-    done = {}
-    for s in stages:
-        marker = out / s.name / "done.json"
-        if marker.is_file():
-            done[s.name] = json.loads(marker.read_text(encoding="utf-8"))
-            log(json.dumps({"stage": s.name, "state": "done before", "seconds": done[s.name]["seconds"]}))
+    done = {s.name: done_before(out / s.name / "done.json", s.name, log) for s in stages
+            if (out / s.name / "done.json").is_file()}  # fmt: skip
     cores = os.cpu_count() or 1
     running: dict[str, tuple[subprocess.Popen, int]] = {}  # name -> (its process, its threads)
     failed: list[tuple[str, int]] = []
