@@ -73,6 +73,8 @@ def _add_transcribe(sub) -> None:
     add_speech_tokenizer(p, required=True)
     p.add_argument("files", nargs="+", help="audio files (anything soundfile reads)")
     p.add_argument("--batch-size", type=int, default=8, help="30 s pieces per forward pass")
+    p.add_argument("--language", choices=("en", "zh"), default=None,
+                   help="the files' language, given to the decoder (default: it names the language itself)")
     p.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:1, ...)")
 
 
@@ -92,7 +94,8 @@ def _run_transcribe(args) -> int:
             failed += 1
             print(json.dumps({"file": name, "error": str(exc)}, ensure_ascii=False), flush=True)
             continue
-        text = transcribe(model, codec, [wave], batch_size=args.batch_size)[0]
+        langs = None if args.language is None else [args.language]
+        text = transcribe(model, codec, [wave], batch_size=args.batch_size, langs=langs)[0]
         print(json.dumps({"file": name, "text": text}, ensure_ascii=False), flush=True)
     if failed:
         print(f"glm4voice transcribe: {failed} of {len(args.files)} files failed", file=sys.stderr)

@@ -38,7 +38,7 @@ import torch
 from ..errors import Glm4VoiceError
 from ..lm.text import TextTokenizer
 from .manifest import parquet_rows
-from .sft import IGNORE, TrainingSample
+from .sft import IGNORE, TrainingSample, asr_sample, speech_ids, text_sample
 
 KINDS = ("text", "speech", "asr", "tts", "interleaved", "sft")
 
@@ -108,14 +108,12 @@ def read_mixture(path: str | os.PathLike) -> Mixture:
 
 def load_samples(source: Source, tok: TextTokenizer) -> list[TrainingSample]:
     """Every sample of one source, as LM ids with their labels."""
-    eos = tok.token_id("<|endoftext|>")
     samples: list[TrainingSample] = []
     if source.kind == "text":
         from .text_corpus import documents
 
         for doc in documents(fortunes=False, files=tuple(str(p) for p in source.paths)):
-            ids = tok.encode(doc.text) + [eos]
-            samples.append(TrainingSample(ids, list(ids)))
+            samples.append(text_sample(tok, doc.text))
     elif source.kind == "sft":
         from .sft import read_sft_manifest
 
@@ -128,18 +126,16 @@ def load_samples(source: Source, tok: TextTokenizer) -> list[TrainingSample]:
                 raise Glm4VoiceError(f"{source.name}: a row's ids and loss_mask differ in length (or are empty)")
             samples.append(TrainingSample(list(ids), [i if m else IGNORE for i, m in zip(ids, mask)]))
     else:  # speech, asr, tts: tokenize-corpus shards
-        boa, eoa = tok.token_id("<|begin_of_audio|>"), tok.token_id("<|end_of_audio|>")
         for row in parquet_rows(source.paths, ("codes", "text")):
             if not row["codes"] or (source.kind != "speech" and not row["text"]):
                 continue  # a failed file, or (asr, tts) an utterance without a transcript
-            speech = [boa, *tok.audio_ids(row["codes"]), eoa]
+            speech = speech_ids(tok, row["codes"])
             if source.kind == "speech":
                 samples.append(TrainingSample(speech, list(speech)))
-                continue
-            text = tok.encode(row["text"]) + [eos]
-            if source.kind == "asr":
-                samples.append(TrainingSample(speech + text, [IGNORE] * len(speech) + text))
+            elif source.kind == "asr":
+                samples.append(asr_sample(tok, row["codes"], row["text"]))
             else:
+                text = text_sample(tok, row["text"]).input_ids
                 samples.append(TrainingSample(text + speech, [IGNORE] * len(text) + speech))
     if not samples:
         raise Glm4VoiceError(f"{source.name} ({', '.join(map(str, source.paths))}): no samples")

@@ -14,6 +14,11 @@ loss. The stop id carries it in both: each copy must learn to end its reply.
     codes = speech_tokenizer.tokenize("answer.wav")       # its 12.5 Hz speech codes
     text_copy, speech_copy = sft_samples(text_tokenizer, UserInput(speech=question_codes), ids, codes)
     batch = collate([text_copy, speech_copy], pad_id=text_tokenizer.token_id("<|endoftext|>"))
+
+A manifest may also hold replay rows, pre-training samples laid out as the mixture lays them out
+(`text_sample`, `asr_sample`): a small model fine-tuned for thousands of steps on questions forgets what
+it read and heard before (facts behind held-out questions, words outside the questions); a share of those
+samples among the turns keeps them.
 """
 
 from __future__ import annotations
@@ -82,6 +87,24 @@ def sft_samples(
     return TrainingSample(ids, text_labels), TrainingSample(list(ids), speech_labels)
 
 
+def text_sample(tokenizer: TextTokenizer, text: str) -> TrainingSample:
+    """A text-LM sample: the text's ids and `<|endoftext|>`, loss on every id (the mixture's `text` kind)."""
+    ids = tokenizer.encode(text) + [tokenizer.token_id("<|endoftext|>")]
+    return TrainingSample(ids, list(ids))
+
+
+def speech_ids(tokenizer: TextTokenizer, codes: Sequence[int]) -> list[int]:
+    """`<|begin_of_audio|>` codes `<|end_of_audio|>` as LM ids (the mixture's speech segment)."""
+    boa, eoa = tokenizer.token_id("<|begin_of_audio|>"), tokenizer.token_id("<|end_of_audio|>")
+    return [boa, *tokenizer.audio_ids(codes), eoa]
+
+
+def asr_sample(tokenizer: TextTokenizer, codes: Sequence[int], text: str) -> TrainingSample:
+    """Speech, then its transcript and `<|endoftext|>`, loss on the transcript (the mixture's `asr` kind)."""
+    speech, text_ids = speech_ids(tokenizer, codes), text_sample(tokenizer, text).input_ids
+    return TrainingSample(speech + text_ids, [IGNORE] * len(speech) + text_ids)
+
+
 def collate(samples: Sequence[TrainingSample], pad_id: int, max_length: int | None = None) -> dict[str, torch.Tensor]:
     """Right-padded batch: input_ids, labels (IGNORE on padding), attention_mask; [B, T] each.
 
@@ -110,6 +133,9 @@ def read_sft_manifest(path, tokenizer: TextTokenizer) -> list[TrainingSample]:
         {"question": {"codes": [12, 907, ...]} | {"text": "..."},
          "answer_text": "...", "answer_codes": [33, 1021, ...], "system": "..." (optional)}
 
+    or a replay row, one sample: `{"replay": "text", "text": "..."}` (`text_sample`) or
+    `{"replay": "asr", "codes": [...], "text": "..."}` (`asr_sample`).
+
     Any bad line is an error naming the file and line; nothing is skipped silently.
     """
     from ..jsonl import read_jsonl
@@ -119,6 +145,9 @@ def read_sft_manifest(path, tokenizer: TextTokenizer) -> list[TrainingSample]:
         try:
             if not isinstance(row, dict):
                 raise ValueError("each line is a JSON object")
+            if "replay" in row:
+                samples.append(_replay(row, tokenizer))
+                continue
             question = row["question"]
             if isinstance(question, dict) and set(question) == {"codes"}:
                 user = UserInput(speech=_codes(question["codes"], tokenizer))
@@ -140,6 +169,20 @@ def read_sft_manifest(path, tokenizer: TextTokenizer) -> list[TrainingSample]:
     if not samples:
         raise Glm4VoiceError(f"{path}: no samples")
     return samples
+
+
+def _replay(row: dict, tokenizer: TextTokenizer) -> TrainingSample:
+    kind, text = row["replay"], row["text"]
+    if not isinstance(text, str) or not text.strip():
+        raise ValueError("a replay row's text must be a non-empty string")
+    if kind == "text":
+        return text_sample(tokenizer, text)
+    if kind == "asr":
+        codes = _codes(row["codes"], tokenizer)
+        if not codes:
+            raise ValueError("an asr replay row needs speech codes")
+        return asr_sample(tokenizer, codes, text)
+    raise ValueError(f'replay must be "text" or "asr", not {kind!r}')
 
 
 def _codes(values, tokenizer: TextTokenizer) -> list[int]:

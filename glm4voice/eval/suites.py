@@ -58,7 +58,7 @@ def asr(bundle, rows) -> dict:
     rows = [r for r in rows if r.audio and r.text and r.lang in ("en", "zh")]
     _need(rows, "rows with audio, text and lang", "asr")
     model, codec = bundle.asr
-    hyps = transcribe(model, codec, [_load(r) for r in rows])
+    hyps = transcribe(model, codec, [_load(r) for r in rows], langs=[r.lang for r in rows])  # never guessed
     totals: dict = defaultdict(lambda: [0, 0])
     for row, hyp in zip(rows, hyps):
         wrong, n = errors(row.text, hyp, row.lang)

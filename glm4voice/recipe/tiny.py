@@ -16,7 +16,8 @@ Stages, each a folder of OUT:
     text-tokenizer  a byte-level BPE on the training texts (`train-bpe`), then the speech ids (`extend-vocab`)
     t2t        the text-to-token model from scratch on the assistant's (text, codes) pairs (`train-t2t`)
     interleaved  the training texts with spans turned into speech codes (`data interleave`), plus the pairs
-    sft-data   spoken (and some typed) training questions -> their answers' text and the assistant's codes
+    sft-data   spoken and typed training questions -> their answers' text and the assistant's codes, and replay
+               rows: the facts and stories as text, other training utterances as ASR (what SFT must not forget)
     pretrain   the LM from scratch on the mixture: text, speech, ASR, TTS, interleaved (`train-lm`)
     sft        streaming-thoughts fine-tuning on the SFT data (`train-sft`)
     bundle     tokenizer/, lm/, decoder/, t2t/ in one folder: what `--model-dir` takes
@@ -80,7 +81,9 @@ class Sizes:
     lm_seq_length: int = 1024
     pretrain_steps: int = 1200
     sft_steps: int = 12000  # was 2000, then 4000; 12000: held-out QA T->T 19/24 % -> 41/34 % (README "SFT length")
-    typed_every: int = 4  # every n-th training question is also a typed one
+    typed_every: int = 1  # every n-th training question is also a typed one (was 4: README "SFT replay")
+    replay_roles: tuple = ("fact", "story")  # training texts of these roles ride along in SFT as text samples
+    asr_replay: int = 2000  # training utterances (not questions) ride along in SFT as ASR samples
     eval_suites: tuple = ("asr", "recon", "tts", "qa", "cloze", "rate", "latency")
     eval_limit: int | None = 6  # rows of each (role, task, language): the eval in minutes, not an hour
 
@@ -105,8 +108,8 @@ SMOKE = Sizes(rows=2, fortunes={"en": 1, "zh": 1}, fortune_chars={"en": 80, "zh"
               lm_config=(("hidden_size", 32), ("intermediate_size", 64), ("num_hidden_layers", 1),
                          ("num_attention_heads", 2), ("num_key_value_heads", 1), ("head_dim", 16),
                          ("max_position_embeddings", 2048)),
-              lm_seq_length=512, pretrain_steps=2, sft_steps=2, typed_every=2, eval_suites=("asr", "cloze"),
-              eval_limit=1)  # fmt: skip
+              lm_seq_length=512, pretrain_steps=2, sft_steps=2, typed_every=2, asr_replay=2,
+              eval_suites=("asr", "cloze"), eval_limit=1)  # fmt: skip
 
 
 def _write_rows(path: Path, rows: list[dict]) -> None:
@@ -449,21 +452,31 @@ def sft_data(sizes: Sizes):
             return {r["id"]: r["codes"] for r in rows if r["codes"]}
 
         heard, answers = codes_of("train"), codes_of("assistant")
-        turns, n = [], 0
+        turns, others, n = [], [], 0
         for row in read_manifest(done["speech"]["train"]["manifest"]):
             extra = row.extra
-            if extra.get("role") != "question" or row.id not in heard or extra.get("answer_id") not in answers:
+            if extra.get("role") != "question":
+                others += [row] if row.id in heard and row.text.strip() else []
+                continue
+            if row.id not in heard or extra.get("answer_id") not in answers:
                 continue
             answer = {"answer_text": extra["answer"], "answer_codes": answers[extra["answer_id"]]}
             turns.append({"question": {"codes": heard[row.id]}, **answer})
             n += 1
             if n % sizes.typed_every == 0:
                 turns.append({"question": {"text": row.text}, **answer})
-        _write_rows(folder / "sft.jsonl", turns)
-        return {"sft": str(folder / "sft.jsonl"), "turns": len(turns)}
+        # replay: what pre-training taught that the turns do not repeat (facts behind held-out questions,
+        # stories, words heard outside questions), so thousands of fine-tuning steps do not wipe it out
+        texts = [r for _, r in read_jsonl(done["texts"]["train_texts"], "train texts")]
+        replay = [{"replay": "text", "text": r["text"]} for r in texts if r.get("role") in sizes.replay_roles]
+        step = max(1, len(others) // sizes.asr_replay) if sizes.asr_replay else 0
+        heard_rows = others[::step][: sizes.asr_replay] if step else []
+        replay += [{"replay": "asr", "codes": heard[r.id], "text": r.text} for r in heard_rows]
+        _write_rows(folder / "sft.jsonl", turns + replay)
+        return {"sft": str(folder / "sft.jsonl"), "turns": len(turns), "replay": len(replay)}
 
-    return Stage("sft-data", run, "spoken and typed training questions -> answer text + the assistant's codes",
-                 needs=("speech", "codes"))  # fmt: skip
+    return Stage("sft-data", run, "spoken and typed training questions -> answer text + the assistant's codes, "
+                 "and replay rows", needs=("texts", "speech", "codes"))  # fmt: skip
 
 
 def pretrain(sizes: Sizes):

@@ -107,12 +107,20 @@ class TranscriptCodec:
     def save(self, folder: Path) -> None:
         self.tokenizer.save(str(Path(folder) / "tokenizer.json"))
 
-    def encode(self, text: str, lang: str) -> list[int]:
+    def lang_id(self, lang: str) -> int:
         lang_id = self.tokenizer.token_to_id(f"<|{lang}|>")
         if lang_id is None:
             raise CheckpointError(f"the transcript tokenizer has no language token <|{lang}|>")
+        return lang_id
+
+    def prefix(self, lang: str | None = None) -> list[int]:
+        """What a transcript starts with: <|startoftranscript|> alone (the decoder names the language), or with
+        the language and task given, as in training, so a known language is never guessed wrong."""
+        return [self.sot] if lang is None else [self.sot, self.lang_id(lang), *self.task]
+
+    def encode(self, text: str, lang: str) -> list[int]:
         body = self.tokenizer.encode(text, add_special_tokens=False).ids
-        return [self.sot, lang_id, *self.task, *body, self.eot]
+        return [*self.prefix(lang), *body, self.eot]
 
     def decode(self, ids) -> str:
         return self.tokenizer.decode([i for i in ids if i not in self.specials], skip_special_tokens=True).strip()
@@ -277,20 +285,23 @@ class AsrTokenizer(nn.Module):
 
     @torch.no_grad()
     def transcribe_ids(self, features, mask, codec: TranscriptCodec, max_ids: int = 200,
-                       bypass: bool = False) -> list[list[int]]:  # fmt: skip
-        """Greedy transcripts (ids after <|startoftranscript|>) of a batch. Under torchrun every rank takes
-        the same number of steps (FSDP needs it), stopping when all are done. `bypass`: as `encode`."""
+                       bypass: bool = False, langs: list[str] | None = None) -> list[list[int]]:  # fmt: skip
+        """Greedy transcripts (ids after the prefix) of a batch. Under torchrun every rank takes the same number
+        of steps (FSDP needs it), stopping when all are done. `bypass`: as `encode`; `langs`: as `greedy_ids`."""
         encoded, m, _, _ = self.encode(features, mask, bypass=bypass)
-        return self.greedy_ids(encoded, m, codec, max_ids)
+        return self.greedy_ids(encoded, m, codec, max_ids, langs=langs)
 
     @torch.no_grad()
-    def greedy_ids(self, encoded, m, codec: TranscriptCodec, max_ids: int = 200) -> list[list[int]]:
-        """`transcribe_ids` over `encode`'s output [B, T', D] and mask [B, T'] (a caller that encoded already)."""
+    def greedy_ids(self, encoded, m, codec: TranscriptCodec, max_ids: int = 200,
+                   langs: list[str] | None = None) -> list[list[int]]:  # fmt: skip
+        """`transcribe_ids` over `encode`'s output [B, T', D] and mask [B, T'] (a caller that encoded already).
+        `langs` (one per row): each transcript starts from its language and task tokens instead of guessing them."""
         import torch.distributed as dist
 
-        ids = torch.full((encoded.shape[0], 1), codec.sot, dtype=torch.long, device=encoded.device)
+        starts = [codec.prefix(lang) for lang in langs] if langs is not None else [codec.prefix()] * len(encoded)
+        ids = torch.tensor(starts, dtype=torch.long, device=encoded.device)  # [B, 1 or 4]
         done = torch.zeros(encoded.shape[0], dtype=torch.bool, device=encoded.device)
-        limit = min(max_ids, self.config.get("max_target_positions", 448) - 1)
+        limit = min(max_ids, self.config.get("max_target_positions", 448) - ids.shape[1])
         for _ in range(limit):
             nxt = self.logits(encoded, ids, m)[:, -1].argmax(-1)
             nxt = torch.where(done, torch.full_like(nxt, codec.eot), nxt)
@@ -302,7 +313,7 @@ class AsrTokenizer(nn.Module):
             if flag.item() == 1.0:
                 break
         out = []
-        for row in ids[:, 1:].tolist():
+        for row in ids[:, len(starts[0]) :].tolist():
             out.append(row[: row.index(codec.eot)] if codec.eot in row else row)
         return out
 
@@ -443,8 +454,10 @@ def write_released_folder(model: AsrTokenizer, folder: Path, weights: dict | Non
 
 
 @torch.no_grad()
-def transcribe(model: AsrTokenizer, codec: TranscriptCodec, waves, batch_size: int = 8) -> list[str]:
-    """16 kHz waves -> transcripts through the quantized bottleneck; longer than 30 s: 30 s pieces, joined."""
+def transcribe(model: AsrTokenizer, codec: TranscriptCodec, waves, batch_size: int = 8,
+               langs: list[str] | None = None) -> list[str]:  # fmt: skip
+    """16 kHz waves -> transcripts through the quantized bottleneck; longer than 30 s: 30 s pieces, joined.
+    `langs` (one per wave): the known languages, given to the decoder rather than left to its guess."""
     from ..audio import whisper_log_mel
     from .offline import PIECE_SAMPLES
 
@@ -454,7 +467,8 @@ def transcribe(model: AsrTokenizer, codec: TranscriptCodec, waves, batch_size: i
     for start in range(0, len(pieces), batch_size):
         group = pieces[start : start + batch_size]
         features, mask = whisper_log_mel([w for _, w in group], device=device)
-        for (i, _), ids in zip(group, model.transcribe_ids(features, mask, codec)):
+        group_langs = [langs[i] for i, _ in group] if langs is not None else None
+        for (i, _), ids in zip(group, model.transcribe_ids(features, mask, codec, langs=group_langs)):
             texts[i].append(codec.decode(ids))
     return [" ".join(t for t in parts if t) for parts in texts]
 

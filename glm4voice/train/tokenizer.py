@@ -124,18 +124,21 @@ def labels_for(codec, rows, device) -> tuple[torch.Tensor, torch.Tensor]:
 
 def error_rates(model, codec, data: Utterances, device, batch: int = 8, rank: int = 0, world: int = 1,
                 bypass: bool = False) -> dict:  # fmt: skip
-    """WER (en) and CER (zh) of greedy transcripts, and codebook usage, over `data` (ranks share it); with a CTC
-    head, also those of its greedy transcripts (`ctc_wer_en`, `ctc_cer_zh`: the encoder's own hearing), and with an
-    intermediate one, its own (`inter_ctc_wer_en`, `inter_ctc_cer_zh`: what the 50 Hz states hear); a head on
-    phonemes is scored by phoneme error rate instead (`ctc_per_en`, `inter_ctc_per_zh`, ...).
+    """WER (en) and CER (zh) of greedy transcripts (from each row's language and task tokens, as in training),
+    how often the decoder would have named the language itself (`lang_accuracy`), and codebook usage, over
+    `data` (ranks share it); with a CTC head, also those of its greedy transcripts (`ctc_wer_en`, `ctc_cer_zh`:
+    the encoder's own hearing), and with an intermediate one, its own (`inter_ctc_wer_en`, `inter_ctc_cer_zh`:
+    what the 50 Hz states hear); a head on phonemes is scored by phoneme error rate instead (`ctc_per_en`,
+    `inter_ctc_per_zh`, ...).
 
     `bypass` (the VQ warm-up): transcripts of the unquantized encoder, and no codebook usage (no codebook yet)."""
     from ..scoring import errors, symbol_errors
 
     ctc, inter = model.ctc_head is not None, model.inter_ctc_head is not None
     phonemic = {0: False, 4: model.phonemic, 8: model.inter_phonemic}  # which transcripts are phonemes
-    # en errors, en words, zh errors, zh chars; then the same for the CTC and the intermediate CTC transcripts
-    totals = torch.zeros(12, dtype=torch.float64, device=device)
+    # en errors, en words, zh errors, zh chars; then the same for the CTC and the intermediate CTC transcripts;
+    # then languages guessed right, rows
+    totals = torch.zeros(14, dtype=torch.float64, device=device)
     counts = torch.zeros(model.vq.size, dtype=torch.float64, device=device)  # codes over the validation frames
     mine = list(range(rank, len(data), world))
     rounds = -(-len(data) // world)  # every rank runs as many batches (FSDP), repeating its last if short
@@ -145,13 +148,18 @@ def error_rates(model, codec, data: Utterances, device, batch: int = 8, rank: in
         features, mask = data.features(picked, device)
         pre_pool = [] if inter else None
         encoded, m, _, h = model.encode(features, mask, bypass=bypass, pre_pool=pre_pool)  # h: codebook usage
-        hyps = model.greedy_ids(encoded, m, codec)  # one encoder pass serves the decoder and both CTC heads
+        langs = [data.rows[k].lang for k in picked]  # given to the decoder: a transcript, not a language guess
+        hyps = model.greedy_ids(encoded, m, codec, langs=langs)  # one encoder pass: the decoder and both CTC heads
+        start = torch.full((len(picked), 1), codec.sot, dtype=torch.long, device=device)
+        guessed = model.logits(encoded, start, m)[:, -1].argmax(-1).tolist()  # the language it would have said
         ctc_hyps = model.ctc_ids(encoded, m, model.blank(codec.eot)) if ctc else None
         inter_hyps = model.inter_ctc_ids(pre_pool, model.inter_blank(codec.eot)) if inter else None
         for i, keep in zip(range(len(picked)), real):
             if not keep:
                 continue
             row = data.rows[picked[i]]
+            totals[12] += guessed[i] == codec.lang_id(row.lang)
+            totals[13] += 1
             sounds = phoneme_targets(model, [row])[0] if any(phonemic.values()) else None  # once for both
             if not bypass:
                 counts += torch.bincount(model.vq.nearest(h[i][m[i]]), minlength=model.vq.size).to(counts)
@@ -176,6 +184,8 @@ def error_rates(model, codec, data: Utterances, device, batch: int = 8, rank: in
         out = {"vq_bypassed": True}
     else:
         out = {"codes_used": round(float((counts > 0).double().mean()), 4), "code_perplexity": round(perplexity, 2)}
+    if totals[13]:
+        out["lang_accuracy"] = round(float(totals[12] / totals[13]), 4)
     for prefix, offset in (("", 0), ("ctc_", 4), ("inter_ctc_", 8)):
         en, zh = ("per_en", "per_zh") if phonemic[offset] else ("wer_en", "cer_zh")
         if totals[offset + 1]:

@@ -99,3 +99,37 @@ def test_batch_trains_the_lm_on_exactly_the_unmasked_ids(tok, lm_folder):
     assert torch.isfinite(out.loss) and torch.allclose(out.loss, manual, atol=1e-5)
     out.loss.backward()  # the batch is trainable as it is
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in lm.parameters())
+
+
+def test_replay_rows_are_the_mixtures_samples(tok, tmp_path):
+    """A manifest's replay rows give one sample each, laid out and labelled exactly as the pre-training
+    mixture's `text` and `asr` sources lay out the same text and codes; bad ones name their line."""
+    import json
+
+    from glm4voice.data.mixture import Source, load_samples
+    from glm4voice.data.sft import read_sft_manifest
+
+    codes = [3, 1, 4, 1, 5]
+    rows = [{"question": {"text": "hi"}, "answer_text": "hello", "answer_codes": [7, 8]},
+            {"replay": "text", "text": "The capital of Peru is Lima."},
+            {"replay": "asr", "codes": codes, "text": "three one four"}]  # fmt: skip
+    path = tmp_path / "sft.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    samples = read_sft_manifest(path, tok)
+    assert len(samples) == 2 + 1 + 1  # a turn's two copies, then one sample per replay row
+    fact = {"id": "f", "text": "The capital of Peru is Lima.", "lang": "en"}
+    (tmp_path / "t.jsonl").write_text(json.dumps(fact) + "\n")
+    (text,) = load_samples(Source("text", [tmp_path / "t.jsonl"], 1.0), tok)
+    assert samples[2] == text and samples[2].labels == samples[2].input_ids
+    asr = samples[3]
+    heard = len(codes) + 2  # begin-of-audio, the codes, end-of-audio: no loss; the transcript and its end: loss
+    assert asr.input_ids[heard:] == tok.encode("three one four") + [tok.token_id("<|endoftext|>")]
+    assert asr.labels == [IGNORE] * heard + asr.input_ids[heard:]
+    assert asr.input_ids[1:heard - 1] == tok.audio_ids(codes)
+    for bad, message in (({"replay": "asr", "codes": [], "text": "x"}, "needs speech codes"),
+                         ({"replay": "tts", "text": "x"}, "replay must be"),
+                         ({"replay": "text", "text": " "}, "non-empty"),
+                         ({"replay": "text"}, "missing 'text'")):  # fmt: skip
+        path.write_text(json.dumps(bad) + "\n")
+        with pytest.raises(Glm4VoiceError, match=f"sft.jsonl:1: .*{message}"):
+            read_sft_manifest(path, tok)

@@ -45,6 +45,8 @@ def test_smoke_recipe_runs_skips_and_resumes(tmp_path, capsys):
     codes = TextToToken.from_pretrained(done["t2t"]["t2t"]).generate(["hello"], T2TConfig(seed=0))[0]
     assert all(0 <= c < 32 for c in codes)
     assert done["interleaved"]["shards"] and done["sft-data"]["turns"] > 0
+    sft_rows = [json.loads(line) for line in (out / "sft-data" / "sft.jsonl").read_text().splitlines()]
+    assert {r.get("replay") for r in sft_rows} == {None, "text", "asr"}  # turns, and both kinds of replay
     import pyarrow.parquet as pq  # interleaved samples only: the mixture reads the pairs from the codes' shards
 
     shards = (out / "interleaved" / "shards").glob("*.parquet")

@@ -56,6 +56,21 @@ def test_overfits_to_zero_error(trained):
     assert final["wer_en"] == 0.0 and final["cer_zh"] == 0.0  # greedy, through the quantized bottleneck
     assert 0 < final["codes_used"] <= 1 and final["code_perplexity"] > 1
     assert "ctc_wer_en" not in final  # no CTC head, no CTC transcripts
+    assert final["lang_accuracy"] == 1.0  # the language it was not asked for, it would have named right
+
+
+def test_a_given_language_starts_the_transcript(trained, corpus):
+    """With the language given, the decoder continues from <sot><lang><transcribe><notimestamps>: the ids it
+    returns are the transcript's body alone, exactly the training target's."""
+    from glm4voice.audio import load_audio, whisper_log_mel
+
+    out, _ = trained
+    model, codec = load_asr(out / "step-100")
+    features, mask = whisper_log_mel([load_audio(corpus / "c.wav"), load_audio(corpus / "a.wav")])
+    given = model.eval().transcribe_ids(features, mask, codec, langs=["zh", "en"])
+    assert given == [codec.encode("你好世界", "zh")[4:-1], codec.encode("red green blue", "en")[4:-1]]
+    guessed = model.transcribe_ids(features, mask, codec)  # from <sot> alone: the language token comes first
+    assert guessed[0][0] == codec.lang_id("zh") and codec.decode(guessed[0]) == "你好世界"
 
 
 def test_exports_load_and_give_the_training_quantizer_codes(trained, corpus):
@@ -75,6 +90,10 @@ def test_exports_load_and_give_the_training_quantizer_codes(trained, corpus):
                            str(corpus / "c.wav"), str(corpus / "missing.wav")], capture_output=True, text=True)
     lines = [json.loads(line) for line in done.stdout.splitlines()]
     assert done.returncode == 1 and lines[0]["text"] == "你好世界" and "no such file" in lines[1]["error"]
+    given = subprocess.run([sys.executable, "-m", "glm4voice", "transcribe", "--speech-tokenizer",
+                            str(out / "step-100"), "--language", "zh", str(corpus / "c.wav")],
+                           capture_output=True, text=True)  # fmt: skip
+    assert given.returncode == 0 and json.loads(given.stdout)["text"] == "你好世界"
     released = subprocess.run([sys.executable, "-m", "glm4voice", "transcribe", "--speech-tokenizer",
                                str(out / "tokenizer"), str(corpus / "a.wav")], capture_output=True, text=True)
     assert released.returncode == 2 and "no Whisper decoder" in released.stderr and "Traceback" not in released.stderr
