@@ -372,14 +372,16 @@ def _read_config(path) -> dict:
 @torch.no_grad()
 def _codebook_from_data(model, data: Utterances, groups: list[list[int]], dist: Dist) -> None:
     """A fresh codebook: k-means (10 Lloyd steps) of encoder outputs from batches spread over the corpus's
-    length range (up to 16, until there are four frames per code). Random frames alone make a codebook that
+    length range (up to 16, until there are four frames per code; until 2026-12-07 taken shortest first, so
+    the recipe's drew from the shortest third of its utterances). Random frames alone make a codebook that
     collapses: most frames lie nearest a few of them (seen here: 49 codes in a batch, then 3-10);
     k-means places the codes where the frames are. An empty cluster restarts at the frame farthest from its
     code. Rank 0's codebook is broadcast, so every rank starts from the same one."""
     size = model.vq.size
     chunks, n = [], 0
-    for group in groups[:: max(1, len(groups) // 16)][:16]:
-        features, mask = data.features(group, dist.device)
+    spread = groups[:: max(1, len(groups) // 16)][:16]  # groups come in length order
+    for k in spanning_order(len(spread)):  # the frames suffice after a few: not the shortest few alone
+        features, mask = data.features(spread[k], dist.device)
         _, m, _, h = model.encode(features, mask, bypass=True)
         chunks.append(h[m].float())
         n += len(chunks[-1])
@@ -393,6 +395,11 @@ def _codebook_from_data(model, data: Utterances, groups: list[list[int]], dist: 
     model.vq.codebook.copy_(book)
     model.vq.ema_weight.copy_(book)
     model.vq.ema_count.fill_(1.0)
+
+
+def spanning_order(n: int) -> list[int]:
+    """0..n-1 (n <= 16) in bit-reversed order (0, 8, 4, 12, 2, ...): every prefix spreads over the whole range."""
+    return sorted(range(n), key=lambda i: int(f"{i:04b}"[::-1], 2))
 
 
 def kmeans(frames: torch.Tensor, k: int, steps: int = 10, seed: int = 0) -> torch.Tensor:

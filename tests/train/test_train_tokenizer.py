@@ -443,3 +443,13 @@ def test_the_packaged_tiny_config_builds_a_model_whose_heads_both_hear_phonemes(
     pre_pool = []
     encoded, m, _, _ = model.encode(features, mask, pre_pool=pre_pool)
     assert encoded.shape[1] == 25 and torch.isfinite(model.ctc_loss(encoded, m, [list(range(1, 40))], 0))
+
+
+def test_the_codebook_frames_span_the_length_range():
+    """The k-means frames come from batches in bit-reversed order: any first few spread over all lengths."""
+    from glm4voice.train.tokenizer import spanning_order
+
+    order = spanning_order(16)
+    assert sorted(order) == list(range(16)) and order[:4] == [0, 8, 4, 12]
+    assert max(order[:6]) >= 12 and min(order[:6]) == 0  # six batches reach from the shortest to the longest
+    assert sorted(spanning_order(5)) == list(range(5)) and spanning_order(1) == [0]
