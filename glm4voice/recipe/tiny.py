@@ -25,7 +25,8 @@ Stages, each a folder of OUT:
                voice settings), the ASR suite on the tokenizer's ASR-layout checkpoint
     card       the bundle's README.md (recipe/card.py): data, parts, training times, the eval table
 
-`--smoke` runs every stage on a handful of rows in seconds.
+`--smoke` runs every stage on a handful of rows in seconds. "findings" in the comments below is docs/findings.md,
+the measurements behind each setting.
 """
 
 from __future__ import annotations
@@ -60,14 +61,15 @@ class Sizes:
     eval_every: int
     save_every: int
     workers: int
-    flow_steps: int = 16000  # was 2400, then 4800: valid mel L1 1.27 -> 1.12 -> 0.96 (README "The flow's length")
+    # flow_steps was 2400, then 4800: valid mel L1 1.27 -> 1.12 -> 0.96 (docs/findings.md, "The flow's length")
+    flow_steps: int = 16000
     hift_steps: int = 2000
     decoder_batch: int = 8
     crop_codes: int = 40
     flow_lr: float = 1e-3  # peak (after 500 warm-up steps), linear decay to a tenth; was 5e-4 with 4800 steps
     flow_precision: str = "auto"  # bf16 autocast (fp32 weights) where the CPU has bf16 instructions: 1.31x the
     # float32 step's speed on AVX-512 bf16 (README "Decoder training"); elsewhere "none": emulated, it is far slower
-    flow_prior_weight: float = 0.0  # Matcha-TTS's prior loss on mu: 1.0 did not help (README "The flow's length")
+    flow_prior_weight: float = 0.0  # Matcha-TTS's prior loss on mu: 1.0 did not help (findings: the flow's length)
     crop_frames: int = 64
     bpe_vocab: int = 2000  # with bf16 storage, what keeps the bundle within 40 MB
     t2t_config: tuple = (("hidden_size", 256), ("intermediate_size", 768), ("num_hidden_layers", 4),
@@ -80,8 +82,8 @@ class Sizes:
                         ("max_position_embeddings", 2048))  # fmt: skip
     lm_seq_length: int = 1024
     pretrain_steps: int = 1200
-    sft_steps: int = 12000  # was 2000, then 4000; 12000: held-out QA T->T 19/24 % -> 41/34 % (README "SFT length")
-    typed_every: int = 1  # every n-th training question is also a typed one (was 4: README "SFT replay")
+    sft_steps: int = 12000  # was 2000, then 4000; 12000: held-out QA T->T 19/24 % -> 41/34 % (findings: SFT length)
+    typed_every: int = 1  # every n-th training question is also a typed one (was 4: findings, "SFT replay")
     replay_roles: tuple = ("fact", "story")  # training texts of these roles ride along in SFT as text samples
     asr_replay: int = 2000  # training utterances (not questions) ride along in SFT as ASR samples
     eval_suites: tuple = ("asr", "recon", "tts", "qa", "cloze", "rate", "latency")
@@ -89,7 +91,7 @@ class Sizes:
 
 
 FULL = Sizes(rows=None, fortunes={"en": 2500, "zh": 1500}, fortune_chars={"en": 100, "zh": 30},
-             word_lists={"en": 8000, "zh": 8000},  # was 2000 each (the 2026-12-06 bundle): README "Word lists"
+             word_lists={"en": 8000, "zh": 8000},  # was 2000 each (the 2026-12-06 bundle): findings, "Word lists"
              tokenizer_config=None, tokenizer_steps=16000, vq_warmup=4000, batch_seconds=30.0,
              tokenizer_max_seconds=15.0, vocab_size=500, lr=1e-3, eval_every=1000, save_every=500,
              workers=2)  # fmt: skip
