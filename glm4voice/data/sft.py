@@ -131,7 +131,11 @@ def read_sft_manifest(path, tokenizer: TextTokenizer) -> list[TrainingSample]:
     """A JSONL file, one turn per line -> its two samples per line (text-loss, speech-loss copies).
 
         {"question": {"codes": [12, 907, ...]} | {"text": "..."},
-         "answer_text": "...", "answer_codes": [33, 1021, ...], "system": "..." (optional)}
+         "answer_text": "...", "answer_codes": [33, 1021, ...], "system": "..." (optional),
+         "history": [earlier turns, each {"question", "answer_text", "answer_codes"}] (optional)}
+
+    Earlier turns are context without loss, laid out as the chat keeps them: each one's prompt, then its
+    reply's interleaved text and speech ids (the ids the LM generated, without the stop id).
 
     or a replay row, one sample: `{"replay": "text", "text": "..."}` (`text_sample`) or
     `{"replay": "asr", "codes": [...], "text": "..."}` (`asr_sample`).
@@ -148,20 +152,23 @@ def read_sft_manifest(path, tokenizer: TextTokenizer) -> list[TrainingSample]:
             if "replay" in row:
                 samples.append(_replay(row, tokenizer))
                 continue
-            question = row["question"]
-            if isinstance(question, dict) and set(question) == {"codes"}:
-                user = UserInput(speech=_codes(question["codes"], tokenizer))
-            elif isinstance(question, dict) and set(question) == {"text"} and isinstance(question["text"], str):
-                user = UserInput(text=question["text"])
-            else:
-                raise ValueError('question must be {"codes": [...]} or {"text": "..."}')
-            if not isinstance(row["answer_text"], str):
-                raise ValueError("answer_text must be a string")
+            user, answer_ids, codes = _turn(row, tokenizer)
             system = row.get("system")
             if system is not None and not isinstance(system, str):
                 raise ValueError("system must be a string")
-            samples += sft_samples(tokenizer, user, tokenizer.encode(row["answer_text"]),
-                                   _codes(row["answer_codes"], tokenizer), system=system)  # fmt: skip
+            earlier = row.get("history", [])
+            if not isinstance(earlier, list) or not all(isinstance(t, dict) for t in earlier):
+                raise ValueError("history must be a list of earlier turns ({question, answer_text, answer_codes})")
+            history = []
+            for n, turn in enumerate(earlier):
+                try:
+                    before, before_ids, before_codes = _turn(turn, tokenizer)
+                except KeyError as exc:
+                    raise ValueError(f"history[{n}]: missing {exc}") from None
+                except ValueError as exc:
+                    raise ValueError(f"history[{n}]: {exc}") from None
+                history.append((before, interleave_reply(before_ids, tokenizer.audio_ids(before_codes))))
+            samples += sft_samples(tokenizer, user, answer_ids, codes, system=system, history=history)
         except KeyError as exc:
             raise Glm4VoiceError(f"{where}: missing {exc}") from None
         except (ValueError, TypeError, Glm4VoiceError) as exc:
@@ -169,6 +176,20 @@ def read_sft_manifest(path, tokenizer: TextTokenizer) -> list[TrainingSample]:
     if not samples:
         raise Glm4VoiceError(f"{path}: no samples")
     return samples
+
+
+def _turn(row: dict, tokenizer: TextTokenizer) -> tuple[UserInput, list[int], list[int]]:
+    """One turn's (user input, answer text ids, answer codes), checked."""
+    question = row["question"]
+    if isinstance(question, dict) and set(question) == {"codes"}:
+        user = UserInput(speech=_codes(question["codes"], tokenizer))
+    elif isinstance(question, dict) and set(question) == {"text"} and isinstance(question["text"], str):
+        user = UserInput(text=question["text"])
+    else:
+        raise ValueError('question must be {"codes": [...]} or {"text": "..."}')
+    if not isinstance(row["answer_text"], str):
+        raise ValueError("answer_text must be a string")
+    return user, tokenizer.encode(row["answer_text"]), _codes(row["answer_codes"], tokenizer)
 
 
 def _replay(row: dict, tokenizer: TextTokenizer) -> TrainingSample:

@@ -16,8 +16,9 @@ Stages, each a folder of OUT:
     text-tokenizer  a byte-level BPE on the training texts (`train-bpe`), then the speech ids (`extend-vocab`)
     t2t        the text-to-token model from scratch on the assistant's (text, codes) pairs (`train-t2t`)
     interleaved  the training texts with spans turned into speech codes (`data interleave`), plus the pairs
-    sft-data   spoken and typed training questions -> their answers' text and the assistant's codes, and replay
-               rows: the facts and stories as text, other training utterances as ASR (what SFT must not forget)
+    sft-data   spoken and typed training questions -> their answers' text and the assistant's codes, some after
+               one or two earlier turns (multi-turn), and replay rows: the facts and stories as text, other
+               training utterances as ASR (what SFT must not forget)
     pretrain   the LM from scratch on the mixture: text, speech, ASR, TTS, interleaved (`train-lm`)
     sft        streaming-thoughts fine-tuning on the SFT data (`train-sft`)
     bundle     tokenizer/, lm/, decoder/, t2t/ in one folder: what `--model-dir` takes
@@ -86,6 +87,7 @@ class Sizes:
     typed_every: int = 1  # every n-th training question is also a typed one (was 4: findings, "SFT replay")
     replay_roles: tuple = ("fact", "story")  # training texts of these roles ride along in SFT as text samples
     asr_replay: int = 2000  # training utterances (not questions) ride along in SFT as ASR samples
+    multi_turn_every: int = 4  # every n-th turn comes again after 1 or 2 other turns (the chat's second turn on)
     eval_suites: tuple = ("asr", "recon", "tts", "qa", "cloze", "rate", "latency")
     eval_limit: int | None = 6  # rows of each (role, task, language): the eval in minutes, not an hour
 
@@ -447,6 +449,8 @@ def interleaved(sizes: Sizes):
 
 def sft_data(sizes: Sizes):
     def run(folder: Path, done: dict) -> dict:
+        import random
+
         from ..data.manifest import parquet_rows, read_manifest
 
         def codes_of(split: str) -> dict:
@@ -467,6 +471,10 @@ def sft_data(sizes: Sizes):
             n += 1
             if n % sizes.typed_every == 0:
                 turns.append({"question": {"text": row.text}, **answer})
+        # multi-turn: a conversation's later turns see the earlier ones, as the chat and the server keep them
+        rng = random.Random(0)
+        talks = [{**turns[i], "history": rng.sample(turns[:i] + turns[i + 1 :], rng.choice((1, 2)))}
+                 for i in range(0, len(turns) if len(turns) > 2 else 0, sizes.multi_turn_every)]  # fmt: skip
         # replay: what pre-training taught that the turns do not repeat (facts behind held-out questions,
         # stories, words heard outside questions), so thousands of fine-tuning steps do not wipe it out
         texts = [r for _, r in read_jsonl(done["texts"]["train_texts"], "train texts")]
@@ -474,11 +482,11 @@ def sft_data(sizes: Sizes):
         step = max(1, len(others) // sizes.asr_replay) if sizes.asr_replay else 0
         heard_rows = others[::step][: sizes.asr_replay] if step else []
         replay += [{"replay": "asr", "codes": heard[r.id], "text": r.text} for r in heard_rows]
-        _write_rows(folder / "sft.jsonl", turns + replay)
-        return {"sft": str(folder / "sft.jsonl"), "turns": len(turns), "replay": len(replay)}
+        _write_rows(folder / "sft.jsonl", turns + talks + replay)
+        return {"sft": str(folder / "sft.jsonl"), "turns": len(turns), "multi_turn": len(talks), "replay": len(replay)}
 
     return Stage("sft-data", run, "spoken and typed training questions -> answer text + the assistant's codes, "
-                 "and replay rows", needs=("texts", "speech", "codes"))  # fmt: skip
+                 "multi-turn and replay rows", needs=("texts", "speech", "codes"))  # fmt: skip
 
 
 def pretrain(sizes: Sizes):

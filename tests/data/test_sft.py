@@ -133,3 +133,29 @@ def test_replay_rows_are_the_mixtures_samples(tok, tmp_path):
         path.write_text(json.dumps(bad) + "\n")
         with pytest.raises(Glm4VoiceError, match=f"sft.jsonl:1: .*{message}"):
             read_sft_manifest(path, tok)
+
+
+def test_history_rows_give_multi_turn_samples_as_the_chat_keeps_them(tok, tmp_path):
+    """A manifest row's `history` is the conversation so far: each earlier turn's prompt and its reply's
+    interleaved ids (no stop id, as `Conversation` keeps them), no loss anywhere in it."""
+    import json
+
+    from glm4voice.data.sft import read_sft_manifest
+
+    first = {"question": {"codes": [1, 2, 3]}, "answer_text": "Four.", "answer_codes": [9, 8, 7, 6]}
+    second = {"question": {"text": "And two more?"}, "answer_text": "Six.", "answer_codes": [5, 5]}
+    path = tmp_path / "sft.jsonl"
+    path.write_text(json.dumps({**second, "history": [first]}) + "\n")
+    text_copy, speech_copy = read_sft_manifest(path, tok)
+    earlier = [(UserInput(speech=[1, 2, 3]), interleave_reply(tok.encode("Four."), tok.audio_ids([9, 8, 7, 6])))]
+    expected = sft_samples(tok, UserInput(text="And two more?"), tok.encode("Six."), [5, 5], history=earlier)
+    assert (text_copy, speech_copy) == expected
+    prompt = build_prompt(tok, UserInput(text="And two more?"), earlier)
+    assert text_copy.input_ids[: len(prompt)] == prompt and set(text_copy.labels[: len(prompt)]) == {IGNORE}
+    assert tok.audio_ids([9, 8, 7, 6])[0] in prompt  # the earlier reply's speech is in the context
+    for history, message in (([{"question": {"text": "x"}, "answer_text": "y"}], r"history\[0\]: missing"),
+                             ("not a list", "history must be a list"),
+                             ([{**first, "answer_codes": [-1]}], r"history\[0\]: speech codes")):  # fmt: skip
+        path.write_text(json.dumps({**second, "history": history}) + "\n")
+        with pytest.raises(Glm4VoiceError, match=f"sft.jsonl:1: {message}"):
+            read_sft_manifest(path, tok)

@@ -47,6 +47,7 @@ def test_smoke_recipe_runs_skips_and_resumes(tmp_path, capsys):
     assert done["interleaved"]["shards"] and done["sft-data"]["turns"] > 0
     sft_rows = [json.loads(line) for line in (out / "sft-data" / "sft.jsonl").read_text().splitlines()]
     assert {r.get("replay") for r in sft_rows} == {None, "text", "asr"}  # turns, and both kinds of replay
+    assert done["sft-data"]["multi_turn"] > 0 and any(r.get("history") for r in sft_rows)
     import pyarrow.parquet as pq  # interleaved samples only: the mixture reads the pairs from the codes' shards
 
     shards = (out / "interleaved" / "shards").glob("*.parquet")
