@@ -60,12 +60,13 @@ def rows_of(manifest):
 class FakeChat:
     """Replies with a text and an audio of a given length: what a perfect (or a useless) model would say."""
 
-    def __init__(self, answer, seconds=1.0, typed=lambda text: "no idea"):
-        self.answer, self.seconds, self.typed = answer, seconds, typed
+    def __init__(self, answer, seconds=1.0, typed=lambda text: "no idea", later=None):
+        self.answer, self.seconds, self.typed, self.later, self.turns = answer, seconds, typed, later or typed, 0
 
     def reply(self, audio=None, *, text=None):
         seconds = self.seconds(audio) if callable(self.seconds) else self.seconds
-        text = self.answer(audio) if text is None else self.typed(text)
+        self.turns += 1  # `later`: what it says to a typed question after its first turn
+        text = self.answer(audio) if text is None else (self.typed if self.turns == 1 else self.later)(text)
         return Reply(text=text, codes=[], audio=torch.zeros(int(seconds * 22050)), sample_rate=22050,
                      reason="stop", n_ids=3, timings=Timings())  # fmt: skip
 
@@ -88,6 +89,9 @@ def test_qa_scores_one_for_right_answers_and_zero_for_wrong(bundle_dir, manifest
     assert good["t2t_en"] == 1.0 and good["t2t_zh"] == 1.0 and good["n_t2t_zh"] == 1
     assert good["s2s_en"] == 0.0  # the fake reply's audio is silence: pocketsphinx hears no answer
     assert good["by_task"]["capital"] == {"s2s_en": 0.0, "s2t_en": 1.0, "s2t_zh": 1.0, "t2t_en": 1.0, "t2t_zh": 1.0}
+    assert good["by_task"]["say"]["t2t_turn2_en"] == 1.0  # asked after the capital question
+    assert good["t2t_turn2_en"] == 1.0 and good["n_t2t_turn2_en"] == 3  # every English question but the first
+    assert "t2t_turn2_zh" not in good  # one Mandarin question: no conversation before it
     assert set(good["by_task"]) == {"capital", "say", "say_slowly", "say_quickly"}
     # an LM that knows the answers but does not hear the questions: T->T right, S->T wrong
     deaf = lambda n=300, speak=True: FakeChat(lambda audio: "no idea", typed=lambda text: key_of[text])  # noqa: E731
@@ -95,6 +99,12 @@ def test_qa_scores_one_for_right_answers_and_zero_for_wrong(bundle_dir, manifest
     bad = suites.qa(bundle, rows)
     assert bad["s2t_en"] == 0.0 and bad["s2t_zh"] == 0.0 and bad["t2t_en"] == 1.0 and bad["t2t_zh"] == 1.0
     assert bad["by_task"]["say"]["s2t_en"] == 0.0 and bad["by_task"]["say"]["t2t_en"] == 1.0
+    # an LM that answers a first turn and loses its way after it
+    once = lambda n=300, speak=True: FakeChat(lambda audio: "no idea", typed=lambda text: key_of[text],  # noqa: E731
+                                              later=lambda text: "Hello again!")
+    monkeypatch.setattr(bundle, "chat", once)
+    lost = suites.qa(bundle, rows)
+    assert lost["t2t_en"] == 1.0 and lost["t2t_turn2_en"] == 0.0
     for row in rows:  # a user's manifest without tasks: the figures, no breakdown
         row.extra.pop("task", None)
     untasked = suites.qa(bundle, rows)
