@@ -47,8 +47,6 @@ VQ_DEFAULTS = {"pooling_kernel_size": 4, "pooling_type": "avg", "quantize_vocab_
 # Our field beyond GLM-4-Voice's: the weight of an auxiliary CTC loss on the encoder output (0: the paper's
 # recipe, no CTC head). A model from scratch learns to align far sooner with it (hybrid CTC/attention ASR).
 CTC_FIELD = "ctc_weight"
-# Dead-code restarts relative to the codes' mean count when a batch has fewer frames than codes (`vq.py`).
-RESTART_FIELD = "quantize_restart_relative"
 # And its companion (InterCTC): the share of that CTC loss given to a second head on the hidden states the pooling
 # reads (50 Hz). At 12.5 Hz an English transcript has nearly as many ids as frames, which CTC can barely align.
 INTER_CTC_FIELD = "inter_ctc_weight"
@@ -151,9 +149,6 @@ def vq_config(base: dict, overrides: dict | None = None) -> dict:
             raise CheckpointError(f"config: {field} is transcript or phonemes, not {cfg[field]!r}")
         if cfg[field] == "phonemes" and cfg[weight] == 0:
             raise CheckpointError(f"config: {field} phonemes needs its head ({weight} > 0)")
-    cfg.setdefault(RESTART_FIELD, False)
-    if not isinstance(cfg[RESTART_FIELD], bool):
-        raise CheckpointError(f"config: {RESTART_FIELD} must be true or false, not {cfg[RESTART_FIELD]!r}")
     cfg.setdefault(UPSAMPLE_FIELD, 1)
     if not (isinstance(cfg[UPSAMPLE_FIELD], int) and 1 <= cfg[UPSAMPLE_FIELD] <= 16):
         raise CheckpointError(f"config: {UPSAMPLE_FIELD} must be an integer in 1..16, not {cfg[UPSAMPLE_FIELD]!r}")
@@ -200,7 +195,7 @@ class AsrTokenizer(nn.Module):
         self.encoder.codebook = None  # the VQ below holds the codebook (a buffer, moved by EMA)
         self.vq = VectorQuantizer(cfg.codebook_size, d, config["quantize_ema_decay"], 1e-5,
                                   config["quantize_restart_interval"], config["quantize_commit_coefficient"],
-                                  config["quantize_loss_scale"], config.get(RESTART_FIELD, False))  # fmt: skip
+                                  config["quantize_loss_scale"])  # fmt: skip
         self.embed_positions2 = nn.Embedding(cfg.max_positions // cfg.pooling_kernel, d)
         self.post_layers = nn.ModuleList(EncoderLayer(d, cfg.n_heads, cfg.ffn_dim)
                                          for _ in range(config["encoder_layers"] - cfg.n_layers))  # fmt: skip
@@ -423,7 +418,7 @@ def new_asr(config: dict, codec: TranscriptCodec) -> AsrTokenizer:
            "eos_token_id": codec.eot, "decoder_start_token_id": codec.sot}  # fmt: skip
     ours = {k: v for k, v in config.items()
             if k in VQ_DEFAULTS or k in (CTC_FIELD, INTER_CTC_FIELD, INTER_TARGETS_FIELD, PHONEMES_FIELD,
-                                         TARGETS_FIELD, UPSAMPLE_FIELD, RESTART_FIELD)}  # fmt: skip
+                                         TARGETS_FIELD, UPSAMPLE_FIELD)}  # fmt: skip
     model = AsrTokenizer(vq_config({**base, **ids}, ours))
     model.fresh_vq = True
     return model

@@ -14,11 +14,7 @@
   unpadded frames of the batch (code = weight = frame, count = 1). With fewer
   frames than dead codes, as many restart as there are frames. Under torchrun
   rank r restarts dead codes r, r + world, ... from its own frames, and a sum
-  over the ranks hands every rank all of them. `relative` (our option, off by
-  default): the threshold and a restarted code's count scale by the mean count
-  when that is under 1 (a batch of fewer frames than codes: the recipe's 300
-  frames over 512 codes restart the quieter half of the codebook under the
-  paper's threshold, which assumes about one frame a code a step or more).
+  over the ranks hands every rank all of them.
 - Loss: loss_scale * commit * MSE(h, sg(code)) over unpadded frames (0.25 and
   10 in the paper); gradients pass straight through: h + sg(code - h).
 
@@ -62,10 +58,9 @@ def _rank_world() -> tuple[int, int]:
 
 class VectorQuantizer(nn.Module):
     def __init__(self, codebook_size: int, dim: int, decay: float = 0.99, eps: float = 1e-5,
-                 restart_every: int = 100, commit: float = 0.25, loss_scale: float = 10.0,
-                 relative: bool = False):  # fmt: skip
+                 restart_every: int = 100, commit: float = 0.25, loss_scale: float = 10.0):  # fmt: skip
         super().__init__()
-        self.decay, self.eps, self.restart_every, self.relative = decay, eps, restart_every, relative
+        self.decay, self.eps, self.restart_every = decay, eps, restart_every
         self.commit, self.loss_scale = commit, loss_scale
         self.register_buffer("codebook", torch.randn(codebook_size, dim))
         self.register_buffer("ema_count", torch.ones(codebook_size))
@@ -110,14 +105,12 @@ class VectorQuantizer(nn.Module):
 
     @torch.no_grad()
     def restart_dead(self, h: torch.Tensor, mask: torch.Tensor, generator: torch.Generator | None = None) -> int:
-        """Restart codes whose EMA count fell below decay ** restart_every (`relative`: times the mean count,
-        if under 1) at random unpadded frames of h.
+        """Restart codes whose EMA count fell below decay ** restart_every at random unpadded frames of h.
 
         Returns how many restarted (on every rank the same).
         """
         rank, world = _rank_world()
-        fresh = min(1.0, float(self.ema_count.mean())) if self.relative else 1.0  # a fair share of the frames
-        dead = (self.ema_count < fresh * self.decay**self.restart_every).nonzero()[:, 0]
+        dead = (self.ema_count < self.decay**self.restart_every).nonzero()[:, 0]
         mine = dead[rank::world]
         frames = h.detach().float()[mask]
         n = min(len(mine), len(frames))
@@ -131,7 +124,7 @@ class VectorQuantizer(nn.Module):
         chosen = flag > 0
         self.codebook[chosen] = new[chosen]
         self.ema_weight[chosen] = new[chosen]
-        self.ema_count[chosen] = fresh
+        self.ema_count[chosen] = 1.0
         return int(chosen.sum())
 
     @torch.no_grad()

@@ -67,20 +67,3 @@ def test_usage():
     vq = tiny_vq()
     used, perplexity = vq.usage(torch.tensor([0, 0, 1, 1]))
     assert abs(used - 2 / 3) < 1e-6 and abs(perplexity - 2.0) < 1e-5
-
-
-def test_relative_restarts_scale_with_the_mean_count():
-    """With fewer frames a step than codes (mean count under 1), `relative` restarts only codes far below
-    their fair share, and a restarted code starts at that share; with a mean of 1 or more, the paper's rule."""
-    h, both = torch.tensor([[[3.0, 4.0], [7.0, 7.0]]]), torch.tensor([[True, True]])
-    paper, relative = tiny_vq(), tiny_vq()
-    relative.relative = True
-    for vq in (paper, relative):
-        vq.ema_count.copy_(torch.tensor([0.9, 0.5, 0.3]))  # mean 0.567; the paper's threshold 0.81
-    assert paper.restart_dead(h, both) == 2  # codes 1 and 2, though code 1 has most of its fair share
-    assert relative.restart_dead(h, both) == 1  # 0.81 * 0.567 = 0.46: code 2 alone
-    assert relative.ema_count[2].item() == torch.tensor([0.9, 0.5, 0.3]).mean().item()
-    busy = tiny_vq()
-    busy.relative = True
-    busy.ema_count.copy_(torch.tensor([3.0, 0.5, 0.7]))  # mean 1.4: the paper's threshold, 0.81
-    assert busy.restart_dead(h, both) == 2 and (busy.ema_count[1:] == 1.0).all()
