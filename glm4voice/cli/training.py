@@ -45,8 +45,9 @@ def _add_train_sft(sub) -> None:
 
     p = add_command(sub, "train-sft", "streaming-thoughts fine-tuning of the speech LM (torchrun: FSDP)", _run_sft)
     p.add_argument("--lm", required=True, help="LM folder to start from (either layout)")
-    p.add_argument("--data", required=True, help="JSONL manifest: question, answer_text, answer_codes per line "
-                   "(or a replay row: {replay: text|asr, text, codes})")
+    p.add_argument("--data", required=True,
+                   help="JSONL manifest: question, answer_text, answer_codes (history: earlier turns) per line, "
+                   "or a replay row: {replay: text|asr, text, codes}")
     p.add_argument("--out", required=True, help="run folder: checkpoints land in OUT/step-N/")
     p.add_argument("--max-length", type=int, default=8192, help="ids per sample; a longer one is an error")
     p.add_argument("--lora", type=int, default=0, metavar="RANK",

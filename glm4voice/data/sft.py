@@ -194,6 +194,9 @@ def _turn(row: dict, tokenizer: TextTokenizer) -> tuple[UserInput, list[int], li
 
 def _replay(row: dict, tokenizer: TextTokenizer) -> TrainingSample:
     kind, text = row["replay"], row["text"]
+    extra = set(row) - {"replay", "text", "codes"}
+    if extra:
+        raise ValueError(f"a replay row has replay, text (and codes), not {', '.join(sorted(extra))}")
     if not isinstance(text, str) or not text.strip():
         raise ValueError("a replay row's text must be a non-empty string")
     if kind == "text":

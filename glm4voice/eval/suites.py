@@ -133,8 +133,8 @@ def qa(bundle, rows, max_new_tokens: int = 300) -> dict:
     """S->T and S->S on the spoken questions, and T->T on the same questions typed: the control that tells what
     the LM knows from what it hears (a low S->T beside a high T->T is the speech tokenizer's fault). `t2t_turn2`:
     each typed question again as the second turn of a conversation whose first was the previous question of its
-    language (what a chat after its first turn asks of the LM). `by_task` splits every figure by the row's task
-    (arithmetic, capitals, ...), where the misses are."""
+    language, unless that one had the same answer (what a chat after its first turn asks of the LM). `by_task`
+    splits every figure by the row's task (arithmetic, capitals, ...), where the misses are."""
     from ..scoring import recognise_english
 
     rows = _need([r for r in rows if r.audio and r.extra.get("role") == "question" and r.extra.get("key")],
@@ -148,7 +148,7 @@ def qa(bundle, rows, max_new_tokens: int = 300) -> dict:
             tally[0] += ok
             tally[1] += 1
 
-    earlier: dict = {}  # lang -> the typed conversation of that language's previous question (one turn in)
+    earlier: dict = {}  # lang -> (the typed conversation of that language's previous question, one turn in; its key)
     for row in rows:
         key, task = row.extra["key"], row.extra.get("task")  # a manifest without tasks: no breakdown
         reply = bundle.chat(max_new_tokens).reply(_load(row))
@@ -156,11 +156,13 @@ def qa(bundle, rows, max_new_tokens: int = 300) -> dict:
         if row.lang == "en" and reply.audio.numel():
             score("s2s", "en", task, says(recognise_english(reply.audio.numpy(), reply.sample_rate), key, "en"))
         if row.text and row.text.strip():  # a row without its question's text: no T->T for it
-            if row.lang in earlier:  # the same question as a conversation's second turn
-                second = earlier[row.lang].reply(text=row.text)
+            before, before_key = earlier.get(row.lang, (None, None))
+            if before is not None and normalize(before_key, row.lang) != normalize(key, row.lang):
+                second = before.reply(text=row.text)  # as a second turn (never after its own answer: no copying)
                 score("t2t_turn2", row.lang, task, says(second.text, key, row.lang))
-            earlier[row.lang] = bundle.chat(max_new_tokens, speak=False)
-            typed = earlier[row.lang].reply(text=row.text)
+            chat = bundle.chat(max_new_tokens, speak=False)
+            typed = chat.reply(text=row.text)
+            earlier[row.lang] = (chat, key)
             score("t2t", row.lang, task, says(typed.text, key, row.lang))
         if len(examples) < EXAMPLES:
             examples.append([row.text, key, reply.text])

@@ -122,6 +122,15 @@ def _write_rows(path: Path, rows: list[dict]) -> None:
     write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
 
 
+def _lm_texts(done: dict, out: Path) -> Path:
+    """What the LMs read (interleaved, pre-training, SFT replay): the training texts without the stories' wrong
+    endings. The speech corpus speaks both endings; an LM that read the wrong ones as text learns them as likely,
+    and the `cloze` suite asks it which ending is right."""
+    rows = [r for _, r in read_jsonl(done["texts"]["train_texts"], "train texts") if r.get("right") is not False]
+    _write_rows(out, rows)
+    return out
+
+
 def _valid_subset(manifest: str | Path, n: int, out: Path) -> Path:
     """A trainer's validation set: up to `n` test questions of each (language, task), audio paths made absolute.
     Every task, checked in minutes rather than the whole test split at every check (the eval stage scores it all)."""
@@ -439,7 +448,8 @@ def interleaved(sizes: Sizes):
 
         # no `pairs`: the pre-training mixture reads speech, ASR and TTS from the codes' shards as sources of their
         # own; here they made 93 % of the "interleaved" 30 % (its real interleaved share was 2 %)
-        report = interleave(done["t2t"]["t2t"], [done["texts"]["train_texts"]], folder / "shards",
+        texts = _lm_texts(done, folder / "lm-texts.jsonl")
+        report = interleave(done["t2t"]["t2t"], [texts], folder / "shards",
                             InterleaveOptions(seq_length=sizes.lm_seq_length), progress=False)  # fmt: skip
         return {"shards": str(folder / "shards"), **{k: v for k, v in report.items() if not isinstance(v, list)}}
 
@@ -458,11 +468,11 @@ def sft_data(sizes: Sizes):
             return {r["id"]: r["codes"] for r in rows if r["codes"]}
 
         heard, answers = codes_of("train"), codes_of("assistant")
-        turns, others, n = [], [], 0
+        turns, elsewhere, n = [], [], 0
         for row in read_manifest(done["speech"]["train"]["manifest"]):
             extra = row.extra
             if extra.get("role") != "question":
-                others += [row] if row.id in heard and row.text.strip() else []
+                elsewhere += [row] if row.id in heard and row.text.strip() else []
                 continue
             if row.id not in heard or extra.get("answer_id") not in answers:
                 continue
@@ -472,15 +482,18 @@ def sft_data(sizes: Sizes):
             if n % sizes.typed_every == 0:
                 turns.append({"question": {"text": row.text}, **answer})
         # multi-turn: a conversation's later turns see the earlier ones, as the chat and the server keep them
-        rng = random.Random(0)
-        talks = [{**turns[i], "history": rng.sample(turns[:i] + turns[i + 1 :], rng.choice((1, 2)))}
-                 for i in range(0, len(turns) if len(turns) > 2 else 0, sizes.multi_turn_every)]  # fmt: skip
+        # (final turns of both kinds, spoken and typed; earlier turns never with the final one's answer)
+        rng, talks = random.Random(0), []
+        for i in sorted(rng.sample(range(len(turns)), len(turns) // sizes.multi_turn_every)):
+            pool = [t for t in turns if t["answer_text"] != turns[i]["answer_text"]]
+            if pool:
+                talks.append({**turns[i], "history": rng.sample(pool, min(len(pool), rng.choice((1, 2))))})
         # replay: what pre-training taught that the turns do not repeat (facts behind held-out questions,
         # stories, words heard outside questions), so thousands of fine-tuning steps do not wipe it out
-        texts = [r for _, r in read_jsonl(done["texts"]["train_texts"], "train texts")]
+        texts = [r for _, r in read_jsonl(_lm_texts(done, folder / "lm-texts.jsonl"), "LM texts")]
         replay = [{"replay": "text", "text": r["text"]} for r in texts if r.get("role") in sizes.replay_roles]
-        step = max(1, len(others) // sizes.asr_replay) if sizes.asr_replay else 0
-        heard_rows = others[::step][: sizes.asr_replay] if step else []
+        step = max(1, len(elsewhere) // sizes.asr_replay) if sizes.asr_replay else 0
+        heard_rows = elsewhere[::step][: sizes.asr_replay] if step else []
         replay += [{"replay": "asr", "codes": heard[r.id], "text": r.text} for r in heard_rows]
         _write_rows(folder / "sft.jsonl", turns + talks + replay)
         return {"sft": str(folder / "sft.jsonl"), "turns": len(turns), "multi_turn": len(talks), "replay": len(replay)}
@@ -495,7 +508,7 @@ def pretrain(sizes: Sizes):
 
         train_shards, voice_shards = done["codes"]["train"]["shards"], done["codes"]["assistant"]["shards"]
         mixture = {"seq_length": sizes.lm_seq_length, "sources": [
-            {"kind": "text", "path": [done["texts"]["train_texts"]], "weight": 0.25},
+            {"kind": "text", "path": [str(_lm_texts(done, folder / "lm-texts.jsonl"))], "weight": 0.25},
             {"kind": "speech", "path": [train_shards], "weight": 0.15},
             {"kind": "asr", "path": [train_shards], "weight": 0.15},
             {"kind": "tts", "path": [voice_shards], "weight": 0.15},

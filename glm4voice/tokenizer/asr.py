@@ -298,6 +298,8 @@ class AsrTokenizer(nn.Module):
         `langs` (one per row): each transcript starts from its language and task tokens instead of guessing them."""
         import torch.distributed as dist
 
+        if langs is not None and (len(langs) != len(encoded) or not all(isinstance(x, str) for x in langs)):
+            raise CheckpointError(f"langs: one language per row ({len(encoded)}), got {langs!r}")
         starts = [codec.prefix(lang) for lang in langs] if langs is not None else [codec.prefix()] * len(encoded)
         ids = torch.tensor(starts, dtype=torch.long, device=encoded.device)  # [B, 1 or 4]
         done = torch.zeros(encoded.shape[0], dtype=torch.bool, device=encoded.device)
@@ -461,6 +463,8 @@ def transcribe(model: AsrTokenizer, codec: TranscriptCodec, waves, batch_size: i
     from ..audio import whisper_log_mel
     from .offline import PIECE_SAMPLES
 
+    if langs is not None and len(langs) != len(waves):
+        raise CheckpointError(f"langs: one language per wave ({len(waves)}), got {len(langs)}")
     device = next(model.parameters()).device
     pieces = [(i, w[s : s + PIECE_SAMPLES]) for i, w in enumerate(waves) for s in range(0, len(w), PIECE_SAMPLES)]
     texts: list[list[str]] = [[] for _ in waves]

@@ -150,8 +150,8 @@ def error_rates(model, codec, data: Utterances, device, batch: int = 8, rank: in
         encoded, m, _, h = model.encode(features, mask, bypass=bypass, pre_pool=pre_pool)  # h: codebook usage
         langs = [data.rows[k].lang for k in picked]  # given to the decoder: a transcript, not a language guess
         hyps = model.greedy_ids(encoded, m, codec, langs=langs)  # one encoder pass: the decoder and both CTC heads
-        start = torch.full((len(picked), 1), codec.sot, dtype=torch.long, device=device)
-        guessed = model.logits(encoded, start, m)[:, -1].argmax(-1).tolist()  # the language it would have said
+        sot = torch.full((len(picked), 1), codec.sot, dtype=torch.long, device=device)
+        guessed = model.logits(encoded, sot, m)[:, -1].argmax(-1).tolist()  # the language it would have said
         ctc_hyps = model.ctc_ids(encoded, m, model.blank(codec.eot)) if ctc else None
         inter_hyps = model.inter_ctc_ids(pre_pool, model.inter_blank(codec.eot)) if inter else None
         for i, keep in zip(range(len(picked)), real):
@@ -379,9 +379,8 @@ def _codebook_from_data(model, data: Utterances, groups: list[list[int]], dist: 
     code. Rank 0's codebook is broadcast, so every rank starts from the same one."""
     size = model.vq.size
     chunks, n = [], 0
-    spread = groups[:: max(1, len(groups) // 16)][:16]  # groups come in length order
-    for k in spanning_order(len(spread)):  # the frames suffice after a few: not the shortest few alone
-        features, mask = data.features(spread[k], dist.device)
+    for group in spread_batches(groups):  # the frames suffice after a few batches
+        features, mask = data.features(group, dist.device)
         _, m, _, h = model.encode(features, mask, bypass=True)
         chunks.append(h[m].float())
         n += len(chunks[-1])
@@ -397,9 +396,12 @@ def _codebook_from_data(model, data: Utterances, groups: list[list[int]], dist: 
     model.vq.ema_count.fill_(1.0)
 
 
-def spanning_order(n: int) -> list[int]:
-    """0..n-1 (n <= 16) in bit-reversed order (0, 8, 4, 12, 2, ...): every prefix spreads over the whole range."""
-    return sorted(range(n), key=lambda i: int(f"{i:04b}"[::-1], 2))
+def spread_batches(groups: list) -> list:
+    """Up to 16 of `groups` (in length order), evenly spaced from the first to the last, in bit-reversed order
+    (0, 8, 4, 12, 2, ... of the 16): every first few of them spread over the whole length range."""
+    picked = [groups[round(j * (len(groups) - 1) / 15)] for j in range(16)] if len(groups) > 16 else list(groups)
+    order = sorted(range(len(picked)), key=lambda i: int(f"{i:04b}"[::-1], 2))
+    return [picked[i] for i in order]
 
 
 def kmeans(frames: torch.Tensor, k: int, steps: int = 10, seed: int = 0) -> torch.Tensor:

@@ -129,7 +129,8 @@ def test_replay_rows_are_the_mixtures_samples(tok, tmp_path):
     for bad, message in (({"replay": "asr", "codes": [], "text": "x"}, "needs speech codes"),
                          ({"replay": "tts", "text": "x"}, "replay must be"),
                          ({"replay": "text", "text": " "}, "non-empty"),
-                         ({"replay": "text"}, "missing 'text'")):  # fmt: skip
+                         ({"replay": "text"}, "missing 'text'"),
+                         ({"replay": "text", "text": "x", "history": []}, "not history")):  # fmt: skip
         path.write_text(json.dumps(bad) + "\n")
         with pytest.raises(Glm4VoiceError, match=f"sft.jsonl:1: .*{message}"):
             read_sft_manifest(path, tok)

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from glm4voice.cli import main
+from glm4voice.errors import CheckpointError
 from glm4voice.tokenizer import SpeechTokenizer
 from glm4voice.tokenizer.asr import TranscriptCodec, load_asr
 from glm4voice.train.config import RunConfig
@@ -68,7 +69,10 @@ def test_a_given_language_starts_the_transcript(trained, corpus):
     model, codec = load_asr(out / "step-100")
     features, mask = whisper_log_mel([load_audio(corpus / "c.wav"), load_audio(corpus / "a.wav")])
     given = model.eval().transcribe_ids(features, mask, codec, langs=["zh", "en"])
-    assert given == [codec.encode("你好世界", "zh")[4:-1], codec.encode("red green blue", "en")[4:-1]]
+    assert given == [codec.encode("你好世界", "zh")[len(codec.prefix("zh")) : -1],
+                     codec.encode("red green blue", "en")[len(codec.prefix("en")) : -1]]  # fmt: skip
+    with pytest.raises(CheckpointError, match="one language per row"):
+        model.transcribe_ids(features, mask, codec, langs=["zh"])
     guessed = model.transcribe_ids(features, mask, codec)  # from <sot> alone: the language token comes first
     assert guessed[0][0] == codec.lang_id("zh") and codec.decode(guessed[0]) == "你好世界"
 
@@ -446,10 +450,12 @@ def test_the_packaged_tiny_config_builds_a_model_whose_heads_both_hear_phonemes(
 
 
 def test_the_codebook_frames_span_the_length_range():
-    """The k-means frames come from batches in bit-reversed order: any first few spread over all lengths."""
-    from glm4voice.train.tokenizer import spanning_order
+    """The k-means frames come from up to 16 batches from the shortest to the longest, in bit-reversed order:
+    any first few spread over all lengths (the frames suffice after a few)."""
+    from glm4voice.train.tokenizer import spread_batches
 
-    order = spanning_order(16)
-    assert sorted(order) == list(range(16)) and order[:4] == [0, 8, 4, 12]
-    assert max(order[:6]) >= 12 and min(order[:6]) == 0  # six batches reach from the shortest to the longest
-    assert sorted(spanning_order(5)) == list(range(5)) and spanning_order(1) == [0]
+    groups = list(range(31))  # batches in length order
+    order = spread_batches(groups)
+    assert len(order) == 16 and order[0] == 0 and 30 in order and len(set(order)) == 16
+    assert order[:4] == [0, 16, 8, 24] and max(order[:6]) >= 24  # six batches reach from the shortest to the longest
+    assert sorted(spread_batches([0, 1, 2])) == [0, 1, 2] and spread_batches(["a"]) == ["a"]
