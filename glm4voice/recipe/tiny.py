@@ -506,13 +506,17 @@ def pretrain(sizes: Sizes):
     def run(folder: Path, done: dict) -> dict:
         from ..train.lm import lm_defaults, train_lm
 
-        train_shards, voice_shards = done["codes"]["train"]["shards"], done["codes"]["assistant"]["shards"]
+        def absolute(path) -> str:  # a mixture file reads relative paths from its own folder, not from here
+            return str(Path(path).resolve())
+
+        train_shards = absolute(done["codes"]["train"]["shards"])
+        voice_shards = absolute(done["codes"]["assistant"]["shards"])
         mixture = {"seq_length": sizes.lm_seq_length, "sources": [
-            {"kind": "text", "path": [str(_lm_texts(done, folder / "lm-texts.jsonl"))], "weight": 0.25},
+            {"kind": "text", "path": [absolute(_lm_texts(done, folder / "lm-texts.jsonl"))], "weight": 0.25},
             {"kind": "speech", "path": [train_shards], "weight": 0.15},
             {"kind": "asr", "path": [train_shards], "weight": 0.15},
             {"kind": "tts", "path": [voice_shards], "weight": 0.15},
-            {"kind": "interleaved", "path": [done["interleaved"]["shards"]], "weight": 0.3}]}  # fmt: skip
+            {"kind": "interleaved", "path": [absolute(done["interleaved"]["shards"])], "weight": 0.3}]}  # fmt: skip
         _write_rows(folder / "mixture.json", [mixture])
         _write_rows(folder / "glm.json", [dict(sizes.lm_config)])
         resume, finished = _resume(folder / "run", sizes.pretrain_steps)
