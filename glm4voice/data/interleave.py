@@ -145,7 +145,9 @@ def make_shard(model, block: dict, options: InterleaveOptions, out: Path) -> dic
         if not words:
             failed.append([doc["id"], "no words"])
             continue
-        plans.append((doc, words, sample_spans(len(words), options.eta, options.span_mean, rng)))
+        spans = sample_spans(len(words), options.eta, options.span_mean, rng)
+        # a blank stretch (a space between Mandarin characters) has nothing to say: it stays text
+        plans.append((doc, words, [(a, b) for a, b in spans if "".join(words[a:b]).strip()]))
     texts = ["".join(words[a:b]).strip() for _, words, spans in plans for a, b in spans]
     config = T2TConfig(seed=block_seed(options.seed, block["index"]))
     try:

@@ -177,3 +177,18 @@ def test_bad_input_is_one_line(setup, tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 3 and "bad.jsonl:2" in err[0] and "--eta" in err[2], err
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_blank_stretches_stay_text(setup, tmp_path):
+    """A span of nothing but a space (Mandarin text with spaces: each character and each space is a piece) is
+    never sent to the t2t model, which refuses an empty text and took the whole block's documents with it."""
+    from glm4voice.data.interleave import InterleaveOptions, make_shard
+    from glm4voice.lm.t2t import TextToToken
+
+    _, t2t = setup
+    model = TextToToken.from_pretrained(t2t)
+    docs = [{"id": f"s{i}", "text": "今 天 是 星 期 三 ， 明 天 是 星 期 四", "lang": "zh"} for i in range(8)]
+    for index in range(3):
+        report = make_shard(model, {"index": index, "docs": docs}, InterleaveOptions(eta=0.5, span_mean=1.0),
+                            tmp_path)  # fmt: skip
+        assert report["failed"] == [] and report["documents"] == 8
