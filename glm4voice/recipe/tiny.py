@@ -32,7 +32,6 @@ the measurements behind each setting.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,6 +39,8 @@ from ..data.domain import ASSISTANT
 from ..data.manifest import first_of_each
 from ..jsonl import read_jsonl
 from . import Stage
+from .runs import resume_point, run_figures, store_bf16, valid_subset, write_rows
+from .tiny_lm import bundle, evaluation, interleaved, model_card, pretrain, sft, sft_data, t2t, text_tokenizer
 
 CONFIGS = Path(__file__).resolve().parents[1] / "train" / "configs"
 HELD_OUT_VOICES = {"rate": (1.15, 1.3), "pitch": (2.0, 4.0), "seed": 7}  # test speakers: settings never trained on
@@ -116,88 +117,6 @@ SMOKE = Sizes(rows=2, fortunes={"en": 1, "zh": 1}, fortune_chars={"en": 80, "zh"
               eval_suites=("asr", "cloze"), eval_limit=1)  # fmt: skip
 
 
-def _write_rows(path: Path, rows: list[dict]) -> None:
-    from ..atomic import write_text
-
-    write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-
-
-def _lm_texts(done: dict, out: Path) -> Path:
-    """What the LMs read (interleaved, pre-training, SFT replay): the training texts without the stories' wrong
-    endings. The speech corpus speaks both endings; an LM that read the wrong ones as text learns them as likely,
-    and the `cloze` suite asks it which ending is right."""
-    rows = [r for _, r in read_jsonl(done["texts"]["train_texts"], "train texts") if r.get("right") is not False]
-    _write_rows(out, rows)
-    return out
-
-
-def _valid_subset(manifest: str | Path, n: int, out: Path) -> Path:
-    """A trainer's validation set: up to `n` test questions of each (language, task), audio paths made absolute.
-    Every task, checked in minutes rather than the whole test split at every check (the eval stage scores it all)."""
-    manifest = Path(manifest)
-    questions = [r for _, r in read_jsonl(manifest, "test manifest") if r.get("role") == "question"]
-    picked = first_of_each(questions, n, lambda r: (r.get("lang"), r.get("task")))
-    _write_rows(out, [{**row, "audio": str(manifest.parent.resolve() / row["audio"])} for row in picked])
-    return out
-
-
-def _trained(run_dir: Path, *keys: str) -> dict:
-    """The figures `keys` (any key holding one of them) of a run's last logged step, and its training seconds
-    across every resumed run: read from metrics.jsonl, so a stage resumed at its last step still reports them."""
-    from ..train.loop import METRICS_FILE
-
-    path, last = run_dir / METRICS_FILE, {}
-    lines = path.read_text(encoding="utf-8").splitlines() if path.is_file() else []
-    for line in reversed(lines):  # a run killed mid-write may have left half a line: skipped
-        try:
-            last = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(last, dict) and "step" in last:
-            break
-        last = {}
-    return {k: v for k, v in last.items() if k == "train_seconds" or any(key in k for key in keys)}
-
-
-def _resume(run_dir: Path, steps: int) -> tuple[Path | None, bool]:
-    """A trainer stage's last checkpoint (None: a new run), and whether it is at `steps`: a recipe stopped after
-    its trainer's last step but before the stage's marker has nothing left to train, only to finish the stage."""
-    from ..train.checkpoint import latest_checkpoint
-
-    last = latest_checkpoint(run_dir)
-    return last, last is not None and last.name == f"step-{steps}"
-
-
-def _store_bf16(folder: Path) -> None:
-    """Rewrite a part's float weights (safetensors files, flow.pt) in bfloat16: the bundle stays within 40 MB.
-    The configs keep naming float32, so every part still computes in float32 on a CPU. HiFT's weight-norm pairs
-    stay float32 (1.6 MB): folding them in bfloat16 would lose more than storing does."""
-    import io
-
-    import torch
-    from safetensors.torch import load_file, save
-
-    from ..atomic import write_bytes
-
-    def half(state: dict) -> dict:
-        return {k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in state.items()}
-
-    for path in sorted(folder.glob("*.safetensors")):
-        write_bytes(path, save(half(load_file(str(path))), metadata={"format": "pt"}))
-    for path in sorted(folder.glob("flow.pt")):
-        buffer = io.BytesIO()
-        torch.save(half(torch.load(path, map_location="cpu", weights_only=True)), buffer)
-        write_bytes(path, buffer.getvalue())
-
-
-def _copy_bf16(source, target: Path) -> None:
-    """A part's folder (no trainer state, no LoRA adapter) copied to `target`, its weights stored in bfloat16."""
-    import shutil
-
-    shutil.copytree(source, target, ignore=shutil.ignore_patterns("trainer_state.pt", "adapter"))
-    _store_bf16(target)
-
-
 def _short_pieces(text: str, lang: str, limit: int) -> list[str]:
     """What of a fortune is short enough to speak in a few seconds: an English one whole when it fits; a Mandarin
     one cut into its sentences and clauses ending in 。！？；(fortunes-zh holds long documents and poems), a list
@@ -236,10 +155,10 @@ def texts(sizes: Sizes):
         # the row asks for another (the slow and quick answers)
         voice = [{k: v for k, v in r.items() if k not in ("voice", "pitch")} for r in train if r["role"] != "fortune"]
         words = word_lists(train, sizes.word_lists)
-        _write_rows(folder / "train-texts.jsonl", train)
-        _write_rows(folder / "speech-texts.jsonl", train + words)
-        _write_rows(folder / "test-texts.jsonl", test)
-        _write_rows(folder / "assistant-texts.jsonl", voice)
+        write_rows(folder / "train-texts.jsonl", train)
+        write_rows(folder / "speech-texts.jsonl", train + words)
+        write_rows(folder / "test-texts.jsonl", test)
+        write_rows(folder / "assistant-texts.jsonl", voice)
         return {"train_texts": str(folder / "train-texts.jsonl"), "test_texts": str(folder / "test-texts.jsonl"),
                 "assistant_texts": str(folder / "assistant-texts.jsonl"),
                 "speech_texts": str(folder / "speech-texts.jsonl"), "train_rows": len(train),
@@ -318,20 +237,20 @@ def tokenizer(sizes: Sizes):
         config = CONFIGS / "tokenizer-tiny.json"
         if sizes.tokenizer_config is not None:
             config = folder / "config.json"
-            _write_rows(config, [sizes.tokenizer_config])
+            write_rows(config, [sizes.tokenizer_config])
         cfg = RunConfig(steps=sizes.tokenizer_steps, lr=sizes.lr, min_lr=sizes.lr / 10, weight_decay=0.0,
                         warmup_steps=min(500, sizes.tokenizer_steps // 10), save_every=sizes.save_every,
                         keep_last=2)  # fmt: skip
-        _valid_subset(done["speech"]["test"]["manifest"], 8, folder / "valid.jsonl")
-        resume, finished = _resume(folder / "run", cfg.steps)
+        valid_subset(done["speech"]["test"]["manifest"], 8, folder / "valid.jsonl")
+        resume, finished = resume_point(folder / "run", cfg.steps)
         if not finished:
             train_tokenizer(done["speech"]["train"]["manifest"], folder / "run", cfg, config=config,
                             valid=folder / "valid.jsonl", eval_every=sizes.eval_every,
                             batch_seconds=sizes.batch_seconds, vocab_size=sizes.vocab_size,
                             vq_warmup=sizes.vq_warmup, max_seconds=sizes.tokenizer_max_seconds,
                             resume=resume)  # fmt: skip
-        _store_bf16(folder / "run" / "tokenizer")  # what every later stage tokenizes with is what the bundle ships
-        figures = _trained(folder / "run", "wer_en", "cer_zh", "codes_used", "code_perplexity")
+        store_bf16(folder / "run" / "tokenizer")  # what every later stage tokenizes with is what the bundle ships
+        figures = run_figures(folder / "run", "wer_en", "cer_zh", "codes_used", "code_perplexity")
         return {"released": str(folder / "run" / "tokenizer"), "asr": str(folder / "run" / f"step-{cfg.steps}"),
                 **figures}  # fmt: skip
 
@@ -354,10 +273,10 @@ def _decoder_run(sizes: Sizes, folder: Path, done: dict, kind: str) -> dict:
     from ..train.decoder import train_decoder
 
     voice = done["speech"]["assistant"]["manifest"]
-    dev = _valid_subset(done["speech"]["assistant-test"]["manifest"], 2, folder / "valid.jsonl")
+    dev = valid_subset(done["speech"]["assistant-test"]["manifest"], 2, folder / "valid.jsonl")
     steps, lr, warmup, precision = (sizes.hift_steps, 1e-3, 200, "none") if kind == "hift" else \
         (sizes.flow_steps, sizes.flow_lr, 500, _precision(sizes.flow_precision))  # fmt: skip
-    resume, finished = _resume(folder / "run", steps)
+    resume, finished = resume_point(folder / "run", steps)
     cfg = RunConfig(steps=steps, lr=lr, min_lr=lr / 10, warmup_steps=min(warmup, steps // 10),
                     batch_size=sizes.decoder_batch, save_every=sizes.save_every, keep_last=2,
                     mixed_precision=precision)  # fmt: skip
@@ -369,7 +288,7 @@ def _decoder_run(sizes: Sizes, folder: Path, done: dict, kind: str) -> dict:
         init = None if resume else done["vocoder"]["decoder"]
         train_decoder(init, done["tokenizer"]["released"], voice, folder / "run", cfg, stage="flow",
                       prior_weight=sizes.flow_prior_weight, **common)  # fmt: skip
-    return {"decoder": str(folder / "run" / f"step-{steps}"), **_trained(folder / "run", "valid", "wer", "mcd")}
+    return {"decoder": str(folder / "run" / f"step-{steps}"), **run_figures(folder / "run", "valid", "wer", "mcd")}
 
 
 def vocoder(sizes: Sizes):
@@ -399,208 +318,6 @@ def codes(sizes: Sizes):
 
     return Stage("codes", run, "both corpora through the trained tokenizer (Ray Data) -> shards of codes",
                  needs=("speech", "tokenizer"))  # fmt: skip
-
-
-def text_tokenizer(sizes: Sizes):
-    def run(folder: Path, done: dict) -> dict:
-        from ..lm.vocab import extend_vocab
-        from ..train.bpe import write_bpe_folder
-
-        rows = Path(done["texts"]["train_texts"]).read_text(encoding="utf-8").splitlines()
-        for sub in ("bpe", "speech"):  # an interrupted run left a partial folder: start them over
-            if (folder / sub).exists() and not (folder / sub / "tokenizer_config.json").exists():
-                import shutil
-
-                shutil.rmtree(folder / sub)
-        if not (folder / "bpe").exists():
-            write_bpe_folder((json.loads(r)["text"] for r in rows), sizes.bpe_vocab, folder / "bpe")
-        size = json.loads(Path(done["tokenizer"]["released"], "config.json").read_text())["quantize_vocab_size"]
-        if not (folder / "speech").exists():
-            extend_vocab(folder / "bpe", size, folder / "speech")
-        return {"text_tokenizer": str(folder / "speech"), "bpe_vocab": sizes.bpe_vocab, "n_audio": size}
-
-    return Stage("text-tokenizer", run, "a byte-level BPE on the training texts, then the speech ids",
-                 needs=("texts", "tokenizer"))  # fmt: skip
-
-
-def t2t(sizes: Sizes):
-    def run(folder: Path, done: dict) -> dict:
-        from ..train.t2t import t2t_defaults, train_t2t
-
-        config = folder / "glm.json"
-        _write_rows(config, [dict(sizes.t2t_config)])
-        resume, finished = _resume(folder / "run", sizes.t2t_steps)
-        cfg = t2t_defaults(steps=sizes.t2t_steps, save_every=sizes.save_every, keep_last=2,
-                           warmup_steps=min(200, sizes.t2t_steps // 10))  # fmt: skip
-        start = {} if resume else {"config": config, "text_tokenizer": done["text-tokenizer"]["text_tokenizer"]}
-        if not finished:
-            train_t2t(done["codes"]["assistant"]["shards"], folder / "run", cfg, seq_length=sizes.t2t_seq_length,
-                      resume=resume, **start)  # fmt: skip
-        return {"t2t": str(folder / "run" / f"step-{sizes.t2t_steps}"), **_trained(folder / "run", "loss")}
-
-    return Stage("t2t", run, "the text-to-token model from scratch on the assistant's (text, codes) pairs",
-                 needs=("codes", "text-tokenizer"))  # fmt: skip
-
-
-def interleaved(sizes: Sizes):
-    def run(folder: Path, done: dict) -> dict:
-        from ..data.interleave import InterleaveOptions, interleave
-
-        # no `pairs`: the pre-training mixture reads speech, ASR and TTS from the codes' shards as sources of their
-        # own; here they made 93 % of the "interleaved" 30 % (its real interleaved share was 2 %)
-        texts = _lm_texts(done, folder / "lm-texts.jsonl")
-        report = interleave(done["t2t"]["t2t"], [texts], folder / "shards",
-                            InterleaveOptions(seq_length=sizes.lm_seq_length), progress=False)  # fmt: skip
-        return {"shards": str(folder / "shards"), **{k: v for k, v in report.items() if not isinstance(v, list)}}
-
-    return Stage("interleaved", run, "spans of the training texts turned into speech codes by the t2t model",
-                 needs=("texts", "codes", "t2t"))  # fmt: skip
-
-
-def sft_data(sizes: Sizes):
-    def run(folder: Path, done: dict) -> dict:
-        import random
-
-        from ..data.manifest import parquet_rows, read_manifest
-
-        def codes_of(split: str) -> dict:
-            rows = parquet_rows([Path(done["codes"][split]["shards"])], ("id", "codes"))
-            return {r["id"]: r["codes"] for r in rows if r["codes"]}
-
-        heard, answers = codes_of("train"), codes_of("assistant")
-        turns, elsewhere, n = [], [], 0
-        for row in read_manifest(done["speech"]["train"]["manifest"]):
-            extra = row.extra
-            if extra.get("role") != "question":
-                elsewhere += [row] if row.id in heard and row.text.strip() else []
-                continue
-            if row.id not in heard or extra.get("answer_id") not in answers:
-                continue
-            answer = {"answer_text": extra["answer"], "answer_codes": answers[extra["answer_id"]]}
-            turns.append({"question": {"codes": heard[row.id]}, **answer})
-            n += 1
-            if n % sizes.typed_every == 0:
-                turns.append({"question": {"text": row.text}, **answer})
-        # multi-turn: a conversation's later turns see the earlier ones, as the chat and the server keep them
-        # (final turns of both kinds, spoken and typed; earlier turns never with the final one's answer)
-        rng, talks = random.Random(0), []
-        for i in sorted(rng.sample(range(len(turns)), len(turns) // sizes.multi_turn_every)):
-            pool = [t for t in turns if t["answer_text"] != turns[i]["answer_text"]]
-            if pool:
-                talks.append({**turns[i], "history": rng.sample(pool, min(len(pool), rng.choice((1, 2))))})
-        # replay: what pre-training taught that the turns do not repeat (facts behind held-out questions,
-        # stories, words heard outside questions), so thousands of fine-tuning steps do not wipe it out
-        texts = [r for _, r in read_jsonl(_lm_texts(done, folder / "lm-texts.jsonl"), "LM texts")]
-        replay = [{"replay": "text", "text": r["text"]} for r in texts if r.get("role") in sizes.replay_roles]
-        step = max(1, len(elsewhere) // sizes.asr_replay) if sizes.asr_replay else 0
-        heard_rows = elsewhere[::step][: sizes.asr_replay] if step else []
-        replay += [{"replay": "asr", "codes": heard[r.id], "text": r.text} for r in heard_rows]
-        _write_rows(folder / "sft.jsonl", turns + talks + replay)
-        return {"sft": str(folder / "sft.jsonl"), "turns": len(turns), "multi_turn": len(talks), "replay": len(replay)}
-
-    return Stage("sft-data", run, "spoken and typed training questions -> answer text + the assistant's codes, "
-                 "multi-turn and replay rows", needs=("texts", "speech", "codes"))  # fmt: skip
-
-
-def pretrain(sizes: Sizes):
-    def run(folder: Path, done: dict) -> dict:
-        from ..train.lm import lm_defaults, train_lm
-
-        def absolute(path) -> str:  # a mixture file reads relative paths from its own folder, not from here
-            return str(Path(path).resolve())
-
-        train_shards = absolute(done["codes"]["train"]["shards"])
-        voice_shards = absolute(done["codes"]["assistant"]["shards"])
-        mixture = {"seq_length": sizes.lm_seq_length, "sources": [
-            {"kind": "text", "path": [absolute(_lm_texts(done, folder / "lm-texts.jsonl"))], "weight": 0.25},
-            {"kind": "speech", "path": [train_shards], "weight": 0.15},
-            {"kind": "asr", "path": [train_shards], "weight": 0.15},
-            {"kind": "tts", "path": [voice_shards], "weight": 0.15},
-            {"kind": "interleaved", "path": [absolute(done["interleaved"]["shards"])], "weight": 0.3}]}  # fmt: skip
-        _write_rows(folder / "mixture.json", [mixture])
-        _write_rows(folder / "glm.json", [dict(sizes.lm_config)])
-        resume, finished = _resume(folder / "run", sizes.pretrain_steps)
-        tokenizer_folder = done["text-tokenizer"]["text_tokenizer"]
-        start = {} if resume else {"config": folder / "glm.json", "text_tokenizer": tokenizer_folder}
-        cfg = lm_defaults(steps=sizes.pretrain_steps, lr=1e-3, min_lr=1e-4, batch_size=4, save_every=sizes.save_every,
-                          keep_last=2, warmup_steps=min(200, sizes.pretrain_steps // 10))  # fmt: skip
-        if not finished:
-            train_lm(folder / "mixture.json", folder / "run", cfg, resume=resume, **start)
-        return {"lm": str(folder / "run" / f"step-{sizes.pretrain_steps}"), **_trained(folder / "run", "loss")}
-
-    return Stage("pretrain", run, "the LM from scratch on text, speech, ASR, TTS and interleaved samples",
-                 needs=("texts", "codes", "text-tokenizer", "interleaved"))  # fmt: skip
-
-
-def sft(sizes: Sizes):
-    def run(folder: Path, done: dict) -> dict:
-        from ..train.config import RunConfig
-        from ..train.sft import train_sft
-
-        cfg = RunConfig(steps=sizes.sft_steps, lr=3e-4, min_lr=3e-5, batch_size=4, save_every=sizes.save_every,
-                        keep_last=2, warmup_steps=min(100, sizes.sft_steps // 10))  # fmt: skip
-        resume, finished = _resume(folder / "run", sizes.sft_steps)
-        if not finished:
-            train_sft(done["pretrain"]["lm"], done["sft-data"]["sft"], folder / "run", cfg,
-                      max_length=sizes.lm_seq_length, resume=resume)  # fmt: skip
-        return {"lm": str(folder / "run" / f"step-{sizes.sft_steps}"), **_trained(folder / "run", "loss")}
-
-    return Stage("sft", run, "streaming-thoughts fine-tuning: spoken and typed questions -> interleaved answers",
-                 needs=("pretrain", "sft-data"))  # fmt: skip
-
-
-def bundle(sizes: Sizes):
-    def run(folder: Path, done: dict) -> dict:
-        import shutil
-
-        from ..chat import VoiceChat
-        from .card import megabytes
-
-        parts = {"tokenizer": done["tokenizer"]["released"], "lm": done["sft"]["lm"],
-                 "decoder": done["decoder"]["decoder"], "t2t": done["t2t"]["t2t"]}  # fmt: skip
-        target = folder / "bundle"
-        shutil.rmtree(target, ignore_errors=True)  # an interrupted copy starts over
-        for name, source in parts.items():
-            _copy_bf16(source, target / name)
-        VoiceChat.from_pretrained(model_dir=target)  # it loads as `--model-dir` will load it
-        return {"bundle": str(target), "megabytes": round(megabytes(target), 1)}
-
-    return Stage("bundle", run, "tokenizer/, lm/, decoder/, t2t/ in one folder (what --model-dir takes)",
-                 needs=("tokenizer", "decoder", "t2t", "sft"))  # fmt: skip
-
-
-def evaluation(sizes: Sizes):
-    def run(folder: Path, done: dict) -> dict:
-        import shutil
-
-        from ..eval import evaluate
-
-        view = folder / "model"  # the bundle, with the tokenizer's ASR-layout checkpoint (what `asr` needs)
-        view.mkdir(exist_ok=True)
-        for name in ("lm", "decoder", "t2t"):
-            if not (view / name).exists():
-                (view / name).symlink_to((Path(done["bundle"]["bundle"]) / name).resolve(), target_is_directory=True)
-        if not (view / "tokenizer" / "config.json").exists():  # rounded as the shipped one: every suite its codes
-            shutil.rmtree(view / "tokenizer", ignore_errors=True)
-            _copy_bf16(done["tokenizer"]["asr"], view / "tokenizer")
-        results = evaluate(view, list(sizes.eval_suites), done["speech"]["test"]["manifest"], folder / "report",
-                           limit=sizes.eval_limit)  # fmt: skip
-        return {"report": str(folder / "report" / "results.md"),
-                "figures": {suite: {k: v for k, v in f.items() if not isinstance(v, list)}
-                            for suite, f in results["suites"].items()}}  # fmt: skip
-
-    return Stage("eval", run, "glm4voice eval of the bundle on the held-out test split",
-                 needs=("speech", "tokenizer", "bundle"))  # fmt: skip
-
-
-def model_card(sizes: Sizes):
-    def run(folder: Path, done: dict) -> dict:
-        from .card import write_card
-
-        return {"card": str(write_card(Path(done["bundle"]["bundle"]), done, Path(done["eval"]["report"])))}
-
-    return Stage("card", run, "the bundle's model card (README.md): data, sizes, training times, the eval table",
-                 needs=("bundle", "eval"))  # fmt: skip
 
 
 def stages(smoke: bool = False) -> list[Stage]:

@@ -141,13 +141,13 @@ def test_only_one_stage_and_a_running_stage_is_refused(tmp_path, capsys):
 
 
 def test_stage_figures_come_from_the_last_whole_metrics_line(tmp_path):
-    from glm4voice.recipe.tiny import _trained
+    from glm4voice.recipe.runs import run_figures
 
     (tmp_path / "metrics.jsonl").write_text('{"step": 1, "loss": 2.0, "train_seconds": 1}\n{"step": 2, "lo\n'
                                             '{"step": 3, "loss": 1.5, "grad_norm": 1, "train_seconds": 5}\n')
-    assert _trained(tmp_path, "loss") == {"loss": 1.5, "train_seconds": 5}
+    assert run_figures(tmp_path, "loss") == {"loss": 1.5, "train_seconds": 5}
     (tmp_path / "metrics.jsonl").write_text('{"step": 1, "loss": 2.0}\n{"step": 2, "lo')  # killed mid-write
-    assert _trained(tmp_path, "loss") == {"loss": 2.0} and _trained(tmp_path / "none", "loss") == {}
+    assert run_figures(tmp_path, "loss") == {"loss": 2.0} and run_figures(tmp_path / "none", "loss") == {}
 
 
 def test_word_lists_draw_training_words_in_no_sentence_order():
@@ -187,13 +187,13 @@ def test_flow_precision_auto_is_bf16_only_where_the_cpu_has_it(monkeypatch):
 
 
 def test_validation_subsets_hold_absolute_audio_paths(tmp_path, monkeypatch):
-    from glm4voice.recipe.tiny import _valid_subset
+    from glm4voice.recipe.runs import valid_subset
 
     (tmp_path / "speech").mkdir()
     rows = [{"id": f"q{i}", "audio": f"audio/q{i}.flac", "text": "hi", "lang": "en", "task": "add",
              "role": "question"} for i in range(3)]  # fmt: skip
     (tmp_path / "speech" / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     monkeypatch.chdir(tmp_path)  # a recipe run with a relative --out: the subset is read from another folder
-    out = _valid_subset("speech/manifest.jsonl", 2, tmp_path / "valid.jsonl")
+    out = valid_subset("speech/manifest.jsonl", 2, tmp_path / "valid.jsonl")
     audio = [json.loads(line)["audio"] for line in out.read_text().splitlines()]
     assert audio == [str(tmp_path / "speech" / "audio" / f"q{i}.flac") for i in range(2)]
