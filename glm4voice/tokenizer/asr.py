@@ -27,7 +27,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, Glm4VoiceError
 from ..hub import check_state
 from .checkpoint import load_training_tensors, read_json
 from .config import TokenizerConfig
@@ -299,7 +299,7 @@ class AsrTokenizer(nn.Module):
         import torch.distributed as dist
 
         if langs is not None and (len(langs) != len(encoded) or not all(isinstance(x, str) for x in langs)):
-            raise CheckpointError(f"langs: one language per row ({len(encoded)}), got {langs!r}")
+            raise Glm4VoiceError(f"langs: one language per row ({len(encoded)}), got {langs!r}")
         starts = [codec.prefix(lang) for lang in langs] if langs is not None else [codec.prefix()] * len(encoded)
         ids = torch.tensor(starts, dtype=torch.long, device=encoded.device)  # [B, 1 or 4]
         done = torch.zeros(encoded.shape[0], dtype=torch.bool, device=encoded.device)
@@ -464,7 +464,7 @@ def transcribe(model: AsrTokenizer, codec: TranscriptCodec, waves, batch_size: i
     from .offline import PIECE_SAMPLES
 
     if langs is not None and len(langs) != len(waves):
-        raise CheckpointError(f"langs: one language per wave ({len(waves)}), got {len(langs)}")
+        raise Glm4VoiceError(f"langs: one language per wave ({len(waves)}), got {len(langs)}")
     device = next(model.parameters()).device
     pieces = [(i, w[s : s + PIECE_SAMPLES]) for i, w in enumerate(waves) for s in range(0, len(w), PIECE_SAMPLES)]
     texts: list[list[str]] = [[] for _ in waves]

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from glm4voice.cli import main
-from glm4voice.errors import CheckpointError
+from glm4voice.errors import CheckpointError, Glm4VoiceError
 from glm4voice.tokenizer import SpeechTokenizer
 from glm4voice.tokenizer.asr import TranscriptCodec, load_asr
 from glm4voice.train.config import RunConfig
@@ -71,8 +71,9 @@ def test_a_given_language_starts_the_transcript(trained, corpus):
     given = model.eval().transcribe_ids(features, mask, codec, langs=["zh", "en"])
     assert given == [codec.encode("你好世界", "zh")[len(codec.prefix("zh")) : -1],
                      codec.encode("red green blue", "en")[len(codec.prefix("en")) : -1]]  # fmt: skip
-    with pytest.raises(CheckpointError, match="one language per row"):
+    with pytest.raises(Glm4VoiceError, match="one language per row") as bad:
         model.transcribe_ids(features, mask, codec, langs=["zh"])
+    assert not isinstance(bad.value, CheckpointError)  # the caller's mistake, not the checkpoint's
     guessed = model.transcribe_ids(features, mask, codec)  # from <sot> alone: the language token comes first
     assert guessed[0][0] == codec.lang_id("zh") and codec.decode(guessed[0]) == "你好世界"
 
