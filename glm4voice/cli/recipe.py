@@ -16,8 +16,9 @@ def _add_recipe(sub) -> None:
     p.add_argument("--only", help="run this stage alone (the stages it reads must be done): e.g. the vocoder in a "
                    "second process beside the tokenizer stage")  # fmt: skip
     p.add_argument("--jobs", type=int, default=1, help="stages run side by side when their inputs are done, each in "
-                   "its own process with a share of the cores (2 on 2 cores: the decoder trains beside the LM "
-                   "stages; each stage's lines go to OUT/<stage>/log.txt)")  # fmt: skip
+                   "its own process with an even share of the cores, which a trainer's grows when another stage "
+                   "finishes (2 on 2 cores: the decoder trains beside the LM stages; each stage's lines go to "
+                   "OUT/<stage>/log.txt)")  # fmt: skip
 
 
 def _run_recipe(args) -> int:

@@ -1,8 +1,9 @@
 """Stages side by side (`glm4voice recipe ... --jobs N`): each ready stage in its own process, the cores shared.
 
 A stage is ready when every stage it `needs` is done; ready stages start in the recipe's order while fewer than
-`jobs` run. One started alone gets every core (torch's threads, through OMP_NUM_THREADS), one started beside
-others the cores they leave (at least one). Each process is the recipe run with `--only` that stage, so it
+`jobs` run. The cores are shared evenly among the running stages (torch's threads: OMP_NUM_THREADS at the start,
+then the file threads.py names, which the training loop follows): one alone gets every core, and when one of two
+finishes, the other's trainer takes the core it left. Each process is the recipe run with `--only` that stage, so it
 keeps every guarantee of a stage run alone (its lock, its marker, its trainer's resume), and writes its lines to
 `OUT/<stage>/log.txt`. A stage that fails stops new ones from starting; the running ones finish (their work is
 kept) and the error names the stage and its log. Ctrl-C stops them all; every trainer resumes on the next run.
@@ -18,9 +19,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..errors import Glm4VoiceError
+from ..threads import ENV as THREADS_ENV
+from ..threads import write_threads
 from . import done_before
 
 POLL_SECONDS = 0.5
+THREADS_FILE = "threads"  # in the stage's folder: its share of the cores, which its trainer follows
 
 
 def run_side_by_side(stages: list, out: Path, jobs: int, spawn: Callable[[str], list[str]] | None, log) -> dict:
@@ -38,14 +42,16 @@ def run_side_by_side(stages: list, out: Path, jobs: int, spawn: Callable[[str], 
     failed: list[tuple[str, int]] = []
     try:
         while True:
-            if not failed:
-                ready = [s for s in stages if s.name not in done and s.name not in running
-                         and all(n in done for n in s.needs)][: jobs - len(running)]  # fmt: skip
-                free = cores - sum(threads for _, threads in running.values())
-                for i, stage in enumerate(ready):
-                    threads = max(1, free // (len(ready) - i))
-                    free -= threads
-                    running[stage.name] = (_start(stage, out, threads, spawn, log), threads)
+            ready = [] if failed else [s for s in stages if s.name not in done and s.name not in running
+                                       and all(n in done for n in s.needs)][: jobs - len(running)]  # fmt: skip
+            shares = _shares([*running, *(s.name for s in ready)], cores)
+            for name, (process, threads) in list(running.items()):
+                if shares[name] != threads:  # a stage finished (or another starts): the cores shared anew
+                    write_threads(out / name / THREADS_FILE, shares[name])
+                    log(json.dumps({"stage": name, "state": "running", "threads": shares[name]}))
+                    running[name] = (process, shares[name])
+            for stage in ready:
+                running[stage.name] = (_start(stage, out, shares[stage.name], spawn, log), shares[stage.name])
             if not running:
                 break
             time.sleep(POLL_SECONDS)
@@ -74,11 +80,19 @@ def run_side_by_side(stages: list, out: Path, jobs: int, spawn: Callable[[str], 
     return done
 
 
+def _shares(names: list[str], cores: int) -> dict[str, int]:
+    """The cores shared evenly among the stages, the earlier ones taking what does not divide (at least one)."""
+    base, rest = divmod(cores, max(1, len(names)))
+    return {name: max(1, base + (i < rest)) for i, name in enumerate(names)}
+
+
 def _start(stage, out: Path, threads: int, spawn: Callable[[str], list[str]], log) -> subprocess.Popen:
     folder = out / stage.name
     folder.mkdir(parents=True, exist_ok=True)
     log(json.dumps({"stage": stage.name, "state": "running", "what": stage.what, "threads": threads,
                     "log": str(folder / "log.txt")}))  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    write_threads(folder / THREADS_FILE, threads)
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
+           THREADS_ENV: str((folder / THREADS_FILE).resolve())}  # fmt: skip
     with open(folder / "log.txt", "a", encoding="utf-8") as handle:  # the child holds its own copy
         return subprocess.Popen(spawn(stage.name), stdout=handle, stderr=subprocess.STDOUT, env=env)

@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 
 from ..errors import Glm4VoiceError
+from ..threads import ThreadsFile
 from .checkpoint import check_run_folder, load_trainer_state, planned_saves, restore_optimizer, save_checkpoint
 from .config import RunConfig
 from .dist import Dist
@@ -134,9 +135,12 @@ def train(task: Task, cfg: RunConfig, out: str | Path, dist: Dist, state: dict |
             return torch.autocast(dist.device.type, dtype=torch.bfloat16)
     records: list[dict] = []
     bar = tqdm(total=cfg.steps, initial=start, unit="step", disable=True if dist.rank else None, leave=False)
+    follow_threads = ThreadsFile().follow if dist.world == 1 else lambda: None  # recipe --jobs: a lane's cores
     try:
         for step in range(start, cfg.steps):
             t0 = time.perf_counter()
+            if (changed := follow_threads()) is not None:
+                log(json.dumps({"step": step, "threads": changed}))
             torch.manual_seed(step_seed(cfg.seed, step, dist.rank))
             for group in opt.param_groups:
                 group["lr"] = lr_at(step, cfg)

@@ -19,7 +19,8 @@ start = time.time()
 time.sleep(seconds)
 if name == "bad":
     print("bad: something broke"); sys.exit(3)
-summary = {"start": start, "end": time.time(), "threads": int(os.environ["OMP_NUM_THREADS"]), "seconds": seconds}
+summary = {"start": start, "end": time.time(), "threads": int(os.environ["OMP_NUM_THREADS"]), "seconds": seconds,
+           "threads_at_end": int(open(os.environ["GLM4VOICE_THREADS_FILE"]).read())}
 os.makedirs(os.path.join(out, name), exist_ok=True)
 with open(os.path.join(out, name, "done.json"), "w") as f:
     json.dump(summary, f)
@@ -53,6 +54,18 @@ def test_stages_run_side_by_side_never_before_their_inputs(tmp_path, monkeypatch
     lines.clear()
     assert run_stages(stages, tmp_path, log=lines.append, jobs=2, spawn=spawner(tmp_path, {})) == done
     assert [json.loads(line)["state"] for line in lines] == ["done before"] * 5
+
+
+def test_a_stage_takes_the_core_another_left(tmp_path, monkeypatch):
+    monkeypatch.setattr("os.cpu_count", lambda: 2)
+    stages = [stage("short"), stage("long"), stage("after", "short")]
+    lines = []
+    done = run_stages(stages, tmp_path, log=lines.append, jobs=2, spawn=spawner(tmp_path, {"long": 2.0}))
+    assert done["short"]["threads"] == done["long"]["threads"] == 1  # side by side: a core each
+    assert done["after"]["threads"] == 1 and done["after"]["threads_at_end"] == 1  # long still ran then
+    assert done["long"]["threads_at_end"] == 2  # alone at the end: both cores
+    grew = [json.loads(line) for line in lines if json.loads(line).get("threads") == 2]
+    assert grew == [{"stage": "long", "state": "running", "threads": 2}]
 
 
 def test_a_failed_stage_stops_new_ones_and_the_running_ones_finish(tmp_path):

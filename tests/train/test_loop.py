@@ -32,7 +32,7 @@ class Net(torch.nn.Module):
         return self.head(self.drop(x))
 
 
-def run(out, cfg: RunConfig, resume=None) -> tuple[list[dict], Net]:
+def run(out, cfg: RunConfig, resume=None, log=None) -> tuple[list[dict], Net]:
     state = open_run(out, resume, cfg)
     net = Net()
     if resume is not None:
@@ -50,7 +50,7 @@ def run(out, cfg: RunConfig, resume=None) -> tuple[list[dict], Net]:
         save_file({k: v.contiguous() for k, v in weights.items()}, folder / "model.safetensors")
 
     task = Task(net, batch, loss, write_model, blocks=list(net.blocks), counts=("samples",))
-    return train(task, cfg, out, Dist(), state, log=lambda line: None), net
+    return train(task, cfg, out, Dist(), state, log=log or (lambda line: None)), net
 
 
 FAST = dict(lr=1e-2, min_lr=1e-3, log_every=1, weight_decay=0.0)
@@ -64,6 +64,23 @@ def test_accumulation_equals_a_bigger_batch(tmp_path):
     assert all(torch.allclose(p, q, atol=1e-6) for p, q in zip(a.parameters(), b.parameters()))
     # dropout masks differ between one batch of 4 and two of 2, so losses are close, not equal
     assert acc[0]["loss"] == pytest.approx(big[0]["loss"], rel=0.3)
+
+
+def test_the_loop_takes_the_threads_its_lane_is_given(tmp_path, monkeypatch):
+    """`recipe --jobs`: a stage's share of the cores, rewritten while it runs, is taken between steps."""
+    from glm4voice.threads import ENV, write_threads
+
+    before = torch.get_num_threads()
+    other = 1 if before != 1 else 2
+    write_threads(tmp_path / "threads", other)
+    monkeypatch.setenv(ENV, str(tmp_path / "threads"))
+    lines = []
+    try:
+        run(tmp_path / "run", RunConfig(steps=2, batch_size=2, **FAST), log=lines.append)
+        assert torch.get_num_threads() == other
+        assert [json.loads(line) for line in lines if "threads" in line] == [{"step": 0, "threads": other}]
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_resume_is_exact_and_pruning_keeps_the_last(tmp_path):
