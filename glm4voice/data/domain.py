@@ -13,7 +13,8 @@ enough that passing its held-out test means something was learned rather than me
   animals, phrases) and one phrasing per question type are held out. A test item has a held-out content or a
   held-out phrasing, so no (question, answer) pair of the test appears in training. The facts behind the
   held-out contents ("The capital of Peru is Lima.") are training rows of their own (role `fact`): a model
-  passes the test on capitals by using what it read, in a question form it never saw for that country.
+  passes the test on capitals by using what it read, in a question form it never saw for that country. Each
+  fact comes in three more phrasings (`phrasing` 1-3, `FACT_PHRASINGS`): text to read, not to speak.
 - Answers are written as the chat speaks them: whole short sentences, numbers in words, no digits or symbols.
   Each distinct answer is one row (role `answer`) in the fixed assistant voice, so the SFT targets and the
   assistant's recordings line up; question rows point to it (`answer_id`).
@@ -267,6 +268,41 @@ PHRASINGS = {
                     ["请快快地说{x}。", "快一点说{x}。", "请用很快的速度说{x}。"]),
 }  # fmt: skip
 
+# More ways to state each fact (the answer sentence is the first): {x} the question's content, {y} the answer's key,
+# {X}/{Y} capitalised. Text only, never spoken: what the LMs read. A fact read in one sentence form is hard to
+# recall from a question (Allen-Zhu & Li, "Physics of Language Models 3.1": knowledge augmentation); none of these
+# is a held-out question phrasing turned into a statement.
+FACT_PHRASINGS = {
+    "capital": (["{Y} is the capital of {x}.", "The capital city of {x} is {y}.", "{x} has {y} as its capital."],
+                ["{y}是{x}的首都。", "{x}的首都叫{y}。", "{x}的首都城市是{y}。"]),
+    "day_after": (["{Y} comes after {x}.", "After {x} comes {y}.", "{X} is followed by {y}."],
+                  ["{x}之后是{y}。", "过了{x}就是{y}。", "{y}在{x}的后面。"]),
+    "day_before": (["{Y} comes before {x}.", "Before {x} comes {y}.", "{X} follows {y}."],
+                   ["{x}之前是{y}。", "{y}过后就是{x}。", "{y}在{x}的前面。"]),
+    "month": (["{Y} comes after {x}.", "After {x} comes {y}.", "{X} is followed by {y}."],
+              ["{x}之后是{y}。", "{x}过后是{y}。", "{y}在{x}的后面。"]),
+    "opposite": (["{Y} is the opposite of {x}.", "{X} and {y} are opposites.", "The opposite word of {x} is {y}."],
+                 ["{y}是{x}的反义词。", "{x}和{y}是一对反义词。", "{x}的反义词叫{y}。"]),
+    "colour": (["The colour of {x} is {y}.", "{Y} is the colour of {x}.", "{X} is {y} in colour."],
+               ["{x}的颜色是{y}。", "{y}是{x}的颜色。", "{x}看起来是{y}的。"]),
+    "legs": (["{X} has got {y}.", "{X} walks on {y}.", "The number of legs of {x} is {n}."],
+             ["{x}一共有{y}条腿。", "{x}长着{y}条腿。", "{x}的腿一共有{y}条。"]),
+}  # fmt: skip
+NO_LEGS = (["{X} has no legs at all.", "{X} has not got any legs.", "{X} moves without legs."],
+           ["{x}一条腿也没有。", "{x}没有长腿。", "{x}不用腿走路。"])  # legs, for the animals with none
+
+
+def fact_phrasings(task: str, lang: str, x: str, y: str) -> list[str]:
+    """The facts of one content beyond its answer sentence: `x` the question's content, `y` the answer's key."""
+    if task not in FACT_PHRASINGS:
+        return []
+    templates = FACT_PHRASINGS[task][0 if lang == "en" else 1]
+    if task == "legs" and y in ("no legs", "没有"):
+        templates = NO_LEGS[0 if lang == "en" else 1]
+    n = y.split()[0] if lang == "en" else y
+    return [_cap(t.format(x=x, y=y, X=_cap(x), Y=_cap(y), n=n)) for t in templates]
+
+
 # Greetings and "who are you": (kind, English variants, English answer, Mandarin variants, Mandarin answer).
 CHAT = [
     ("hello", ["Hello!", "Hi!", "Hey there.", "Hello, assistant."], "Hello! How can I help you?",
@@ -415,8 +451,12 @@ def tiny_texts(langs: tuple[str, ...] = ("en", "zh")) -> list[Utterance]:
                 question(lang, task, split, phrasing.format(**slots), answer, rate, answer_key)
             if task not in ("add", "subtract", "multiply", "say", "say_slowly", "say_quickly"):
                 index[lang, "fact"] += 1
-                facts.append(Utterance(f"{lang}-fact-{index[lang, 'fact']:05d}", text=answer, lang=lang,
+                fact_id = f"{lang}-fact-{index[lang, 'fact']:05d}"
+                facts.append(Utterance(fact_id, text=answer, lang=lang,
                                        extra={"role": "fact", "task": task, "split": "train"}))  # fmt: skip
+                for k, text in enumerate(fact_phrasings(task, lang, slots["x"], answer_key), start=1):
+                    facts.append(Utterance(f"{fact_id}-{k}", text=text, lang=lang, extra={
+                        "role": "fact", "task": task, "split": "train", "phrasing": k}))  # fmt: skip
     for kind, en_variants, en_answer, zh_variants, zh_answer in CHAT:
         task = "identity" if kind == "identity" else "greeting"
         for lang in langs:

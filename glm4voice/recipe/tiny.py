@@ -86,6 +86,8 @@ class Sizes:
     pretrain_steps: int = 1200
     sft_steps: int = 12000  # was 2000, then 4000; 12000: held-out QA T->T 19/24 % -> 41/34 % (findings: SFT length)
     typed_every: int = 1  # every n-th training question is also a typed one (was 4: findings, "SFT replay")
+    qa_texts: bool = True  # each training question with its answer, one text more for the LMs (findings: "Facts
+    # in several phrasings, questions beside answers")
     replay_roles: tuple = ("fact", "story")  # training texts of these roles ride along in SFT as text samples
     asr_replay: int = 2000  # training utterances (not questions) ride along in SFT as ASR samples
     multi_turn_every: int = 4  # every n-th turn comes again after 1 or 2 other turns (the chat's second turn on)
@@ -151,12 +153,14 @@ def texts(sizes: Sizes):
                 if counts[doc.lang] < sizes.fortunes[doc.lang]:
                     counts[doc.lang] += 1
                     train.append({"id": f"{doc.id}-{n}", "text": text, "lang": doc.lang, "role": "fortune"})
+        # spoken: every row but the facts' other phrasings (text the LMs read, never heard)
+        spoken = [r for r in train if not r.get("phrasing")]
         # the assistant's voice: every domain text it could say (its answers, facts, stories), at rate 1 unless
         # the row asks for another (the slow and quick answers)
-        voice = [{k: v for k, v in r.items() if k not in ("voice", "pitch")} for r in train if r["role"] != "fortune"]
-        words = word_lists(train, sizes.word_lists)
+        voice = [{k: v for k, v in r.items() if k not in ("voice", "pitch")} for r in spoken if r["role"] != "fortune"]
+        words = word_lists(spoken, sizes.word_lists)
         write_rows(folder / "train-texts.jsonl", train)
-        write_rows(folder / "speech-texts.jsonl", train + words)
+        write_rows(folder / "speech-texts.jsonl", spoken + words)
         write_rows(folder / "test-texts.jsonl", test)
         write_rows(folder / "assistant-texts.jsonl", voice)
         return {"train_texts": str(folder / "train-texts.jsonl"), "test_texts": str(folder / "test-texts.jsonl"),

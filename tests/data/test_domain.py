@@ -14,6 +14,7 @@ from glm4voice.data.domain import (
     ASSISTANT,
     COLOURS,
     COUNTRIES,
+    FACT_PHRASINGS,
     FAST,
     LEGS,
     OPPOSITES,
@@ -103,6 +104,25 @@ def test_the_held_out_split_shares_no_question_answer_pair(rows):
     sums_train = {r.text for r in train if r.extra["task"] == "add" and r.text.startswith("What is")}
     sums_test = {r.text for r in test if r.extra["task"] == "add" and r.text.startswith("What is")}
     assert len(sums_test) >= 20 and not sums_test & sums_train
+
+
+def test_facts_come_in_several_phrasings_none_a_held_out_question(rows):
+    facts = [r for r in rows if r.extra["role"] == "fact"]
+    assert len({r.id for r in facts}) == len(facts) and len({r.text for r in facts}) == len(facts)
+    first = [r for r in facts if "phrasing" not in r.extra]  # the answer sentences: ids as before
+    assert first[0].id == "en-fact-00001" and first[0].text == "The capital of France is Paris."
+    others = defaultdict(list)
+    for r in facts:
+        if "phrasing" in r.extra:
+            others[r.id.rsplit("-", 1)[0]].append(r)
+    assert set(others) == {r.id for r in first if r.extra["task"] in FACT_PHRASINGS}
+    assert all([r.extra["phrasing"] for r in v] == [1, 2, 3] for v in others.values())
+    assert [r.text for r in others["en-fact-00001"]] == [
+        "Paris is the capital of France.", "The capital city of France is Paris.", "France has Paris as its capital."]
+    assert "蛇一条腿也没有。" in {r.text for r in facts}  # no "有没有条腿"
+    held_out = {r.text for r in questions(rows, "test")}
+    for r in facts:
+        assert r.extra["split"] == "train" and r.text not in held_out and r.text.rstrip()[-1] in ".。"
 
 
 def test_answers_are_spoken_sentences_in_the_assistant_voice(rows):

@@ -47,6 +47,16 @@ def test_smoke_recipe_runs_skips_and_resumes(tmp_path, capsys, monkeypatch):
     codes = TextToToken.from_pretrained(done["t2t"]["t2t"]).generate(["hello"], T2TConfig(seed=0))[0]
     assert all(0 <= c < 32 for c in codes)
     assert done["interleaved"]["shards"] and done["sft-data"]["turns"] > 0
+
+    def rows_of(path):
+        return [json.loads(line) for line in path.read_text().splitlines()]
+
+    # the facts' other phrasings are read by the LMs, never spoken; the question-answer texts too
+    heard = rows_of(out / "texts" / "speech-texts.jsonl") + rows_of(out / "texts" / "assistant-texts.jsonl")
+    assert any(r.get("phrasing") for r in rows_of(out / "texts" / "train-texts.jsonl"))
+    assert not any(r.get("phrasing") or r.get("role") == "qa" for r in heard)
+    read = rows_of(out / "pretrain" / "lm-texts.jsonl")
+    assert any(r.get("phrasing") for r in read) and any(r["role"] == "qa" for r in read)
     sft_rows = [json.loads(line) for line in (out / "sft-data" / "sft.jsonl").read_text().splitlines()]
     assert {r.get("replay") for r in sft_rows} == {None, "text", "asr"}  # turns, and both kinds of replay
     assert done["sft-data"]["multi_turn"] > 0 and any(r.get("history") for r in sft_rows)
@@ -138,6 +148,26 @@ def test_only_one_stage_and_a_running_stage_is_refused(tmp_path, capsys):
         assert "stage tokenizer is running in another process" in capsys.readouterr().err
     assert main(["recipe", "tiny", "--smoke", "--out", str(out), "--only", "tokenizer"]) == 0  # the lock is gone
     assert main(["recipe", "tiny", "--smoke", "--out", str(out), "--until", "speech", "--only", "vocoder"]) == 2
+
+
+def test_lm_texts_drop_wrong_endings_and_add_question_answer_texts(tmp_path):
+    from glm4voice.recipe.tiny_lm import _lm_texts
+
+    rows = [{"id": "q", "text": "What is one plus one?", "lang": "en", "role": "question", "answer": "Two."},
+            {"id": "z", "text": "一加一等于几？", "lang": "zh", "role": "question", "answer": "二。"},
+            {"id": "s-right", "text": "A story. Good end.", "lang": "en", "role": "story", "right": True},
+            {"id": "s-wrong", "text": "A story. Bad end.", "lang": "en", "role": "story", "right": False},
+            {"id": "f-1", "text": "Paris is the capital of France.", "lang": "en", "role": "fact", "phrasing": 1}]
+    (tmp_path / "train.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    done = {"texts": {"train_texts": str(tmp_path / "train.jsonl")}}
+
+    def texts(qa):
+        return [json.loads(line) for line in _lm_texts(done, tmp_path / "lm.jsonl", qa).read_text().splitlines()]
+
+    assert [r["id"] for r in texts(False)] == ["q", "z", "s-right", "f-1"]
+    with_qa = texts(True)
+    assert [r["text"] for r in with_qa if r["role"] == "qa"] == ["What is one plus one? Two.", "一加一等于几？二。"]
+    assert [r["id"] for r in with_qa if r["role"] != "qa"] == ["q", "z", "s-right", "f-1"]
 
 
 def test_stage_figures_come_from_the_last_whole_metrics_line(tmp_path):
