@@ -273,7 +273,7 @@ PHRASINGS = {
 # recall from a question (Allen-Zhu & Li, "Physics of Language Models 3.1": knowledge augmentation); none of these
 # is a held-out question phrasing turned into a statement.
 FACT_PHRASINGS = {
-    "capital": (["{Y} is the capital of {x}.", "The capital city of {x} is {y}.", "{x} has {y} as its capital."],
+    "capital": (["{Y} is the capital of {x}.", "In {x}, the capital is {y}.", "{X} has {y} as its capital."],
                 ["{y}是{x}的首都。", "{x}的首都叫{y}。", "{x}的首都城市是{y}。"]),
     "day_after": (["{Y} comes after {x}.", "After {x} comes {y}.", "{X} is followed by {y}."],
                   ["{x}之后是{y}。", "过了{x}就是{y}。", "{y}在{x}的后面。"]),
@@ -281,15 +281,15 @@ FACT_PHRASINGS = {
                    ["{x}之前是{y}。", "{y}过后就是{x}。", "{y}在{x}的前面。"]),
     "month": (["{Y} comes after {x}.", "After {x} comes {y}.", "{X} is followed by {y}."],
               ["{x}之后是{y}。", "{x}过后是{y}。", "{y}在{x}的后面。"]),
-    "opposite": (["{Y} is the opposite of {x}.", "{X} and {y} are opposites.", "The opposite word of {x} is {y}."],
+    "opposite": (["{Y} is the opposite of {x}.", "{X} and {y} are opposites.", "The antonym of {x} is {y}."],
                  ["{y}是{x}的反义词。", "{x}和{y}是一对反义词。", "{x}的反义词叫{y}。"]),
     "colour": (["The colour of {x} is {y}.", "{Y} is the colour of {x}.", "{X} is {y} in colour."],
                ["{x}的颜色是{y}。", "{y}是{x}的颜色。", "{x}看起来是{y}的。"]),
-    "legs": (["{X} has got {y}.", "{X} walks on {y}.", "The number of legs of {x} is {n}."],
+    "legs": (["{X} has got {y}.", "{X} stands on {y}.", "The number of legs of {x} is {n}."],
              ["{x}一共有{y}条腿。", "{x}长着{y}条腿。", "{x}的腿一共有{y}条。"]),
 }  # fmt: skip
 NO_LEGS = (["{X} has no legs at all.", "{X} has not got any legs.", "{X} moves without legs."],
-           ["{x}一条腿也没有。", "{x}没有长腿。", "{x}不用腿走路。"])  # legs, for the animals with none
+           ["{x}一条腿也没有。", "{x}身上没有腿。", "{x}根本没有腿。"])  # legs, for the animals with none
 
 
 def fact_phrasings(task: str, lang: str, x: str, y: str) -> list[str]:

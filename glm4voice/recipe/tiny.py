@@ -3,7 +3,8 @@
 Stages, each a folder of OUT:
 
     texts      the tiny domain (`data tiny-texts`) and short Debian fortunes -> train / test text manifests, and
-               the train texts plus word lists of their words (`word_lists`): what the user voices speak
+               the train texts (without the facts' other phrasings: text for the LMs alone) plus word lists of
+               their words (`word_lists`): what the user voices speak
     speech     train texts and word lists spoken by every voice with augmentation (answers in the assistant's
                voice), the test questions in held-out voice settings (faster, higher); and the domain's texts in
                the assistant's voice alone (the decoder's data) -> corpus manifests
@@ -141,8 +142,8 @@ def texts(sizes: Sizes):
         write_tiny_texts(folder / "domain.jsonl")
         rows = [r for _, r in read_jsonl(folder / "domain.jsonl", "domain texts")]
 
-        def kind(r):
-            return (r.get("lang"), r.get("role"), r.get("split"))
+        def kind(r):  # a fact's other phrasings apart: a few rows of each keep spoken facts
+            return (r.get("lang"), r.get("role"), r.get("split"), bool(r.get("phrasing")))
 
         train = first_of_each([r for r in rows if r.get("split", "train") == "train"], sizes.rows, kind)
         test = first_of_each([r for r in rows if r.get("role") in ("question", "story") and r.get("split") == "test"],

@@ -118,11 +118,29 @@ def test_facts_come_in_several_phrasings_none_a_held_out_question(rows):
     assert set(others) == {r.id for r in first if r.extra["task"] in FACT_PHRASINGS}
     assert all([r.extra["phrasing"] for r in v] == [1, 2, 3] for v in others.values())
     assert [r.text for r in others["en-fact-00001"]] == [
-        "Paris is the capital of France.", "The capital city of France is Paris.", "France has Paris as its capital."]
+        "Paris is the capital of France.", "In France, the capital is Paris.", "France has Paris as its capital."]
     assert "蛇一条腿也没有。" in {r.text for r in facts}  # no "有没有条腿"
     held_out = {r.text for r in questions(rows, "test")}
     for r in facts:
         assert r.extra["split"] == "train" and r.text not in held_out and r.text.rstrip()[-1] in ".。"
+    # no other phrasing restates a held-out question form: no four words (Mandarin: characters) of its frame
+    for task, (en, zh) in FACT_PHRASINGS.items():
+        for held, templates in ((PHRASINGS[task][0][-1], en), (PHRASINGS[task][1][-1], zh)):
+            assert not [t for t in templates if restates(held, t)], (task, held)
+    assert restates("Name the capital city of {x}.", "The capital city of {x} is {y}.")  # what the test catches
+    assert restates("请问{x}的首都在哪里？", "{x}的首都在哪里都知道。")
+
+
+def restates(question: str, template: str) -> bool:
+    """Whether a template shares four running words (Mandarin: characters) with a question's frame."""
+    def grams(text: str) -> set:
+        out = set()
+        for piece in re.split(r"\{\w\}", text.lower()):
+            units = re.findall(r"[a-z']+", piece) or [c for c in piece if "\u4e00" <= c <= "\u9fff"]
+            out |= {tuple(units[i : i + 4]) for i in range(len(units) - 3)}
+        return out
+
+    return bool(grams(question) & grams(template))
 
 
 def test_answers_are_spoken_sentences_in_the_assistant_voice(rows):

@@ -64,8 +64,9 @@ def test_a_stage_takes_the_core_another_left(tmp_path, monkeypatch):
     assert done["short"]["threads"] == done["long"]["threads"] == 1  # side by side: a core each
     assert done["after"]["threads"] == 1 and done["after"]["threads_at_end"] == 1  # long still ran then
     assert done["long"]["threads_at_end"] == 2  # alone at the end: both cores
-    grew = [json.loads(line) for line in lines if json.loads(line).get("threads") == 2]
-    assert grew == [{"stage": "long", "state": "running", "threads": 2}]
+    grew = [json.loads(line) for line in lines if json.loads(line)["state"] == "threads"]
+    assert grew == [{"stage": "long", "state": "threads", "threads": 2}]
+    assert not (tmp_path / "long" / "threads").exists()  # the shares live in the run's own folder, gone after it
 
 
 def test_a_failed_stage_stops_new_ones_and_the_running_ones_finish(tmp_path):
