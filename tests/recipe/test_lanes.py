@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -57,7 +58,12 @@ def test_stages_run_side_by_side_never_before_their_inputs(tmp_path, monkeypatch
 
 
 def test_a_stage_takes_the_core_another_left(tmp_path, monkeypatch):
+    import tempfile
+
     monkeypatch.setattr("os.cpu_count", lambda: 2)
+    made = []
+    real = tempfile.mkdtemp
+    monkeypatch.setattr(tempfile, "mkdtemp", lambda **kw: made.append(real(**kw)) or made[-1])
     stages = [stage("short"), stage("long"), stage("after", "short")]
     lines = []
     done = run_stages(stages, tmp_path, log=lines.append, jobs=2, spawn=spawner(tmp_path, {"long": 2.0}))
@@ -66,7 +72,7 @@ def test_a_stage_takes_the_core_another_left(tmp_path, monkeypatch):
     assert done["long"]["threads_at_end"] == 2  # alone at the end: both cores
     grew = [json.loads(line) for line in lines if json.loads(line)["state"] == "threads"]
     assert grew == [{"stage": "long", "state": "threads", "threads": 2}]
-    assert not (tmp_path / "long" / "threads").exists()  # the shares live in the run's own folder, gone after it
+    assert len(made) == 1 and not Path(made[0]).exists()  # the shares lived in the run's own folder, gone after it
 
 
 def test_a_failed_stage_stops_new_ones_and_the_running_ones_finish(tmp_path):
