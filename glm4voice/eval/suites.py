@@ -6,7 +6,7 @@
     qa       spoken questions: S->T (the reply text says the row's `key`) and S->S (pocketsphinx hears it; en);
              T->T, the same questions typed (what the LM knows without listening); each also by task
     cloze    story pairs: the LM's likelihood prefers the right ending; T->T, S->T (rows with `story_audio`), S->S
-    rate     "say ... slowly / quickly": reply speech duration against the plain "say ..."
+    rate     "say ... slowly / quickly": reply speech duration against the plain "say ...", also per character
     latency  end of the user's speech -> first reply text / audio, through the streaming tokenizer
 
 Rows are corpus-manifest rows (`data speak` output of `data tiny-texts`, or any manifest with the fields a
@@ -176,20 +176,31 @@ def qa(bundle, rows, max_new_tokens: int = 300) -> dict:
 
 
 def rate(bundle, rows, max_new_tokens: int = 300) -> dict:
+    """Mean reply durations of "say ..." against "say ... slowly / quickly" (what the issue's target asks), and the
+    same ratios per character of what the reply says (`*_per_char`): a reply with other words than asked has
+    another length for that alone, and the tiny model's often do, so the per-character pace tells whether it
+    still slowed down or sped up."""
     kinds = {"say": "normal", "say_slowly": "slow", "say_quickly": "quick"}
     rows = _need([r for r in rows if r.audio and r.extra.get("task") in kinds], "say / say_slowly / say_quickly "
                  "questions", "rate")  # fmt: skip
     seconds: dict = defaultdict(list)
+    pace: dict = defaultdict(list)  # seconds per character of the reply's text (no spaces, no punctuation)
     for row in rows:
         reply = bundle.chat(max_new_tokens).reply(_load(row))
         seconds[kinds[row.extra["task"]]].append(reply.seconds)
-    mean = {k: float(np.mean(v)) for k, v in seconds.items() if v}
-    out = {f"seconds_{k}": round(v, 3) for k, v in mean.items()}
-    out.update({f"n_{k}": len(v) for k, v in seconds.items()})
-    if mean.get("normal") and "slow" in mean:
-        out["slow_over_normal"] = round(mean["slow"] / mean["normal"], 3)
-    if mean.get("quick") and "normal" in mean:
-        out["normal_over_quick"] = round(mean["normal"] / mean["quick"], 3)
+        chars = len(normalize(reply.text, row.lang).replace(" ", "").strip("-"))
+        if chars and reply.seconds:
+            pace[kinds[row.extra["task"]]].append(reply.seconds / chars)
+    out = {}
+    for suffix, values in (("", seconds), ("_per_char", pace)):
+        mean = {k: float(np.mean(v)) for k, v in values.items() if v}
+        if not suffix:
+            out.update({f"seconds_{k}": round(v, 3) for k, v in mean.items()})
+            out.update({f"n_{k}": len(v) for k, v in values.items()})
+        if mean.get("normal") and "slow" in mean:
+            out[f"slow_over_normal{suffix}"] = round(mean["slow"] / mean["normal"], 3)
+        if mean.get("quick") and "normal" in mean:
+            out[f"normal_over_quick{suffix}"] = round(mean["normal"] / mean["quick"], 3)
     return out
 
 

@@ -131,6 +131,22 @@ def test_rate_is_the_ratio_of_reply_durations(bundle_dir, manifest, monkeypatch)
     assert len(by_task) == 3 and out["slow_over_normal"] == 1.5 and out["normal_over_quick"] == 2.0
 
 
+def test_rate_per_character_tells_pace_from_length(bundle_dir, manifest, monkeypatch):
+    bundle, rows = Bundle(bundle_dir), rows_of(manifest)
+    # slow replies say twice the words in twice the time: longer, but not slower; quick ones are empty
+    said = {"say": ("Good night.", 2.0), "say_slowly": ("Good night good night.", 4.0), "say_quickly": ("", 1.0)}
+    replies = iter(said[r.extra["task"]] for r in rows if r.extra.get("task") in said)
+
+    def chat(n=300, speak=True):
+        text, seconds = next(replies)
+        return FakeChat(lambda audio: text, seconds)
+
+    monkeypatch.setattr(bundle, "chat", chat)
+    out = suites.rate(bundle, rows)
+    assert out["slow_over_normal"] == 2.0 and out["slow_over_normal_per_char"] == 1.0
+    assert out["normal_over_quick"] == 2.0 and "normal_over_quick_per_char" not in out  # no words, no pace
+
+
 def test_log_likelihood_and_cloze(bundle_dir, manifest, monkeypatch):
     bundle, rows = Bundle(bundle_dir), rows_of(manifest)
     lm = bundle.lm
