@@ -134,6 +134,23 @@ def _short_pieces(text: str, lang: str, limit: int) -> list[str]:
     return [p for p in pieces if 4 <= len(p) <= limit and plain.fullmatch(p)]
 
 
+def lm_texts(train: list[dict], qa: bool) -> list[dict]:
+    """What the LMs read (interleaved, pre-training, SFT replay): the training texts without the stories' wrong
+    endings, and (`qa`) each training question followed by its answer as one more text.
+
+    The speech corpus speaks both endings; an LM that read the wrong ones as text learns them as likely, and the
+    `cloze` suite asks it which ending is right. The question-answer texts put questions beside what answers them
+    in pre-training already, as "Physics of Language Models 3.1" (Allen-Zhu & Li) found a model needs, beside
+    facts stated in several ways, to answer questions about facts it read elsewhere: the held-out questions ask
+    about facts read only as text (findings: "Facts in several phrasings, questions beside answers")."""
+    rows = [r for r in train if r.get("right") is not False]
+    if qa:
+        rows += [{"id": f"{r['id']}-qa", "text": r["text"] + (" " if r["lang"] == "en" else "") + r["answer"],
+                  "lang": r["lang"], "role": "qa", "task": r.get("task"), "split": "train"}
+                 for r in rows if r.get("role") == "question" and r.get("answer")]  # fmt: skip
+    return rows
+
+
 def texts(sizes: Sizes):
     def run(folder: Path, done: dict) -> dict:
         from ..data.domain import write_tiny_texts
@@ -164,9 +181,11 @@ def texts(sizes: Sizes):
         write_rows(folder / "speech-texts.jsonl", spoken + words)
         write_rows(folder / "test-texts.jsonl", test)
         write_rows(folder / "assistant-texts.jsonl", voice)
+        write_rows(folder / "lm-texts.jsonl", lm_texts(train, sizes.qa_texts))
         return {"train_texts": str(folder / "train-texts.jsonl"), "test_texts": str(folder / "test-texts.jsonl"),
                 "assistant_texts": str(folder / "assistant-texts.jsonl"),
-                "speech_texts": str(folder / "speech-texts.jsonl"), "train_rows": len(train),
+                "speech_texts": str(folder / "speech-texts.jsonl"), "lm_texts": str(folder / "lm-texts.jsonl"),
+                "train_rows": len(train),
                 "test_rows": len(test), "assistant_rows": len(voice), "fortunes": counts,
                 "word_lists": len(words)}  # fmt: skip
 

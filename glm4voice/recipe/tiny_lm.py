@@ -15,22 +15,14 @@ if TYPE_CHECKING:
     from .tiny import Sizes
 
 
-def _lm_texts(done: dict, out: Path, qa: bool) -> Path:
-    """What the LMs read (interleaved, pre-training, SFT replay): the training texts without the stories' wrong
-    endings, and (`qa`) each training question followed by its answer as one more text.
+def _lm_texts(done: dict) -> str:
+    """The texts stage's `lm-texts.jsonl` (what the LMs read: `tiny.lm_texts`)."""
+    from ..errors import Glm4VoiceError
 
-    The speech corpus speaks both endings; an LM that read the wrong ones as text learns them as likely, and the
-    `cloze` suite asks it which ending is right. The question-answer texts put questions beside what answers them
-    in pre-training already, as "Physics of Language Models 3.1" (Allen-Zhu & Li) found a model needs, beside
-    facts stated in several ways, to answer questions about facts it read elsewhere: the held-out questions ask
-    about facts read only as text (findings: "Facts in several phrasings, questions beside answers")."""
-    rows = [r for _, r in read_jsonl(done["texts"]["train_texts"], "train texts") if r.get("right") is not False]
-    if qa:
-        rows += [{"id": f"{r['id']}-qa", "text": r["text"] + (" " if r["lang"] == "en" else "") + r["answer"],
-                  "lang": r["lang"], "role": "qa", "task": r.get("task"), "split": "train"}
-                 for r in rows if r.get("role") == "question" and r.get("answer")]  # fmt: skip
-    write_rows(out, rows)
-    return out
+    if "lm_texts" not in done["texts"]:  # a run folder from before the texts stage wrote it
+        raise Glm4VoiceError("this run's texts stage predates lm-texts.jsonl: delete texts/done.json in the run "
+                             "folder and run the recipe again (it redoes the texts stage only, a second)")  # fmt: skip
+    return done["texts"]["lm_texts"]
 
 
 def text_tokenizer(sizes: Sizes):
@@ -80,7 +72,7 @@ def interleaved(sizes: Sizes):
 
         # no `pairs`: the pre-training mixture reads speech, ASR and TTS from the codes' shards as sources of their
         # own; here they made 93 % of the "interleaved" 30 % (its real interleaved share was 2 %)
-        texts = _lm_texts(done, folder / "lm-texts.jsonl", sizes.qa_texts)
+        texts = _lm_texts(done)
         report = interleave(done["t2t"]["t2t"], [texts], folder / "shards",
                             InterleaveOptions(seq_length=sizes.lm_seq_length), progress=False)  # fmt: skip
         return {"shards": str(folder / "shards"), **{k: v for k, v in report.items() if not isinstance(v, list)}}
@@ -122,7 +114,7 @@ def sft_data(sizes: Sizes):
                 talks.append({**turns[i], "history": rng.sample(pool, min(len(pool), rng.choice((1, 2))))})
         # replay: what pre-training taught that the turns do not repeat (facts behind held-out questions,
         # stories, words heard outside questions), so thousands of fine-tuning steps do not wipe it out
-        texts = [r for _, r in read_jsonl(_lm_texts(done, folder / "lm-texts.jsonl", sizes.qa_texts), "LM texts")]
+        texts = [r for _, r in read_jsonl(_lm_texts(done), "LM texts")]
         replay = [{"replay": "text", "text": r["text"]} for r in texts if r.get("role") in sizes.replay_roles]
         step = max(1, len(elsewhere) // sizes.asr_replay) if sizes.asr_replay else 0
         heard_rows = elsewhere[::step][: sizes.asr_replay] if step else []
@@ -143,7 +135,7 @@ def pretrain(sizes: Sizes):
 
         train_shards = absolute(done["codes"]["train"]["shards"])
         voice_shards = absolute(done["codes"]["assistant"]["shards"])
-        texts = absolute(_lm_texts(done, folder / "lm-texts.jsonl", sizes.qa_texts))
+        texts = absolute(_lm_texts(done))
         mixture = {"seq_length": sizes.lm_seq_length, "sources": [
             {"kind": "text", "path": [texts], "weight": 0.25},
             {"kind": "speech", "path": [train_shards], "weight": 0.15},

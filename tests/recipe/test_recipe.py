@@ -7,6 +7,7 @@ import json
 import shutil
 from pathlib import Path
 
+import pytest
 import torch
 
 from glm4voice.cli import main
@@ -55,7 +56,7 @@ def test_smoke_recipe_runs_skips_and_resumes(tmp_path, capsys, monkeypatch):
     heard = rows_of(out / "texts" / "speech-texts.jsonl") + rows_of(out / "texts" / "assistant-texts.jsonl")
     assert any(r.get("phrasing") for r in rows_of(out / "texts" / "train-texts.jsonl"))
     assert not any(r.get("phrasing") or r.get("role") == "qa" for r in heard)
-    read = rows_of(out / "pretrain" / "lm-texts.jsonl")
+    read = rows_of(Path(done["texts"]["lm_texts"]))
     assert any(r.get("phrasing") for r in read) and any(r["role"] == "qa" for r in read)
     sft_rows = [json.loads(line) for line in (out / "sft-data" / "sft.jsonl").read_text().splitlines()]
     assert {r.get("replay") for r in sft_rows} == {None, "text", "asr"}  # turns, and both kinds of replay
@@ -150,24 +151,26 @@ def test_only_one_stage_and_a_running_stage_is_refused(tmp_path, capsys):
     assert main(["recipe", "tiny", "--smoke", "--out", str(out), "--until", "speech", "--only", "vocoder"]) == 2
 
 
-def test_lm_texts_drop_wrong_endings_and_add_question_answer_texts(tmp_path):
-    from glm4voice.recipe.tiny_lm import _lm_texts
+def test_lm_texts_drop_wrong_endings_and_add_question_answer_texts():
+    from glm4voice.recipe.tiny import lm_texts
 
     rows = [{"id": "q", "text": "What is one plus one?", "lang": "en", "role": "question", "answer": "Two."},
             {"id": "z", "text": "一加一等于几？", "lang": "zh", "role": "question", "answer": "二。"},
             {"id": "s-right", "text": "A story. Good end.", "lang": "en", "role": "story", "right": True},
             {"id": "s-wrong", "text": "A story. Bad end.", "lang": "en", "role": "story", "right": False},
             {"id": "f-1", "text": "Paris is the capital of France.", "lang": "en", "role": "fact", "phrasing": 1}]
-    (tmp_path / "train.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-    done = {"texts": {"train_texts": str(tmp_path / "train.jsonl")}}
-
-    def texts(qa):
-        return [json.loads(line) for line in _lm_texts(done, tmp_path / "lm.jsonl", qa).read_text().splitlines()]
-
-    assert [r["id"] for r in texts(False)] == ["q", "z", "s-right", "f-1"]
-    with_qa = texts(True)
+    assert [r["id"] for r in lm_texts(rows, False)] == ["q", "z", "s-right", "f-1"]
+    with_qa = lm_texts(rows, True)
     assert [r["text"] for r in with_qa if r["role"] == "qa"] == ["What is one plus one? Two.", "一加一等于几？二。"]
     assert [r["id"] for r in with_qa if r["role"] != "qa"] == ["q", "z", "s-right", "f-1"]
+
+
+def test_a_run_whose_texts_predate_lm_texts_is_told_how_to_go_on():
+    from glm4voice.errors import Glm4VoiceError
+    from glm4voice.recipe.tiny_lm import _lm_texts
+
+    with pytest.raises(Glm4VoiceError, match="texts/done.json"):
+        _lm_texts({"texts": {"train_texts": "train-texts.jsonl"}})
 
 
 def test_stage_figures_come_from_the_last_whole_metrics_line(tmp_path):
