@@ -26,22 +26,29 @@ def valid_subset(manifest: str | Path, n: int, out: Path) -> Path:
     return out
 
 
-def run_figures(run_dir: Path, *keys: str) -> dict:
-    """The figures `keys` (any key holding one of them) of a run's last logged step, and its training seconds
+def run_figures(run_dir: Path, *keys: str, last: int = 1) -> dict:
+    """The figures `keys` (any key holding one of them) of a run's logged steps, each the mean of its `last`
+    logged values (a training batch's loss is one batch's: 20 of them say more than one), and its training seconds
     across every resumed run: read from metrics.jsonl, so a stage resumed at its last step still reports them."""
     from ..train.loop import METRICS_FILE
 
-    path, last = run_dir / METRICS_FILE, {}
+    path = run_dir / METRICS_FILE
     lines = path.read_text(encoding="utf-8").splitlines() if path.is_file() else []
+    values: dict[str, list] = {}
+    seconds = None
     for line in reversed(lines):  # a run killed mid-write may have left half a line: skipped
         try:
-            last = json.loads(line)
+            row = json.loads(line)
         except json.JSONDecodeError:
             continue
-        if isinstance(last, dict) and "step" in last:
-            break
-        last = {}
-    return {k: v for k, v in last.items() if k == "train_seconds" or any(key in k for key in keys)}
+        if not isinstance(row, dict) or "step" not in row:
+            continue
+        seconds = row.get("train_seconds") if seconds is None else seconds
+        for k, v in row.items():
+            if any(key in k for key in keys) and isinstance(v, int | float) and len(values.get(k, ())) < last:
+                values.setdefault(k, []).append(v)
+    out = {k: v[0] if len(v) == 1 else round(sum(v) / len(v), 5) for k, v in values.items()}
+    return {**out, **({"train_seconds": seconds} if seconds is not None else {})}
 
 
 def resume_point(run_dir: Path, steps: int) -> tuple[Path | None, bool]:

@@ -15,6 +15,11 @@ if TYPE_CHECKING:
     from .tiny import Sizes
 
 
+def _loss(run_dir: Path) -> dict:
+    """A trainer stage's loss: the mean of its last 20 logged steps (each is one batch's: noisy alone)."""
+    return run_figures(run_dir, "loss", last=20)
+
+
 def _lm_texts(done: dict) -> str:
     """The texts stage's `lm-texts.jsonl` (what the LMs read: `tiny.lm_texts`)."""
     from ..errors import Glm4VoiceError
@@ -60,7 +65,7 @@ def t2t(sizes: Sizes):
         if not finished:
             train_t2t(done["codes"]["assistant"]["shards"], folder / "run", cfg, seq_length=sizes.t2t_seq_length,
                       resume=resume, **start)  # fmt: skip
-        return {"t2t": str(folder / "run" / f"step-{sizes.t2t_steps}"), **run_figures(folder / "run", "loss")}
+        return {"t2t": str(folder / "run" / f"step-{sizes.t2t_steps}"), **_loss(folder / "run")}
 
     return Stage("t2t", run, "the text-to-token model from scratch on the assistant's (text, codes) pairs",
                  needs=("codes", "text-tokenizer"))  # fmt: skip
@@ -151,7 +156,7 @@ def pretrain(sizes: Sizes):
                           keep_last=2, warmup_steps=min(200, sizes.pretrain_steps // 10))  # fmt: skip
         if not finished:
             train_lm(folder / "mixture.json", folder / "run", cfg, resume=resume, **start)
-        return {"lm": str(folder / "run" / f"step-{sizes.pretrain_steps}"), **run_figures(folder / "run", "loss")}
+        return {"lm": str(folder / "run" / f"step-{sizes.pretrain_steps}"), **_loss(folder / "run")}
 
     return Stage("pretrain", run, "the LM from scratch on text, speech, ASR, TTS and interleaved samples",
                  needs=("texts", "codes", "text-tokenizer", "interleaved"))  # fmt: skip
@@ -168,7 +173,7 @@ def sft(sizes: Sizes):
         if not finished:
             train_sft(done["pretrain"]["lm"], done["sft-data"]["sft"], folder / "run", cfg,
                       max_length=sizes.lm_seq_length, resume=resume)  # fmt: skip
-        return {"lm": str(folder / "run" / f"step-{sizes.sft_steps}"), **run_figures(folder / "run", "loss")}
+        return {"lm": str(folder / "run" / f"step-{sizes.sft_steps}"), **_loss(folder / "run")}
 
     return Stage("sft", run, "streaming-thoughts fine-tuning: spoken and typed questions -> interleaved answers",
                  needs=("pretrain", "sft-data"))  # fmt: skip

@@ -181,6 +181,11 @@ def test_stage_figures_come_from_the_last_whole_metrics_line(tmp_path):
     assert run_figures(tmp_path, "loss") == {"loss": 1.5, "train_seconds": 5}
     (tmp_path / "metrics.jsonl").write_text('{"step": 1, "loss": 2.0}\n{"step": 2, "lo')  # killed mid-write
     assert run_figures(tmp_path, "loss") == {"loss": 2.0} and run_figures(tmp_path / "none", "loss") == {}
+    # a batch's loss averaged over the last logged steps; a validation figure from the last step that has one
+    (tmp_path / "metrics.jsonl").write_text('{"step": 10, "loss": 4.0, "valid_wer": 0.5, "train_seconds": 2}\n'
+                                            '{"step": 20, "loss": 1.0, "train_seconds": 4}\n'
+                                            '{"step": 30, "loss": 2.0, "train_seconds": 6}\n')
+    assert run_figures(tmp_path, "loss", "wer", last=2) == {"loss": 1.5, "valid_wer": 0.5, "train_seconds": 6}
 
 
 def test_word_lists_draw_training_words_in_no_sentence_order():
