@@ -52,6 +52,9 @@ def _add_train_sft(sub) -> None:
     p.add_argument("--max-length", type=int, default=8192, help="ids per sample; a longer one is an error")
     p.add_argument("--lora", type=int, default=0, metavar="RANK",
                    help="train LoRA adapters of this rank (PEFT), the LM frozen; checkpoints hold the merged LM")
+    p.add_argument("--speech-copies", type=int, default=1, metavar="N",
+                   help="each turn's speech-output copy N times per pass over the data, its text-output copy once "
+                   "(the paper: 20 epochs on speech output, 4 on text, i.e. 5)")
     add_run_options(p, sft_defaults())
 
 
@@ -61,7 +64,7 @@ def _run_sft(args) -> int:
 
     cfg = run_config(args)
     records = train_sft(args.lm, args.data, args.out, cfg, max_length=args.max_length, lora=args.lora,
-                        resume=args.resume)  # fmt: skip
+                        resume=args.resume, speech_copies=args.speech_copies)  # fmt: skip
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"glm4voice train-sft: {finished(records)}; checkpoint {args.out}/step-{cfg.steps}", file=sys.stderr)
     return 0

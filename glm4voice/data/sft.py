@@ -127,6 +127,16 @@ def collate(samples: Sequence[TrainingSample], pad_id: int, max_length: int | No
     return {"input_ids": ids, "labels": labels, "attention_mask": mask}
 
 
+def with_speech_copies(samples: list[TrainingSample], tokenizer: TextTokenizer, copies: int) -> list[TrainingSample]:
+    """`samples` with each speech-output copy (a sample whose loss is on speech ids) `copies` times: the paper
+    fine-tunes 20 epochs on speech output and 4 on text (SPEC §4), i.e. 5. The speech copies carry the rate of a
+    reply ("say it slowly") in a code or two each, which the text copies never carry."""
+    if copies < 1:
+        raise Glm4VoiceError(f"speech copies must be >= 1, not {copies}")
+    speech = [s for s in samples if any(label != IGNORE and tokenizer.is_audio(label) for label in s.labels)]
+    return samples + speech * (copies - 1)
+
+
 def read_sft_manifest(path, tokenizer: TextTokenizer) -> list[TrainingSample]:
     """A JSONL file, one turn per line -> its two samples per line (text-loss, speech-loss copies).
 

@@ -172,7 +172,7 @@ def sft(sizes: Sizes):
         resume, finished = resume_point(folder / "run", sizes.sft_steps)
         if not finished:
             train_sft(done["pretrain"]["lm"], done["sft-data"]["sft"], folder / "run", cfg,
-                      max_length=sizes.lm_seq_length, resume=resume)  # fmt: skip
+                      max_length=sizes.lm_seq_length, resume=resume, speech_copies=sizes.speech_copies)  # fmt: skip
         return {"lm": str(folder / "run" / f"step-{sizes.sft_steps}"), **_loss(folder / "run")}
 
     return Stage("sft", run, "streaming-thoughts fine-tuning: spoken and typed questions -> interleaved answers",

@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ..data.sft import collate, read_sft_manifest
+from ..data.sft import collate, read_sft_manifest, with_speech_copies
 from ..errors import Glm4VoiceError
 from .config import RunConfig
 from .dist import Dist
@@ -34,8 +34,9 @@ def sft_defaults(**overrides) -> RunConfig:
 
 def train_sft(lm: str | os.PathLike, data: str | os.PathLike, out: str | os.PathLike, cfg: RunConfig,
               max_length: int = 8192, lora: int = 0, resume: str | os.PathLike | None = None,
-              log=None) -> list[dict]:  # fmt: skip
+              speech_copies: int = 1, log=None) -> list[dict]:  # fmt: skip
     """Fine-tune; returns the logged records. `max_length`: ids per sample (a longer one is an error, never cut).
+    `speech_copies`: each turn's speech-output copy that many times per pass over the data (`with_speech_copies`).
 
     `lora` > 0: LoRA adapters of that rank train, the LM stays frozen; a resumed LoRA run starts again from
     `lm` with the checkpoint's adapter."""
@@ -43,11 +44,13 @@ def train_sft(lm: str | os.PathLike, data: str | os.PathLike, out: str | os.Path
 
     if lora < 0:
         raise Glm4VoiceError(f"--lora must be a rank >= 1 (0: off), not {lora}")
+    if speech_copies < 1:
+        raise Glm4VoiceError(f"--speech-copies must be >= 1, not {speech_copies}")
     state = open_run(out, resume, cfg)
     source = Path(resume) if resume is not None and not lora else Path(lm)
     adapter = Path(resume) / "adapter" if resume is not None and lora else None
     text_tokenizer = TextTokenizer.from_pretrained(source)
-    samples = read_sft_manifest(data, text_tokenizer)
+    samples = with_speech_copies(read_sft_manifest(data, text_tokenizer), text_tokenizer, speech_copies)
     longest = max(len(s.input_ids) for s in samples)
     if longest > max_length:
         raise Glm4VoiceError(f"{data}: a sample has {longest} ids, more than max_length {max_length}")

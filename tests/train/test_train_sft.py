@@ -52,6 +52,24 @@ def test_schedule_and_batches():
         RunConfig(min_lr=1.0, lr=0.1)
 
 
+def test_speech_copies_repeat_the_speech_output_samples_only(setup):
+    from glm4voice.data.sft import IGNORE, read_sft_manifest, with_speech_copies
+    from glm4voice.lm.text import TextTokenizer
+
+    tokenizer = TextTokenizer.from_pretrained(setup / "lm")
+    samples = read_sft_manifest(setup / "data.jsonl", tokenizer)
+
+    def speaks(sample):
+        return any(label != IGNORE and tokenizer.is_audio(label) for label in sample.labels)
+
+    assert [speaks(s) for s in samples] == [False, True] * 6  # each turn: its text copy, its speech copy
+    tripled = with_speech_copies(samples, tokenizer, 3)
+    assert sum(map(speaks, tripled)) == 18 and sum(not speaks(s) for s in tripled) == 6
+    assert with_speech_copies(samples, tokenizer, 1) == samples
+    with pytest.raises(Glm4VoiceError):
+        with_speech_copies(samples, tokenizer, 0)
+
+
 def test_learns_saves_and_resumes_exactly(setup, tmp_path):
     cfg = RunConfig(steps=20, save_every=10, **FAST)
     records = train_sft(setup / "lm", setup / "data.jsonl", tmp_path / "a", cfg, log=lambda line: None)
@@ -95,6 +113,9 @@ def test_refuses_to_overwrite_and_bad_data(setup, tmp_path, capsys):
     assert main(["train-sft", "--lm", str(setup / "lm"), "--data", str(setup / "data.jsonl"), "--out",
                  str(tmp_path / "y"), "--max-length", "10"]) == 2  # fmt: skip
     assert "more than max_length 10" in capsys.readouterr().err
+    copies = run[:5] + ["--out", str(tmp_path / "z"), "--steps", "2", "--speech-copies"]
+    assert main(copies + ["0"]) == 2 and "--speech-copies must be >= 1" in capsys.readouterr().err
+    assert not (tmp_path / "z").exists() and main(copies + ["5"]) == 0
 
 
 def torchrun(setup, out, *extra) -> list[dict]:
