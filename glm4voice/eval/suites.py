@@ -191,16 +191,20 @@ def rate(bundle, rows, max_new_tokens: int = 300) -> dict:
         chars = len(normalize(reply.text, row.lang).replace(" ", "").strip("-"))
         if chars and reply.seconds:
             pace[kinds[row.extra["task"]]].append(reply.seconds / chars)
+    mean = {k: float(np.mean(v)) for k, v in seconds.items() if v}
+    out = {f"seconds_{k}": round(v, 3) for k, v in mean.items()}
+    out.update({f"n_{k}": len(v) for k, v in seconds.items()})
+    return {**out, **_rate_ratios(mean, ""),
+            **_rate_ratios({k: float(np.mean(v)) for k, v in pace.items() if v}, "_per_char")}  # fmt: skip
+
+
+def _rate_ratios(mean: dict, suffix: str) -> dict:
+    """slow over normal and normal over quick of per-kind means, where both kinds have one."""
     out = {}
-    for suffix, values in (("", seconds), ("_per_char", pace)):
-        mean = {k: float(np.mean(v)) for k, v in values.items() if v}
-        if not suffix:
-            out.update({f"seconds_{k}": round(v, 3) for k, v in mean.items()})
-            out.update({f"n_{k}": len(v) for k, v in values.items()})
-        if mean.get("normal") and "slow" in mean:
-            out[f"slow_over_normal{suffix}"] = round(mean["slow"] / mean["normal"], 3)
-        if mean.get("quick") and "normal" in mean:
-            out[f"normal_over_quick{suffix}"] = round(mean["normal"] / mean["quick"], 3)
+    if mean.get("normal") and "slow" in mean:
+        out[f"slow_over_normal{suffix}"] = round(mean["slow"] / mean["normal"], 3)
+    if mean.get("quick") and "normal" in mean:
+        out[f"normal_over_quick{suffix}"] = round(mean["normal"] / mean["quick"], 3)
     return out
 
 
