@@ -6,29 +6,11 @@ without AVX-512 / VNNI / bf16 can be compared.
 
 from __future__ import annotations
 
-import platform
 import time
-from pathlib import Path
 
 import torch
 
-FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile")
-
-
-def cpu_info() -> str:
-    """'model name; flags: ...' (the flags of note for matmul kernels) and the torch thread count."""
-    info = {}
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if ":" in line:
-                key, value = (p.strip() for p in line.split(":", 1))
-                info.setdefault(key, value)
-    except OSError:
-        pass
-    flags = set(info.get("flags", "").split())
-    wanted = [f for f in FLAGS if f in flags]
-    name = info.get("model name", platform.processor() or "unknown")
-    return f"{name}; flags: {' '.join(wanted) or 'none of note'}; torch threads {torch.get_num_threads()}"
+from glm4voice.machine import cpu_info  # noqa: F401  (re-exported: every benchmark imports it from here)
 
 
 def sync(device: str) -> None:

@@ -12,36 +12,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import tempfile
 import time
 from pathlib import Path
 
 from glm4voice.data.domain import tiny_texts
 from glm4voice.data.speak import SpeakSettings, parse_voice, speak
+from glm4voice.machine import cpu_info
 
 ENGINES = {
     "espeak-ng": ["espeak-ng:en-us", "espeak-ng:en-gb+f3", "espeak-ng:cmn-latn-pinyin"],
     "flite": ["flite:slt", "flite:rms", "flite:awb", "flite:kal16"],
     "festival": ["festival:cmu_us_slt_arctic_hts", "festival:kal_diphone"],
 }
-FLAGS = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "amx_tile")
-
-
-def cpu() -> str:
-    """The CPU model, the cores this process may use, and the vector flags that matter."""
-    info = {}
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            info.setdefault(key.strip(), value.strip())
-    except OSError:
-        pass
-    model, flags = info.get("model name", platform.processor() or "unknown"), set(info.get("flags", "").split())
-    return f"{model}; {len(os.sched_getaffinity(0))} cores; flags: {' '.join(f for f in FLAGS if f in flags)}"
-
-
 def texts(path: Path, voices: list[str], count: int) -> Path:
     """`count` domain sentences, each given one of `voices` in turn (Mandarin text for Mandarin voices)."""
     rows = [r for r in tiny_texts() if r.extra["role"] in ("question", "answer")]
@@ -74,7 +57,7 @@ def main() -> None:
     p.add_argument("--workers", type=int, default=2, help="the parallel run's process count")
     p.add_argument("--engines", default=",".join(ENGINES), help="which engines to time")
     args = p.parse_args()
-    print(f"CPU: {cpu()}")
+    print(f"CPU: {cpu_info()}")
     print(f"{args.sentences} sentences per run; speech seconds made per wall second (higher is faster)\n")
     print(f"{'engine':<28} {'speech s':>9} {'1 worker':>10} {f'{args.workers} workers':>10}")
     engines = args.engines.split(",")

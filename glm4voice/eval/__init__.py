@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 from ..errors import Glm4VoiceError
+from ..machine import cpu_info
 from .bundle import Bundle
 from .suites import SUITES
 
@@ -41,7 +42,10 @@ def evaluate(model_dir, suites: list[str], manifest, out, limit: int | None = No
     bundle = Bundle(model_dir, device)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    results = {"model_dir": str(model_dir), "manifest": str(manifest), "suites": {}}
+    # where and how the figures were measured: latency and speed depend on the machine, the rest on the rows
+    results = {"model_dir": str(model_dir), "manifest": None if manifest is None else str(manifest),
+               "limit": limit, "device": str(device), "machine": cpu_info(),
+               "date": time.strftime("%Y-%m-%d", time.gmtime()), "suites": {}}  # fmt: skip
     # up to `limit` of each (role, task, lang), evenly spaced through its rows; a story's endings count as one
     picked = spread_of_each(rows, limit, lambda r: (r.extra.get("role"), r.extra.get("task"), r.lang),
                             lambda r: r.extra.get("pair"))  # fmt: skip
@@ -61,8 +65,8 @@ def evaluate(model_dir, suites: list[str], manifest, out, limit: int | None = No
 
 
 def table(results: dict) -> str:
-    lines = [f"# Evaluation of `{results['model_dir']}`", "", "| suite | figure | value | target | met |",
-             "|---|---|---|---|---|"]  # fmt: skip
+    lines = [f"# Evaluation of `{results['model_dir']}`", "", *_measured_on(results), "",
+             "| suite | figure | value | target | met |", "|---|---|---|---|---|"]  # fmt: skip
     for suite, figures in results["suites"].items():
         for name, value in figures.items():
             if isinstance(value, (list, dict)) or name.startswith("n_") or name == "seconds_taken":
@@ -82,6 +86,21 @@ def table(results: dict) -> str:
                 lines += [f"| {key} | {' | '.join(str(row.get(kind, '')) for kind in kinds)} |"
                           for key, row in value.items()]  # fmt: skip
     return "\n".join(lines) + "\n"
+
+
+def _measured_on(results: dict) -> list[str]:
+    """The report's provenance, as the line that says how to measure it again (reports written before it: none)."""
+    if "machine" not in results:
+        return []
+    limit = results.get("limit")
+    manifest = results["manifest"]
+    rows = ("no manifest" if manifest is None else f"every row of `{manifest}`" if limit is None else
+            f"{limit} rows of each role, task and language of `{manifest}`, evenly spaced")  # fmt: skip
+    again = " ".join(["glm4voice eval", f"--model-dir {results['model_dir']}", f"--suite {','.join(results['suites'])}",
+                      *([] if manifest is None else [f"--manifest {manifest}"]),
+                      *([] if limit is None else [f"--limit {limit}"]), "--out REPORT"])  # fmt: skip
+    return [f"Measured {results['date']} on {results['device']} ({results['machine']}), {rows}. "
+            f"Again: `{again}`."]
 
 
 def plots(results: dict, out: Path) -> None:

@@ -14,6 +14,7 @@ from glm4voice.cli import main
 from glm4voice.eval import Bundle, evaluate, parse_suites, suites
 from glm4voice.events import Reply, Timings
 from glm4voice.lm.tiny import write_tiny_lm
+from glm4voice.machine import cpu_info
 from tests.conftest import espeak
 
 QUESTIONS = [("q1", "en", "What is the capital of France?", "Paris", "capital"),
@@ -194,11 +195,16 @@ def test_cli_runs_recon_tts_latency_and_writes_the_report(bundle_dir, manifest, 
     code = main(["eval", "--model-dir", str(bundle_dir), "--suite", "recon,tts,latency", "--manifest", str(two),
                  "--out", str(tmp_path / "report")])  # fmt: skip
     assert code == 0, capsys.readouterr().err
-    results = json.loads((tmp_path / "report" / "results.json").read_text())["suites"]
+    report = json.loads((tmp_path / "report" / "results.json").read_text())
+    assert report["machine"].startswith(cpu_info().split(";")[0]) and report["limit"] is None
+    results = report["suites"]
     assert results["recon"]["mcd"] > 0 and results["recon"]["n_words"] > 0 and "wer_ratio" in results["recon"]
     assert "wer_tts" in results["tts"] and results["latency"]["first_audio_p50"] > 0
     table = (tmp_path / "report" / "results.md").read_text()
     assert "| latency | first_audio_p50" in table and "<= 1.0" in table
+    # where it was measured, and the command that measures it again
+    again = f"`glm4voice eval --model-dir {bundle_dir} --suite recon,tts,latency --manifest {two} --out REPORT`"
+    assert f"on cpu ({report['machine']}), every row of `{two}`. Again: {again}." in table
     assert (tmp_path / "report" / "latency.png").stat().st_size > 1000
 
 
