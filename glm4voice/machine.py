@@ -30,3 +30,12 @@ def cpu_info() -> str:
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     wanted = " ".join(f for f in FLAGS if f in flags) or "none of note"
     return f"{name}; {cores} cores; flags: {wanted}; torch threads {torch.get_num_threads()}"
+
+
+def machine(device: str = "cpu") -> str:
+    """`cpu_info()`, and the GPU's name where `device` is a CUDA one (what computed the figures)."""
+    import torch
+
+    if str(device).startswith("cuda") and torch.cuda.is_available():
+        return f"{torch.cuda.get_device_name(torch.device(device))}; {cpu_info()}"
+    return cpu_info()

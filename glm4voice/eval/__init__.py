@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from ..errors import Glm4VoiceError
-from ..machine import cpu_info
+from ..machine import machine
 from .bundle import Bundle
 from .suites import SUITES
 
@@ -44,7 +44,7 @@ def evaluate(model_dir, suites: list[str], manifest, out, limit: int | None = No
     out.mkdir(parents=True, exist_ok=True)
     # where and how the figures were measured: latency and speed depend on the machine, the rest on the rows
     results = {"model_dir": str(model_dir), "manifest": None if manifest is None else str(manifest),
-               "limit": limit, "device": str(device), "machine": cpu_info(),
+               "limit": limit, "device": str(device), "machine": machine(device),
                "date": time.strftime("%Y-%m-%d", time.gmtime()), "suites": {}}  # fmt: skip
     # up to `limit` of each (role, task, lang), evenly spaced through its rows; a story's endings count as one
     picked = spread_of_each(rows, limit, lambda r: (r.extra.get("role"), r.extra.get("task"), r.lang),
@@ -65,7 +65,7 @@ def evaluate(model_dir, suites: list[str], manifest, out, limit: int | None = No
 
 
 def table(results: dict) -> str:
-    lines = [f"# Evaluation of `{results['model_dir']}`", "", *_measured_on(results), "",
+    lines = [f"# Evaluation of `{results['model_dir']}`", "", *(f"{line}\n" for line in _measured_on(results)),
              "| suite | figure | value | target | met |", "|---|---|---|---|---|"]  # fmt: skip
     for suite, figures in results["suites"].items():
         for name, value in figures.items():
@@ -95,10 +95,11 @@ def _measured_on(results: dict) -> list[str]:
     limit = results.get("limit")
     manifest = results["manifest"]
     rows = ("no manifest" if manifest is None else f"every row of `{manifest}`" if limit is None else
-            f"{limit} rows of each role, task and language of `{manifest}`, evenly spaced")  # fmt: skip
+            f"at most {limit} rows of each role, task and language of `{manifest}`, evenly spaced")  # fmt: skip
     again = " ".join(["glm4voice eval", f"--model-dir {results['model_dir']}", f"--suite {','.join(results['suites'])}",
                       *([] if manifest is None else [f"--manifest {manifest}"]),
-                      *([] if limit is None else [f"--limit {limit}"]), "--out REPORT"])  # fmt: skip
+                      *([] if limit is None else [f"--limit {limit}"]),
+                      *([] if results["device"] == "cpu" else [f"--device {results['device']}"]), "--out REPORT"])
     return [f"Measured {results['date']} on {results['device']} ({results['machine']}), {rows}. "
             f"Again: `{again}`."]
 

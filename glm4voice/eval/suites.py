@@ -177,25 +177,32 @@ def qa(bundle, rows, max_new_tokens: int = 300) -> dict:
 
 def rate(bundle, rows, max_new_tokens: int = 300) -> dict:
     """Mean reply durations of "say ..." against "say ... slowly / quickly" (what the issue's target asks), and the
-    same ratios per character of what the reply says (`*_per_char`): a reply with other words than asked has
-    another length for that alone, and the tiny model's often do, so the per-character pace tells whether it
-    still slowed down or sped up."""
+    same ratios per character of what the reply says, in each language (`*_per_char_en`, `*_per_char_zh`): a
+    reply with other words than asked has another length for that alone, and the tiny model's often do, so the
+    per-character pace tells whether it still slowed down or sped up. Per language, as a Mandarin character
+    takes several times an English letter's time."""
     kinds = {"say": "normal", "say_slowly": "slow", "say_quickly": "quick"}
     rows = _need([r for r in rows if r.audio and r.extra.get("task") in kinds], "say / say_slowly / say_quickly "
                  "questions", "rate")  # fmt: skip
     seconds: dict = defaultdict(list)
-    pace: dict = defaultdict(list)  # seconds per character of the reply's text (no spaces, no punctuation)
-    for row in rows:
+    pace: dict = defaultdict(lambda: defaultdict(list))  # lang -> kind -> seconds per character of the reply's
+    for row in rows:  # text (no spaces, no punctuation), from the replies that say something
         reply = bundle.chat(max_new_tokens).reply(_load(row))
         seconds[kinds[row.extra["task"]]].append(reply.seconds)
         chars = len(normalize(reply.text, row.lang).replace(" ", "").strip("-"))
         if chars and reply.seconds:
-            pace[kinds[row.extra["task"]]].append(reply.seconds / chars)
+            pace[row.lang][kinds[row.extra["task"]]].append(reply.seconds / chars)
     mean = {k: float(np.mean(v)) for k, v in seconds.items() if v}
     out = {f"seconds_{k}": round(v, 3) for k, v in mean.items()}
     out.update({f"n_{k}": len(v) for k, v in seconds.items()})
-    return {**out, **_rate_ratios(mean, ""),
-            **_rate_ratios({k: float(np.mean(v)) for k, v in pace.items() if v}, "_per_char")}  # fmt: skip
+    out.update(_rate_ratios(mean, ""))
+    for lang, by_kind in sorted(pace.items()):
+        ratios = _rate_ratios({k: float(np.mean(v)) for k, v in by_kind.items()}, f"_per_char_{lang}")
+        out.update(ratios)
+        for name in ratios:  # how many replies each came from
+            kinds_in = ("slow", "normal") if name.startswith("slow") else ("normal", "quick")
+            out[f"n_{name}"] = sum(len(by_kind[k]) for k in kinds_in)
+    return out
 
 
 def _rate_ratios(mean: dict, suffix: str) -> dict:

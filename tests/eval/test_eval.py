@@ -3,6 +3,7 @@ trained on the spot), with cases that must score 1 and cases that must score 0, 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -132,11 +133,16 @@ def test_rate_is_the_ratio_of_reply_durations(bundle_dir, manifest, monkeypatch)
     assert len(by_task) == 3 and out["slow_over_normal"] == 1.5 and out["normal_over_quick"] == 2.0
 
 
-def test_rate_per_character_tells_pace_from_length(bundle_dir, manifest, monkeypatch):
-    bundle, rows = Bundle(bundle_dir), rows_of(manifest)
-    # slow replies say twice the words in twice the time: longer, but not slower; quick ones are empty
-    said = {"say": ("Good night.", 2.0), "say_slowly": ("Good night good night.", 4.0), "say_quickly": ("", 1.0)}
-    replies = iter(said[r.extra["task"]] for r in rows if r.extra.get("task") in said)
+def test_rate_per_character_tells_pace_from_length_in_each_language(bundle_dir, manifest, monkeypatch):
+    bundle = Bundle(bundle_dir)
+    english = [r for r in rows_of(manifest) if r.extra.get("task", "").startswith("say")]
+    rows = english + [dataclasses.replace(r, lang="zh") for r in english]
+    # English slow replies say twice the words in twice the time: longer, not slower; quick ones are empty.
+    # Mandarin slow replies say the same characters in three times the time: slower.
+    said = {("en", "say"): ("Good night.", 2.0), ("en", "say_slowly"): ("Good night good night.", 4.0),
+            ("en", "say_quickly"): ("", 1.0), ("zh", "say"): ("晚安。", 1.0), ("zh", "say_slowly"): ("晚安。", 3.0),
+            ("zh", "say_quickly"): ("晚安。", 0.5)}  # fmt: skip
+    replies = iter(said[r.lang, r.extra["task"]] for r in rows)
 
     def chat(n=300, speak=True):
         text, seconds = next(replies)
@@ -144,8 +150,10 @@ def test_rate_per_character_tells_pace_from_length(bundle_dir, manifest, monkeyp
 
     monkeypatch.setattr(bundle, "chat", chat)
     out = suites.rate(bundle, rows)
-    assert out["slow_over_normal"] == 2.0 and out["slow_over_normal_per_char"] == 1.0
-    assert out["normal_over_quick"] == 2.0 and "normal_over_quick_per_char" not in out  # no words, no pace
+    assert out["slow_over_normal"] == round(3.5 / 1.5, 3) and out["normal_over_quick"] == 2.0
+    assert out["slow_over_normal_per_char_en"] == 1.0 and out["slow_over_normal_per_char_zh"] == 3.0
+    assert out["normal_over_quick_per_char_zh"] == 2.0 and out["n_slow_over_normal_per_char_en"] == 2
+    assert "normal_over_quick_per_char_en" not in out  # no words, no pace
 
 
 def test_log_likelihood_and_cloze(bundle_dir, manifest, monkeypatch):
@@ -240,3 +248,16 @@ def test_a_suite_without_its_rows_says_so(bundle_dir, tmp_path):
     with pytest.raises(Exception, match="no spoken questions"):
         evaluate(bundle_dir, ["qa"], tmp_path / "m.jsonl", tmp_path / "r", log=lambda line: None)
     assert np.isfinite(0.0)
+
+
+def test_the_report_says_where_and_how_to_measure_again():
+    from glm4voice.eval import table
+
+    results = {"model_dir": "m", "manifest": "t.jsonl", "limit": 6, "device": "cuda:1", "machine": "H100; EPYC",
+               "date": "2026-12-07", "suites": {"asr": {"wer_en": 0.1}, "rate": {}}}  # fmt: skip
+    assert table(results).splitlines()[2] == (
+        "Measured 2026-12-07 on cuda:1 (H100; EPYC), at most 6 rows of each role, task and language of `t.jsonl`, "
+        "evenly spaced. Again: `glm4voice eval --model-dir m --suite asr,rate --manifest t.jsonl --limit 6 "
+        "--device cuda:1 --out REPORT`.")
+    old = {"model_dir": "m", "suites": {"asr": {"wer_en": 0.1}}}  # a report written before it: no line
+    assert table(old).splitlines()[2].startswith("| suite |")
