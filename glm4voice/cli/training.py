@@ -12,7 +12,7 @@ from dataclasses import fields
 from .common import add_command, add_speech_tokenizer
 
 SWITCHES = {"gradient_checkpointing": "recompute activations in backward: less memory, more time",
-            "reschedule": "with --resume: accept other --steps, --lr, ... (a new learning-rate schedule)"}
+            "reschedule": "with --resume: accept other --steps, --lr, --speech-copies, ... (a new schedule or data)"}
 
 
 def add_run_options(p, defaults, skip: tuple[str, ...] = ()) -> None:

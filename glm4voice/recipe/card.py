@@ -75,7 +75,8 @@ def card(bundle: Path, done: dict, report: Path | None) -> str:
         lines.append(f"| {name} | {seconds:.0f} | {shown} |")
     lines += ["", f"The stages' times add up to {total / 3600:.2f} h of this machine (a trainer's counts every run it "
               "resumed; two stages may have run side by side, so the wall clock may have been shorter). A "
-              "trainer's `loss` is the mean of its last 20 logged steps.", "",
+              "trainer's `loss` (and `loss_ids`, the ids a batch's loss counts) is the mean of its last 20 logged "
+              "steps.", "",
               "## Evaluation", ""]  # fmt: skip
     if report is not None and report.is_file():
         body = report.read_text(encoding="utf-8").splitlines()

@@ -4,6 +4,7 @@ figures), and parts stored in bfloat16 for the bundle."""
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 from ..data.manifest import first_of_each
@@ -36,13 +37,15 @@ def run_figures(run_dir: Path, *keys: str, last: int = 1) -> dict:
     lines = path.read_text(encoding="utf-8").splitlines() if path.is_file() else []
     values: dict[str, list] = {}
     seconds = None
+    below = math.inf  # read from the end: a step at or after one already read was logged by a run since resumed
     for line in reversed(lines):  # a run killed mid-write may have left half a line: skipped
         try:
             row = json.loads(line)
         except json.JSONDecodeError:
             continue
-        if not isinstance(row, dict) or "step" not in row:
+        if not isinstance(row, dict) or not isinstance(row.get("step"), int) or row["step"] >= below:
             continue
+        below = row["step"]
         seconds = row.get("train_seconds") if seconds is None else seconds
         for k, v in row.items():
             if any(key in k for key in keys) and isinstance(v, int | float) and len(values.get(k, ())) < last:

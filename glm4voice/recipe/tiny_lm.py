@@ -173,7 +173,8 @@ def sft(sizes: Sizes):
         if not finished:
             train_sft(done["pretrain"]["lm"], done["sft-data"]["sft"], folder / "run", cfg,
                       max_length=sizes.lm_seq_length, resume=resume, speech_copies=sizes.speech_copies)  # fmt: skip
-        return {"lm": str(folder / "run" / f"step-{sizes.sft_steps}"), **_loss(folder / "run")}
+        return {"lm": str(folder / "run" / f"step-{sizes.sft_steps}"), "steps": sizes.sft_steps,
+                "speech_copies": sizes.speech_copies, **_loss(folder / "run")}  # fmt: skip
 
     return Stage("sft", run, "streaming-thoughts fine-tuning: spoken and typed questions -> interleaved answers",
                  needs=("pretrain", "sft-data"))  # fmt: skip

@@ -37,12 +37,13 @@ def lm_defaults(**overrides) -> RunConfig:
 
 def fit_lm(source: Path | None, config: dict | None, tokenizer_from: Path, out, cfg: RunConfig, state,
            make_batch: Callable[[int, Dist], dict], lora: int = 0, adapter: Path | None = None,
-           log=None) -> list[dict]:  # fmt: skip
+           kept: dict | None = None, log=None) -> list[dict]:  # fmt: skip
     """Train the LM of `source` (a folder) or of `config` (random weights) on `make_batch(index, dist)`
     batches (input_ids, labels, and attention_mask or position_ids); returns the logged records.
 
     `lora` > 0: PEFT LoRA adapters of that rank on every projection, the LM itself frozen (`adapter`: a
-    resumed run's adapter folder); checkpoints hold the merged LM and `adapter/` (PEFT's own format)."""
+    resumed run's adapter folder); checkpoints hold the merged LM and `adapter/` (PEFT's own format). `kept`:
+    settings of the caller's own stored in every checkpoint's trainer state (what a resume must check)."""
     dist = Dist()
     try:
         torch.manual_seed(cfg.seed)
@@ -68,7 +69,8 @@ def fit_lm(source: Path | None, config: dict | None, tokenizer_from: Path, out, 
             write_glm_folder(weights.items(), model.config, torch.float32, folder, tokenizer_from=tokenizer_from)
 
         layers = model.base_model.model.model.layers if lora else model.model.layers
-        task = Task(model, batch, loss, write_model, blocks=list(layers), counts=("loss_ids",))
+        task = Task(model, batch, loss, write_model, blocks=list(layers), counts=("loss_ids",),
+                    extra_state=(lambda: dict(kept)) if kept else None)  # fmt: skip
         return train(task, cfg, out, dist, state, log=log)
     finally:
         dist.close()

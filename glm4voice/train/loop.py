@@ -60,19 +60,23 @@ class Task:
     param_groups: list[dict] | None = field(default=None)  # default: decay on >= 2-dim tensors only
 
 
-def open_run(out: str | Path, resume: str | Path | None, cfg: RunConfig) -> dict | None:
-    """Check the run folder and read the resumed trainer state (None for a new run), before any work."""
+def open_run(out: str | Path, resume: str | Path | None, cfg: RunConfig, kept: dict | None = None) -> dict | None:
+    """Check the run folder and read the resumed trainer state (None for a new run), before any work. `kept`: a
+    trainer's own settings that shape its data (stored in its checkpoints by its Task's `extra_state`), held to
+    the resumed run's as the schedule is (checkpoints from before one was kept: not checked)."""
     out = Path(out)
     state = load_trainer_state(Path(resume)) if resume is not None else None
     start = int(state["step"]) if state is not None else 0
     if start >= cfg.steps:
         raise Glm4VoiceError(f"{resume} is at step {start}; --steps must be larger to continue")
     saved = state.get("config", {}) if state is not None else {}
-    changed = [k for k in RunConfig.SCHEDULE if k in saved and saved[k] != getattr(cfg, k)]
+    now = {**{k: getattr(cfg, k) for k in RunConfig.SCHEDULE}, **(kept or {})}
+    saved = {**saved, **{k: state[k] for k in kept or {} if state is not None and k in state}}
+    changed = [k for k, v in now.items() if k in saved and saved[k] != v]
     if changed and not cfg.reschedule:
         was = ", ".join(f"--{k.replace('_', '-')} {saved[k]}" for k in changed)
         raise Glm4VoiceError(f"{resume} was trained with {was}: other values change its learning-rate schedule "
-                             "and batch order; give the same ones, or add --reschedule to accept the change")
+                             "or its batches; give the same ones, or add --reschedule to accept the change")
     check_run_folder(out, Path(resume) if resume is not None else None, planned_saves(start, cfg))
     return state
 

@@ -46,7 +46,8 @@ def train_sft(lm: str | os.PathLike, data: str | os.PathLike, out: str | os.Path
         raise Glm4VoiceError(f"--lora must be a rank >= 1 (0: off), not {lora}")
     if speech_copies < 1:
         raise Glm4VoiceError(f"--speech-copies must be >= 1, not {speech_copies}")
-    state = open_run(out, resume, cfg)
+    kept = {"speech_copies": speech_copies}  # it shapes the data: a resume must keep it
+    state = open_run(out, resume, cfg, kept)
     source = Path(resume) if resume is not None and not lora else Path(lm)
     adapter = Path(resume) / "adapter" if resume is not None and lora else None
     text_tokenizer = TextTokenizer.from_pretrained(source)
@@ -60,4 +61,5 @@ def train_sft(lm: str | os.PathLike, data: str | os.PathLike, out: str | os.Path
         picked = batch_indices(index, dist.rank, dist.world, cfg.batch_size, len(samples), cfg.seed)
         return collate([samples[i] for i in picked], pad)
 
-    return fit_lm(source, None, source, out, cfg, state, make_batch, lora=lora, adapter=adapter, log=log)
+    return fit_lm(source, None, source, out, cfg, state, make_batch, lora=lora, adapter=adapter,
+                  kept=kept, log=log)  # fmt: skip

@@ -186,6 +186,10 @@ def test_stage_figures_come_from_the_last_whole_metrics_line(tmp_path):
                                             '{"step": 20, "loss": 1.0, "train_seconds": 4}\n'
                                             '{"step": 30, "loss": 2.0, "train_seconds": 6}\n')
     assert run_figures(tmp_path, "loss", "wer", last=2) == {"loss": 1.5, "valid_wer": 0.5, "train_seconds": 6}
+    # killed after step 30, resumed from its checkpoint at 20: the first run's 30 was trained again, and is not read
+    with open(tmp_path / "metrics.jsonl", "a") as f:
+        f.write('{"step": 21, "loss": 3.0, "train_seconds": 7}\n{"step": 30, "loss": 5.0, "train_seconds": 9}\n')
+    assert run_figures(tmp_path, "loss", last=3) == {"loss": 3.0, "train_seconds": 9}  # 5, 3 and step 20's 1
 
 
 def test_word_lists_draw_training_words_in_no_sentence_order():

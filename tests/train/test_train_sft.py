@@ -116,6 +116,14 @@ def test_refuses_to_overwrite_and_bad_data(setup, tmp_path, capsys):
     copies = run[:5] + ["--out", str(tmp_path / "z"), "--steps", "2", "--speech-copies"]
     assert main(copies + ["0"]) == 2 and "--speech-copies must be >= 1" in capsys.readouterr().err
     assert not (tmp_path / "z").exists() and main(copies + ["5"]) == 0
+    # a resume with other copies would change the data under the schedule: refused unless rescheduled
+    first = run[:5] + ["--out", str(tmp_path / "c"), "--steps", "3", "--save-every", "2", "--speech-copies", "5"]
+    assert main(first) == 0
+    onward = first[:-6] + ["--out", str(tmp_path / "c2"), "--steps", "3", "--resume", str(tmp_path / "c" / "step-2")]
+    assert main(onward + ["--speech-copies", "1"]) == 2
+    assert "was trained with --speech-copies 5: other values change" in capsys.readouterr().err
+    assert not (tmp_path / "c2").exists()
+    assert main(onward + ["--speech-copies", "5"]) == 0 and (tmp_path / "c2" / "step-3").is_dir()
 
 
 def torchrun(setup, out, *extra) -> list[dict]:
