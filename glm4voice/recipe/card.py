@@ -4,6 +4,7 @@ of a retrained bundle is never stale."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 PARTS = {
@@ -38,8 +39,9 @@ def megabytes(folder: Path) -> float:
     return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) / 2**20
 
 
-def card(bundle: Path, done: dict, report: Path | None) -> str:
-    """The card's markdown; `done`: every stage's summary by name; `report`: the eval's results.md."""
+def card(bundle: Path, done: dict, report: Path | None, run: Path | None = None) -> str:
+    """The card's markdown; `done`: every stage's summary by name; `report`: the eval's results.md; `run`: the
+    recipe's folder (its stage folders that link to another run's are named, with that run)."""
     lines = ["# glm4voice tiny", "",
              "A GLM-4-Voice-shaped spoken chatbot trained from nothing by `glm4voice recipe tiny` on a 2-core CPU:",
              "synthetic speech (Debian's espeak-ng, flite and festival voices) of a tiny bilingual domain (arithmetic,",
@@ -76,7 +78,7 @@ def card(bundle: Path, done: dict, report: Path | None) -> str:
     lines += ["", f"The stages' times add up to {total / 3600:.2f} h of this machine (a trainer's counts every run it "
               "resumed; two stages may have run side by side, so the wall clock may have been shorter). A "
               "trainer's `loss` (and `loss_ids`, the ids a batch's loss counts) is the mean of its last 20 logged "
-              "steps.", "",
+              "steps.", *_borrowed(run, done), "",
               "## Evaluation", ""]  # fmt: skip
     if report is not None and report.is_file():
         body = report.read_text(encoding="utf-8").splitlines()
@@ -87,10 +89,27 @@ def card(bundle: Path, done: dict, report: Path | None) -> str:
     return "\n".join(lines).rstrip() + "\n"
 
 
-def write_card(bundle: Path, done: dict, report: Path | None) -> Path:
+def _borrowed(run: Path | None, done: dict) -> list[str]:
+    """A line naming the stages whose folders link to another run's (a run that retrains only its last stages
+    reuses the earlier ones that way): whose run made them."""
+    if run is None:
+        return []
+    by_run: dict[str, list[str]] = {}
+    for name in done:
+        if (Path(run) / name).is_symlink():
+            made = (Path(run) / name).resolve().parent  # named from the folder that holds `run`, as `run` is
+            where = os.path.normpath(Path(run).parent / os.path.relpath(made, Path(run).resolve().parent))
+            by_run.setdefault(where, []).append(name)
+    if not by_run:
+        return []
+    return ["", "Stages another run made (this run's folders link to theirs): " +
+            "; ".join(f"{', '.join(names)}: `{where}`" for where, names in by_run.items()) + "."]  # fmt: skip
+
+
+def write_card(bundle: Path, done: dict, report: Path | None, run: Path | None = None) -> Path:
     from ..atomic import write_text
 
     path = bundle / "README.md"
-    write_text(path, card(bundle, done, report))
+    write_text(path, card(bundle, done, report, run))
     return path
 

@@ -228,7 +228,8 @@ def model_card(sizes: Sizes):
     def run(folder: Path, done: dict) -> dict:
         from .card import write_card
 
-        return {"card": str(write_card(Path(done["bundle"]["bundle"]), done, Path(done["eval"]["report"])))}
+        return {"card": str(write_card(Path(done["bundle"]["bundle"]), done, Path(done["eval"]["report"]),
+                                       run=folder.parent))}  # fmt: skip
 
     return Stage("card", run, "the bundle's model card (README.md): data, sizes, training times, the eval table",
                  needs=("bundle", "eval"))  # fmt: skip

@@ -15,3 +15,17 @@ def test_card_takes_the_report_and_nests_its_sections(tmp_path):
     assert "## Evaluation" in text and "### qa, by task" in text and "## qa, by task" not in text
     assert "| qa | s2t_en (n=2) | 0.5 | >= 0.9 | no |" in text and "| add | 0.0 | 1.0 |" in text
     assert not any(line.startswith("# Evaluation of") for line in text)
+
+
+def test_card_names_the_stages_another_run_made(tmp_path):
+    (tmp_path / "old" / "speech").mkdir(parents=True)
+    (tmp_path / "new" / "sft").mkdir(parents=True)
+    (tmp_path / "new" / "speech").symlink_to(tmp_path / "old" / "speech", target_is_directory=True)
+    (tmp_path / "bundle").mkdir()
+    done = {"speech": {"seconds": 5}, "sft": {"seconds": 7}}
+    text = card(tmp_path / "bundle", done, None, run=tmp_path / "new")
+    assert f"Stages another run made (this run's folders link to theirs): speech: `{tmp_path / 'old'}`." in text
+    assert "Stages another run made" not in card(tmp_path / "bundle", done, None)  # no run folder: no line
+    (tmp_path / "new" / "speech").unlink()
+    (tmp_path / "new" / "speech").mkdir()
+    assert "Stages another run made" not in card(tmp_path / "bundle", done, None, run=tmp_path / "new")
