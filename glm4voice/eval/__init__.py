@@ -9,6 +9,7 @@ tiny recipe's targets) and plots where a picture says more (latency, rate). The 
 from __future__ import annotations
 
 import json
+import shlex
 import time
 from pathlib import Path
 
@@ -96,8 +97,10 @@ def _measured_on(results: dict) -> list[str]:
     manifest = results["manifest"]
     rows = ("no manifest" if manifest is None else f"every row of `{manifest}`" if limit is None else
             f"at most {limit} rows of each role, task and language of `{manifest}`, evenly spaced")  # fmt: skip
-    again = " ".join(["glm4voice eval", f"--model-dir {results['model_dir']}", f"--suite {','.join(results['suites'])}",
-                      *([] if manifest is None else [f"--manifest {manifest}"]),
+    q = shlex.quote  # a path with spaces stays one argument when the command is pasted into a shell
+    again = " ".join(["glm4voice eval", f"--model-dir {q(results['model_dir'])}",
+                      f"--suite {','.join(results['suites'])}",
+                      *([] if manifest is None else [f"--manifest {q(manifest)}"]),
                       *([] if limit is None else [f"--limit {limit}"]),
                       *([] if results["device"] == "cpu" else [f"--device {results['device']}"]), "--out REPORT"])
     return [f"Measured {results['date']} on {results['device']} ({results['machine']}), {rows}. "

@@ -4,7 +4,6 @@ of a retrained bundle is never stale."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 PARTS = {
@@ -97,8 +96,9 @@ def _borrowed(run: Path | None, done: dict) -> list[str]:
     by_run: dict[str, list[str]] = {}
     for name in done:
         if (Path(run) / name).is_symlink():
-            made = (Path(run) / name).resolve().parent  # named from the folder that holds `run`, as `run` is
-            where = os.path.normpath(Path(run).parent / os.path.relpath(made, Path(run).resolve().parent))
+            made = (Path(run) / name).resolve().parent  # named from the folder that holds `run`, as `run` is,
+            home = Path(run).resolve().parent  # where it lies in that folder; elsewhere, its own full path
+            where = str(Path(run).parent / made.relative_to(home)) if made.is_relative_to(home) else str(made)
             by_run.setdefault(where, []).append(name)
     if not by_run:
         return []

@@ -259,5 +259,7 @@ def test_the_report_says_where_and_how_to_measure_again():
         "Measured 2026-12-07 on cuda:1 (H100; EPYC), at most 6 rows of each role, task and language of `t.jsonl`, "
         "evenly spaced. Again: `glm4voice eval --model-dir m --suite asr,rate --manifest t.jsonl --limit 6 "
         "--device cuda:1 --out REPORT`.")
+    spaced = {**results, "model_dir": "my models/tiny", "device": "cpu", "limit": None}
+    assert "--model-dir 'my models/tiny' --suite asr,rate --manifest t.jsonl --out REPORT`." in table(spaced)
     old = {"model_dir": "m", "suites": {"asr": {"wer_en": 0.1}}}  # a report written before it: no line
     assert table(old).splitlines()[2].startswith("| suite |")
