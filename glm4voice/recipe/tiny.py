@@ -85,14 +85,15 @@ class Sizes:
                         ("max_position_embeddings", 2048))  # fmt: skip
     lm_seq_length: int = 1024
     pretrain_steps: int = 1200
-    sft_steps: int = 12000  # was 2000, then 4000; 12000: held-out QA T->T 19/24 % -> 41/34 % (findings: SFT length)
+    sft_steps: int = 24000  # was 2000, 4000, 12000 (findings: SFT length); 24000 with speech_copies 3 keeps
+    # "say it slowly" (findings: "SFT long enough to keep the rate")
     typed_every: int = 1  # every n-th training question is also a typed one (was 4: findings, "SFT replay")
     qa_texts: bool = True  # each training question with its answer, one text more for the LMs (findings: "Facts
     # in several phrasings, questions beside answers")
     replay_roles: tuple = ("fact", "story")  # training texts of these roles ride along in SFT as text samples
     asr_replay: int = 2000  # training utterances (not questions) ride along in SFT as ASR samples
     multi_turn_every: int = 4  # every n-th turn comes again after 1 or 2 other turns (the chat's second turn on)
-    speech_copies: int = 1  # train-sft --speech-copies: each turn's speech-output copy this many times a pass
+    speech_copies: int = 3  # train-sft --speech-copies: each turn's speech-output copy this many times a pass
     eval_suites: tuple = ("asr", "recon", "tts", "qa", "cloze", "rate", "latency")
     eval_limit: int | None = 6  # rows of each (role, task, language): the eval in minutes, not an hour
 
