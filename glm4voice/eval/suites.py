@@ -197,22 +197,22 @@ def rate(bundle, rows, max_new_tokens: int = 300) -> dict:
     out.update({f"n_{k}": len(v) for k, v in seconds.items()})
     out.update(_rate_ratios(mean, ""))
     for lang, by_kind in sorted(pace.items()):
-        ratios = _rate_ratios({k: float(np.mean(v)) for k, v in by_kind.items()}, f"_per_char_{lang}")
+        suffix = f"_per_char_{lang}"
+        ratios = _rate_ratios({k: float(np.mean(v)) for k, v in by_kind.items()}, suffix)
         out.update(ratios)
-        for name in ratios:  # how many replies each came from
-            kinds_in = ("slow", "normal") if name.startswith("slow") else ("normal", "quick")
-            out[f"n_{name}"] = sum(len(by_kind[k]) for k in kinds_in)
+        for name, over, under in RATE_RATIOS:  # how many replies each came from
+            if f"{name}{suffix}" in ratios:
+                out[f"n_{name}{suffix}"] = len(by_kind[over]) + len(by_kind[under])
     return out
+
+
+RATE_RATIOS = (("slow_over_normal", "slow", "normal"), ("normal_over_quick", "normal", "quick"))  # name, over, under
 
 
 def _rate_ratios(mean: dict, suffix: str) -> dict:
     """slow over normal and normal over quick of per-kind means, where both kinds have one."""
-    out = {}
-    if mean.get("normal") and "slow" in mean:
-        out[f"slow_over_normal{suffix}"] = round(mean["slow"] / mean["normal"], 3)
-    if mean.get("quick") and "normal" in mean:
-        out[f"normal_over_quick{suffix}"] = round(mean["normal"] / mean["quick"], 3)
-    return out
+    return {f"{name}{suffix}": round(mean[over] / mean[under], 3) for name, over, under in RATE_RATIOS
+            if mean.get(under) and over in mean}  # fmt: skip
 
 
 # ------------------------------------------------------------------------------------------------ cloze

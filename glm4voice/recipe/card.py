@@ -94,10 +94,10 @@ def _borrowed(run: Path | None, done: dict) -> list[str]:
     if run is None:
         return []
     by_run: dict[str, list[str]] = {}
-    for name in done:
+    home = Path(run).resolve().parent  # a run in the folder that holds `run` is named from it, as `run` is;
+    for name in done:  # one elsewhere, by its own full path
         if (Path(run) / name).is_symlink():
-            made = (Path(run) / name).resolve().parent  # named from the folder that holds `run`, as `run` is,
-            home = Path(run).resolve().parent  # where it lies in that folder; elsewhere, its own full path
+            made = (Path(run) / name).resolve().parent
             where = str(Path(run).parent / made.relative_to(home)) if made.is_relative_to(home) else str(made)
             by_run.setdefault(where, []).append(name)
     if not by_run:

@@ -69,9 +69,8 @@ def open_run(out: str | Path, resume: str | Path | None, cfg: RunConfig, kept: d
     start = int(state["step"]) if state is not None else 0
     if start >= cfg.steps:
         raise Glm4VoiceError(f"{resume} is at step {start}; --steps must be larger to continue")
-    saved = state.get("config", {}) if state is not None else {}
     now = {**{k: getattr(cfg, k) for k in RunConfig.SCHEDULE}, **(kept or {})}
-    saved = {**saved, **{k: state[k] for k in kept or {} if state is not None and k in state}}
+    saved = {**state.get("config", {}), **{k: state[k] for k in kept or {} if k in state}} if state is not None else {}
     changed = [k for k, v in now.items() if k in saved and saved[k] != v]
     if changed and not cfg.reschedule:
         was = ", ".join(f"--{k.replace('_', '-')} {saved[k]}" for k in changed)
