@@ -1,6 +1,7 @@
 """The evaluation suites. Each takes the bundle and the manifest rows it applies to and returns its figures.
 
     asr      WER (en) / CER (zh) of the tokenizer's ASR head
+    lm-asr   WER (en) / CER (zh) of the LM's own transcripts of the codes (the papers' base-model ASR figure)
     recon    speech -> codes -> decoder: pocketsphinx WER of the re-synthesis beside the originals', and MCD
     tts      text -> text-to-token codes -> decoder: pocketsphinx WER beside the original recordings'
     qa       spoken questions: S->T (the reply text says the row's `key`) and S->S (pocketsphinx hears it; en);
@@ -65,6 +66,38 @@ def asr(bundle, rows) -> dict:
         totals[row.lang][0] += wrong
         totals[row.lang][1] += n
     return {**_rates(totals), "examples": [[r.text, h] for r, h in zip(rows, hyps)][:EXAMPLES]}
+
+
+def lm_asr(bundle, rows, max_new_tokens: int = 100) -> dict:
+    """The LM transcribes the codes: speech in pre-training's `asr` layout, then greedy text up to
+    `<|endoftext|>` (the papers' ASR figure of their base model). Beside `asr` (the tokenizer's own head, which
+    reads the same codes) it tells whether the LM hears what the codes carry, or less."""
+    rows = _need([r for r in rows if r.audio and r.text and r.lang in ("en", "zh")], "rows with audio, text and "
+                 "lang", "lm-asr")  # fmt: skip
+    totals: dict = defaultdict(lambda: [0, 0])
+    examples = []
+    for row in rows:
+        hyp = lm_transcript(bundle.lm, bundle.text_tokenizer, bundle.tokenizer.tokenize(_load(row)), max_new_tokens)
+        wrong, n = errors(row.text, hyp, row.lang)
+        totals[row.lang][0] += wrong
+        totals[row.lang][1] += n
+        examples.append([row.text, hyp])
+    return {**_rates(totals), "examples": examples[:EXAMPLES]}
+
+
+def lm_transcript(lm, text_tokenizer, codes, max_new_tokens: int = 100) -> str:
+    """`<|begin_of_audio|>` codes `<|end_of_audio|>`, then the LM's greedy text until `<|endoftext|>` (or
+    `max_new_tokens`)."""
+    from transformers import DynamicCache
+
+    from ..data.sft import speech_ids
+    from ..lm.generate import Sampler, SamplingConfig, sample_ids
+
+    end = text_tokenizer.token_id("<|endoftext|>")
+    sampler = Sampler(SamplingConfig(temperature=0, max_new_tokens=max_new_tokens))
+    ids = sample_ids(lm, speech_ids(text_tokenizer, codes), DynamicCache(config=lm.config), sampler,
+                     max_new_tokens, [end])  # fmt: skip
+    return text_tokenizer.decode(list(ids), skip_special=True)  # audio ids, if it speaks instead, say no word
 
 
 # ------------------------------------------------------------------------------------------------ recon, tts
@@ -311,4 +344,5 @@ def latency(bundle, rows, max_new_tokens: int = 60, piece_seconds: float = 0.08)
     return out
 
 
-SUITES = {"asr": asr, "recon": recon, "tts": tts, "qa": qa, "cloze": cloze, "rate": rate, "latency": latency}
+SUITES = {"asr": asr, "lm-asr": lm_asr, "recon": recon, "tts": tts, "qa": qa, "cloze": cloze, "rate": rate,
+          "latency": latency}

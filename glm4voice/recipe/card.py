@@ -82,7 +82,8 @@ def card(bundle: Path, done: dict, report: Path | None, run: Path | None = None)
     if report is not None and report.is_file():
         body = report.read_text(encoding="utf-8").splitlines()
         # the report's title dropped, its sections (qa by task) one level under the card's "Evaluation"
-        lines += ["#" + line if line.startswith("## ") else line for line in body if not line.startswith("# ")]
+        body = ["#" + line if line.startswith("## ") else line for line in body if not line.startswith("# ")]
+        lines += body[next((i for i, line in enumerate(body) if line.strip()), len(body)):]  # from its first words
     else:
         lines.append("(no report)")
     return "\n".join(lines).rstrip() + "\n"

@@ -94,7 +94,7 @@ class Sizes:
     asr_replay: int = 2000  # training utterances (not questions) ride along in SFT as ASR samples
     multi_turn_every: int = 4  # every n-th turn comes again after 1 or 2 other turns (the chat's second turn on)
     speech_copies: int = 3  # train-sft --speech-copies: each turn's speech-output copy this many times a pass
-    eval_suites: tuple = ("asr", "recon", "tts", "qa", "cloze", "rate", "latency")
+    eval_suites: tuple = ("asr", "lm-asr", "recon", "tts", "qa", "cloze", "rate", "latency")
     eval_limit: int | None = 6  # rows of each (role, task, language): the eval in minutes, not an hour
 
 

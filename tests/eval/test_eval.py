@@ -196,6 +196,58 @@ def test_asr_perfect_and_all_wrong(tmp_path, manifest):
     assert suites.asr(bundle, english)["wer_en"] >= 1.0
 
 
+class Scripted(torch.nn.Module):
+    """An LM that says `script` (ids) after a prompt of `prompt` ids, and keeps what it was given, to check."""
+
+    def __init__(self, lm, script, prompt):
+        super().__init__()
+        self.lm, self.script, self.prompt, self.seen = lm, list(script), prompt, []
+
+    @property
+    def config(self):
+        return self.lm.config
+
+    @property
+    def device(self):
+        return self.lm.device
+
+    def forward(self, input_ids, **kwargs):
+        self.seen += input_ids[0].tolist()
+        logits = torch.zeros(1, input_ids.shape[1], self.lm.config.vocab_size)
+        logits[0, -1, self.script[min(len(self.seen) - self.prompt, len(self.script) - 1)]] = 1.0
+        return dataclasses.make_dataclass("Out", ["logits"])(logits)
+
+
+def test_lm_transcript_prompts_with_the_codes_and_stops_at_the_end(bundle_dir):
+    from glm4voice.data.sft import speech_ids
+
+    bundle = Bundle(bundle_dir)
+    tok = bundle.text_tokenizer
+    end = tok.token_id("<|endoftext|>")
+    codes = [3, 1, 4, 1, 5]
+    prompt = speech_ids(tok, codes)  # the pre-training `asr` layout, nothing more
+    model = Scripted(bundle.lm, [*tok.encode("hello world"), end, *tok.encode(" never")], len(prompt))
+    assert suites.lm_transcript(model, tok, codes) == "hello world" and model.seen[: len(prompt)] == prompt
+    first = tok.encode("hello world")[:1]
+    assert suites.lm_transcript(Scripted(bundle.lm, tok.encode("hello world"), len(prompt)), tok, codes,
+                                max_new_tokens=1) == tok.decode(first)  # fmt: skip
+
+
+def test_lm_asr_scores_its_transcripts(bundle_dir, manifest, monkeypatch):
+    bundle, rows = Bundle(bundle_dir), rows_of(manifest)
+    questions = [r for r in rows if r.extra.get("role") == "question"]
+    heard = {tuple(bundle.tokenizer.tokenize(suites._load(r))): r.text for r in questions}
+    assert len(heard) == len(questions)  # each row's codes tell it apart
+    real = suites.lm_asr(bundle, questions)  # the random LM: some transcript, a figure per language
+    assert real["n_wer_en"] > 0 and real["n_cer_zh"] > 0 and real["wer_en"] >= 0 and len(real["examples"]) == 5
+    monkeypatch.setattr(suites, "lm_transcript", lambda lm, tok, codes, n: heard[tuple(codes)])
+    perfect = suites.lm_asr(bundle, questions)
+    assert perfect["wer_en"] == 0.0 and perfect["cer_zh"] == 0.0
+    monkeypatch.setattr(suites, "lm_transcript", lambda lm, tok, codes, n: "")
+    deaf = suites.lm_asr(bundle, questions)
+    assert deaf["wer_en"] == 1.0 and deaf["cer_zh"] == 1.0
+
+
 def test_cli_runs_recon_tts_latency_and_writes_the_report(bundle_dir, manifest, tmp_path, capsys):
     two = tmp_path / "two.jsonl"  # one English and one Mandarin question: enough for every figure, quick
     two.write_text("".join(json.dumps(r.to_json(), ensure_ascii=False) + "\n" for r in rows_of(manifest)

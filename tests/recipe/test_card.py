@@ -15,6 +15,8 @@ def test_card_takes_the_report_and_nests_its_sections(tmp_path):
     assert "## Evaluation" in text and "### qa, by task" in text and "## qa, by task" not in text
     assert "| qa | s2t_en (n=2) | 0.5 | >= 0.9 | no |" in text and "| add | 0.0 | 1.0 |" in text
     assert not any(line.startswith("# Evaluation of") for line in text)
+    at = text.index("## Evaluation")
+    assert text[at + 1] == "" and text[at + 2].startswith("| suite |")  # one blank line under the heading
 
 
 def test_card_names_the_stages_another_run_made(tmp_path):
