@@ -56,10 +56,20 @@ def _load(row):
 def asr(bundle, rows) -> dict:
     from ..tokenizer.asr import transcribe
 
-    rows = [r for r in rows if r.audio and r.text and r.lang in ("en", "zh")]
-    _need(rows, "rows with audio, text and lang", "asr")
+    rows = _transcribed(rows, "asr")
     model, codec = bundle.asr
     hyps = transcribe(model, codec, [_load(r) for r in rows], langs=[r.lang for r in rows])  # never guessed
+    return _scored(rows, hyps)
+
+
+def _transcribed(rows, suite: str) -> list:
+    """The rows a transcript can be scored on (both ASR suites)."""
+    return _need([r for r in rows if r.audio and r.text and r.lang in ("en", "zh")], "rows with audio, text and "
+                 "lang", suite)  # fmt: skip
+
+
+def _scored(rows, hyps) -> dict:
+    """WER (en) / CER (zh) of the transcripts `hyps` against the rows' texts, and a few of them to read."""
     totals: dict = defaultdict(lambda: [0, 0])
     for row, hyp in zip(rows, hyps):
         wrong, n = errors(row.text, hyp, row.lang)
@@ -72,17 +82,9 @@ def lm_asr(bundle, rows, max_new_tokens: int = 100) -> dict:
     """The LM transcribes the codes: speech in pre-training's `asr` layout, then greedy text up to
     `<|endoftext|>` (the papers' ASR figure of their base model). Beside `asr` (the tokenizer's own head, which
     reads the same codes) it tells whether the LM hears what the codes carry, or less."""
-    rows = _need([r for r in rows if r.audio and r.text and r.lang in ("en", "zh")], "rows with audio, text and "
-                 "lang", "lm-asr")  # fmt: skip
-    totals: dict = defaultdict(lambda: [0, 0])
-    examples = []
-    for row in rows:
-        hyp = lm_transcript(bundle.lm, bundle.text_tokenizer, bundle.tokenizer.tokenize(_load(row)), max_new_tokens)
-        wrong, n = errors(row.text, hyp, row.lang)
-        totals[row.lang][0] += wrong
-        totals[row.lang][1] += n
-        examples.append([row.text, hyp])
-    return {**_rates(totals), "examples": examples[:EXAMPLES]}
+    rows = _transcribed(rows, "lm-asr")
+    heard = bundle.tokenizer.tokenize_batch([_load(r) for r in rows])  # the same codes as one by one
+    return _scored(rows, [lm_transcript(bundle.lm, bundle.text_tokenizer, c, max_new_tokens) for c in heard])
 
 
 def lm_transcript(lm, text_tokenizer, codes, max_new_tokens: int = 100) -> str:
