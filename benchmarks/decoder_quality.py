@@ -15,6 +15,7 @@ Every utterance of the manifest goes through the tokenizer to codes and back thr
   decodes that differ only in their noise; the ratio is comparable across decoder sizes (the release's
   size gives 0.125 / 1.172 = 0.11 in `benchmarks/decoder.py`).
 `--png`: the decoder mel of the first English recording beside its re-synthesis (matplotlib).
+`--vocoder-only`: the copy synthesis alone (a vocoder run's checkpoints, whose flow may be untrained).
 """
 
 from __future__ import annotations
@@ -94,10 +95,14 @@ def main() -> None:
     parser.add_argument("--speech-tokenizer", required=True)
     parser.add_argument("--manifest", required=True, help="held-out recordings (JSONL: id, audio, text, lang)")
     parser.add_argument("--png", type=Path, help="write the spectrogram figure here")
+    parser.add_argument("--vocoder-only", action="store_true", help="only the copy synthesis (HiFT alone)")
     args = parser.parse_args()
     print(f"cpu: {cpu_info()}")
     dec = SpeechDecoder.from_pretrained(args.decoder)
     examples = load_examples(args.manifest, args.speech_tokenizer, dec.frames, "evaluation")
+    if args.vocoder_only:
+        print(json.dumps({"utterances": len(examples), **copy_synthesis(dec, examples)}))
+        return
     scores = resynthesis_scores(dec.flow, dec, examples, "cpu")
     if "valid_wer_original" in scores:
         scores["wer_ratio"] = round(scores["valid_wer_resynth"] / max(scores["valid_wer_original"], 1e-9), 3)

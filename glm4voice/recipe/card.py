@@ -77,7 +77,7 @@ def card(bundle: Path, done: dict, report: Path | None, run: Path | None = None)
     lines += ["", f"The stages' times add up to {total / 3600:.2f} h of this machine (a trainer's counts every run it "
               "resumed; two stages may have run side by side, so the wall clock may have been shorter). A "
               "trainer's `loss` (and `loss_ids`, the ids a batch's loss counts) is the mean of its last 20 logged "
-              "steps.", *_borrowed(run, done), "",
+              "steps.", *_borrowed(run, done), *_continued(done), "",
               "## Evaluation", ""]  # fmt: skip
     if report is not None and report.is_file():
         body = report.read_text(encoding="utf-8").splitlines()
@@ -105,6 +105,17 @@ def _borrowed(run: Path | None, done: dict) -> list[str]:
         return []
     return ["", "Stages another run made (this run's folders link to theirs): " +
             "; ".join(f"{', '.join(names)}: `{where}`" for where, names in by_run.items()) + "."]  # fmt: skip
+
+
+def _continued(done: dict) -> list[str]:
+    """A line naming the stages a run trained further by hand from another run's checkpoint (their summary's
+    `continued_from`), so the card says the stage's figures are not one run of the recipe's settings."""
+    named = [f"{name} from `{summary['continued_from']}`" for name, summary in done.items()
+             if isinstance(summary.get("continued_from"), str)]  # fmt: skip
+    if not named:
+        return []
+    return ["", "Stages trained further from another run's checkpoint (their figures are the last run's): " +
+            "; ".join(named) + "."]
 
 
 def write_card(bundle: Path, done: dict, report: Path | None, run: Path | None = None) -> Path:

@@ -31,3 +31,12 @@ def test_card_names_the_stages_another_run_made(tmp_path):
     (tmp_path / "new" / "speech").unlink()
     (tmp_path / "new" / "speech").mkdir()
     assert "Stages another run made" not in card(tmp_path / "bundle", done, None, run=tmp_path / "new")
+
+
+def test_card_names_the_stages_trained_further_from_a_checkpoint(tmp_path):
+    (tmp_path / "bundle").mkdir()
+    done = {"vocoder": {"seconds": 5, "continued_from": "runs/a/step-2000"}, "sft": {"seconds": 7}}
+    text = card(tmp_path / "bundle", done, None)
+    assert ("Stages trained further from another run's checkpoint (their figures are the last run's): "
+            "vocoder from `runs/a/step-2000`.") in text
+    assert "trained further" not in card(tmp_path / "bundle", {"sft": {"seconds": 7}}, None)
