@@ -3,7 +3,8 @@
     asr      WER (en) / CER (zh) of the tokenizer's ASR head
     lm-asr   WER (en) / CER (zh) of the LM's own transcripts of the codes (the papers' base-model ASR figure)
     recon    speech -> codes -> decoder: pocketsphinx WER of the re-synthesis beside the originals', and MCD
-    tts      text -> text-to-token codes -> decoder: pocketsphinx WER beside the original recordings'
+    tts      text -> text-to-token codes -> decoder: pocketsphinx WER beside the original recordings'; the codes'
+             unit error rate against the tokenizer's codes of the recordings
     qa       spoken questions: S->T (the reply text says the row's `key`) and S->S (pocketsphinx hears it; en);
              T->T, the same questions typed (what the LM knows without listening); each also by task
     cloze    story pairs: the LM's likelihood prefers the right ending; T->T, S->T (rows with `story_audio`), S->S
@@ -23,7 +24,7 @@ import numpy as np
 import torch
 
 from ..errors import Glm4VoiceError
-from ..scoring import errors, normalize
+from ..scoring import errors, normalize, symbol_errors
 
 EXAMPLES = 5  # (reference, hypothesis) pairs kept per suite, to read
 
@@ -150,9 +151,17 @@ def tts(bundle, rows) -> dict:
     made = [(r.text, bundle.decoder.decode(c).numpy() if c else np.zeros(1, np.float32), DECODER_RATE)
             for r, c in zip(rows, codes)]  # fmt: skip
     wer_t, n = _english_wer(made)
-    wer_o, _ = _english_wer([(r.text, _load(r), 16000) for r in rows])
+    waves = [_load(r) for r in rows]
+    wer_o, _ = _english_wer([(r.text, w, 16000) for r, w in zip(rows, waves)])
+    # the text-to-token model's codes beside the tokenizer's codes of the recordings, before any decoder:
+    # meaningful where the recordings are in the voice the model learnt (the assistant's)
+    wrong = total = 0
+    for made_codes, wave in zip(codes, waves):
+        e, k = symbol_errors(bundle.tokenizer.tokenize(wave), made_codes)
+        wrong, total = wrong + e, total + k
     return {"wer_tts": round(wer_t, 4), "wer_original": round(wer_o, 4), "n_words": n,
-            "wer_ratio": round(wer_t / wer_o, 3) if wer_o else None}  # fmt: skip
+            "wer_ratio": round(wer_t / wer_o, 3) if wer_o else None,
+            "unit_error_rate": round(wrong / total, 4) if total else None, "n_units": total}  # fmt: skip
 
 
 # ------------------------------------------------------------------------------------------------ qa, rate

@@ -61,7 +61,8 @@ def card(bundle: Path, done: dict, report: Path | None, run: Path | None = None)
                      f"English / {fortunes.get('zh', 0)} Mandarin fortunes), {texts.get('test_rows')} held-out "
                      f"test rows (questions and stories never trained on)")  # fmt: skip
     for split, what in (("train", "every voice, augmented"), ("test", "held-out voice settings"),
-                        ("assistant", "the assistant's voice")):  # fmt: skip
+                        ("assistant", "the assistant's voice"),
+                        ("assistant-t2t", "the assistant's voice: fortunes and word lists")):  # fmt: skip
         if split in speech:
             s = speech[split]
             lines.append(f"- speech `{split}` ({what}): {s['rows']} utterances, {s['audio_seconds'] / 3600:.2f} h")

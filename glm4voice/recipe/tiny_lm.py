@@ -62,12 +62,15 @@ def t2t(sizes: Sizes):
         cfg = t2t_defaults(steps=sizes.t2t_steps, save_every=sizes.save_every, keep_last=2,
                            warmup_steps=min(200, sizes.t2t_steps // 10))  # fmt: skip
         start = {} if resume else {"config": config, "text_tokenizer": done["text-tokenizer"]["text_tokenizer"]}
+        splits = [done["codes"][s] for s in ("assistant", "assistant-t2t") if s in done["codes"]]
         if not finished:
-            train_t2t(done["codes"]["assistant"]["shards"], folder / "run", cfg, seq_length=sizes.t2t_seq_length,
+            train_t2t([s["shards"] for s in splits], folder / "run", cfg, seq_length=sizes.t2t_seq_length,
                       resume=resume, **start)  # fmt: skip
-        return {"t2t": str(folder / "run" / f"step-{sizes.t2t_steps}"), **_loss(folder / "run")}
+        return {"t2t": str(folder / "run" / f"step-{sizes.t2t_steps}"), "pairs": sum(s["rows"] for s in splits),
+                **_loss(folder / "run")}  # fmt: skip
 
-    return Stage("t2t", run, "the text-to-token model from scratch on the assistant's (text, codes) pairs",
+    return Stage("t2t", run, "the text-to-token model from scratch on the assistant's (text, codes) pairs, the "
+                 "domain's and the fortunes' and word lists'",
                  needs=("codes", "text-tokenizer"))  # fmt: skip
 
 

@@ -248,6 +248,25 @@ def test_lm_asr_scores_its_transcripts(bundle_dir, manifest, monkeypatch):
     assert deaf["wer_en"] == 1.0 and deaf["cer_zh"] == 1.0
 
 
+def test_tts_unit_error_rate_against_the_recordings_codes(bundle_dir, manifest):
+    bundle = Bundle(bundle_dir)
+    row = next(r for r in rows_of(manifest) if r.lang == "en" and r.audio and r.text)
+    own = bundle.tokenizer.tokenize(suites._load(row))
+
+    class Writes:  # a text-to-token model that writes the given codes for every text
+        def __init__(self, codes):
+            self.codes = codes
+
+        def generate(self, texts):
+            return [list(self.codes) for _ in texts]
+
+    bundle.t2t = Writes(own)  # the recording's own codes: no unit wrong
+    perfect = suites.tts(bundle, [row])
+    assert perfect["unit_error_rate"] == 0.0 and perfect["n_units"] == len(own) > 0
+    bundle.t2t = Writes([])  # nothing written: every unit missing
+    assert suites.tts(bundle, [row])["unit_error_rate"] == 1.0
+
+
 def test_cli_runs_recon_tts_latency_and_writes_the_report(bundle_dir, manifest, tmp_path, capsys):
     two = tmp_path / "two.jsonl"  # one English and one Mandarin question: enough for every figure, quick
     two.write_text("".join(json.dumps(r.to_json(), ensure_ascii=False) + "\n" for r in rows_of(manifest)
@@ -259,7 +278,8 @@ def test_cli_runs_recon_tts_latency_and_writes_the_report(bundle_dir, manifest, 
     assert report["machine"].startswith(cpu_info().split(";")[0]) and report["limit"] is None
     results = report["suites"]
     assert results["recon"]["mcd"] > 0 and results["recon"]["n_words"] > 0 and "wer_ratio" in results["recon"]
-    assert "wer_tts" in results["tts"] and results["latency"]["first_audio_p50"] > 0
+    assert "wer_tts" in results["tts"] and results["tts"]["unit_error_rate"] >= 0
+    assert results["latency"]["first_audio_p50"] > 0
     table = (tmp_path / "report" / "results.md").read_text()
     assert "| latency | first_audio_p50" in table and "<= 1.0" in table
     # where it was measured, and the command that measures it again

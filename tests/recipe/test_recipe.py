@@ -41,6 +41,11 @@ def test_smoke_recipe_runs_skips_and_resumes(tmp_path, capsys, monkeypatch):
     assert same(decoder.hift, vocoder.hift) and not same(decoder.flow, vocoder.flow)
     assert decoder.decode(tok.tokenize(espeak_clip())).numel() > 0
     assert done["codes"]["assistant"]["rows"] == done["speech"]["assistant"]["rows"]
+    # the text-to-token model's other pairs: the fortunes and word lists in the assistant's voice, tokenized
+    t2t_texts = [json.loads(line) for line in Path(done["texts"]["t2t_texts"]).read_text().splitlines()]
+    assert {r["role"] for r in t2t_texts} == {"fortune", "words"} and done["texts"]["t2t_rows"] == 4
+    assert done["codes"]["assistant-t2t"]["rows"] == done["speech"]["assistant-t2t"]["rows"] == 4
+    assert done["t2t"]["pairs"] == done["codes"]["assistant"]["rows"] + 4  # the t2t read both
     assert not done["codes"]["train"]["failed"]
     assert done["text-tokenizer"]["n_audio"] == 32
     from glm4voice.lm.t2t import T2TConfig, TextToToken
