@@ -181,10 +181,12 @@ def texts(sizes: Sizes):
         spoken = [r for r in train if not r.get("phrasing")]
         # the assistant's voice: every domain text it could say (its answers, facts, stories), at rate 1 unless
         # the row asks for another (the slow and quick answers)
-        voice = [{k: v for k, v in r.items() if k not in ("voice", "pitch")} for r in spoken if r["role"] != "fortune"]
+        def unvoiced(rows):  # without a voice or pitch of their own: the assistant speaks them in its voice
+            return [{k: v for k, v in r.items() if k not in ("voice", "pitch")} for r in rows]
+
+        voice = unvoiced(r for r in spoken if r["role"] != "fortune")
         words = word_lists(spoken, sizes.word_lists)
-        pairs = [{k: v for k, v in r.items() if k not in ("voice", "pitch")} for r in spoken + words
-                 if r["role"] in sizes.t2t_roles]  # fmt: skip
+        pairs = unvoiced(r for r in spoken + words if r["role"] in sizes.t2t_roles)
         write_rows(folder / "train-texts.jsonl", train)
         write_rows(folder / "speech-texts.jsonl", spoken + words)
         write_rows(folder / "test-texts.jsonl", test)
