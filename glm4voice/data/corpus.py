@@ -123,7 +123,6 @@ def tokenize_corpus(speech_tokenizer: str, manifest: str | os.PathLike, out: str
     SpeechTokenizer.from_pretrained(speech_tokenizer)  # a bad one fails here, once, not in every actor
     start = time.perf_counter()
     try:
-        import pyarrow.parquet as pq
         import ray.data
 
         with open_ray(ray_address, actors), atomic_path(out, folder=True, overwrite=False) as tmp:
@@ -131,12 +130,23 @@ def tokenize_corpus(speech_tokenizer: str, manifest: str | os.PathLike, out: str
             tokenized = ds.map_batches(TokenizeBatch, fn_constructor_args=(str(speech_tokenizer), int8, batch_size),
                                        batch_size=batch_size, concurrency=actors, batch_format="pyarrow")  # fmt: skip
             tokenized.write_parquet(str(tmp), min_rows_per_file=min(rows_per_shard, len(rows)))
-            table = pq.read_table(tmp, columns=["id", "seconds", "error"])
-            errors = [(i, e) for i, e in zip(table["id"].to_pylist(), table["error"].to_pylist()) if e]
-            if table.num_rows != len(rows):
-                raise Glm4VoiceError(f"the pipeline wrote {table.num_rows} rows for {len(rows)} in the manifest")
+            summary = shards_summary(tmp)
+            if summary["rows"] != len(rows):
+                raise Glm4VoiceError(f"the pipeline wrote {summary['rows']} rows for {len(rows)} in the manifest")
     except FileExistsError:
         raise Glm4VoiceError(f"{out} already exists: pick a new --out (finished shards are never "
                              "overwritten)") from None  # fmt: skip
-    return {"rows": len(rows), "failed": len(errors), "audio_seconds": round(sum(table["seconds"].to_pylist()), 2),
-            "wall_seconds": round(time.perf_counter() - start, 2), "failures": errors[:20]}  # fmt: skip
+    return {**summary, "wall_seconds": round(time.perf_counter() - start, 2)}
+
+
+def shards_summary(out: str | os.PathLike) -> dict:
+    """What the shards of a finished `tokenize_corpus` run hold: rows, failed, seconds of audio, failures.
+
+    A run's OUT exists only once it has finished (it is renamed into place), so a caller that finds it can read
+    it back instead of tokenizing again: the recipe's codes stage, stopped after one of its corpora."""
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(out, columns=["id", "seconds", "error"])
+    errors = [(i, e) for i, e in zip(table["id"].to_pylist(), table["error"].to_pylist()) if e]
+    return {"rows": table.num_rows, "failed": len(errors), "audio_seconds": round(sum(table["seconds"].to_pylist()), 2),
+            "failures": errors[:20]}  # fmt: skip

@@ -344,15 +344,18 @@ def decoder(sizes: Sizes):
 
 def codes(sizes: Sizes):
     def run(folder: Path, done: dict) -> dict:
-        from ..data.corpus import open_ray, tokenize_corpus
+        from ..data.corpus import open_ray, shards_summary, tokenize_corpus
 
         made = {}
         with open_ray(None, 1):  # one local Ray for every corpus
             for split in ("train", "assistant", "assistant-t2t"):
                 if split not in done["speech"]:  # a speech stage finished before assistant-t2t existed
                     continue
-                summary = tokenize_corpus(done["tokenizer"]["released"], done["speech"][split]["manifest"],
-                                          folder / split)  # fmt: skip
+                if (folder / split).exists():  # tokenized before this stage was stopped: finished shards
+                    summary = shards_summary(folder / split)
+                else:
+                    summary = tokenize_corpus(done["tokenizer"]["released"], done["speech"][split]["manifest"],
+                                              folder / split)  # fmt: skip
                 made[split] = {"shards": str(folder / split), "rows": summary.get("rows"),
                                "failed": summary.get("failed")}  # fmt: skip
         return made

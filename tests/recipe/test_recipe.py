@@ -244,3 +244,33 @@ def test_validation_subsets_hold_absolute_audio_paths(tmp_path, monkeypatch):
     out = valid_subset("speech/manifest.jsonl", 2, tmp_path / "valid.jsonl")
     audio = [json.loads(line)["audio"] for line in out.read_text().splitlines()]
     assert audio == [str(tmp_path / "speech" / "audio" / f"q{i}.flac") for i in range(2)]
+
+
+def test_codes_stage_stopped_after_one_corpus_reads_it_back(tmp_path, monkeypatch):
+    """A finished corpus's shards are read back, not tokenized again (tokenize_corpus refuses an existing OUT)."""
+    import contextlib
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from glm4voice.data import corpus
+    from glm4voice.recipe.tiny import SMOKE, codes
+
+    (tmp_path / "train").mkdir()
+    pq.write_table(pa.table({"id": ["a", "b", "c"], "seconds": [1.0, 2.5, 0.0], "error": [None, None, "bad.wav"],
+                             "codes": [[1, 2], [3], []], "text": ["x", "y", ""]}), tmp_path / "train" / "0.parquet")
+    tokenized = []
+
+    def fake_tokenize(tokenizer, manifest, out, **kw):
+        tokenized.append(manifest)
+        return {"rows": 4, "failed": 0, "audio_seconds": 9.0, "failures": [], "wall_seconds": 1.0}
+
+    monkeypatch.setattr(corpus, "tokenize_corpus", fake_tokenize)
+    monkeypatch.setattr(corpus, "open_ray", lambda *a: contextlib.nullcontext())
+    done = {"tokenizer": {"released": "tok"}, "speech": {s: {"manifest": f"{s}.jsonl"} for s in ("train", "assistant")}}
+    made = codes(SMOKE).run(tmp_path, done)
+    assert tokenized == ["assistant.jsonl"]  # and assistant-t2t, absent from this speech stage, is left out
+    assert made["train"] == {"shards": str(tmp_path / "train"), "rows": 3, "failed": 1}
+    assert made["assistant"]["rows"] == 4 and "assistant-t2t" not in made
+    assert corpus.shards_summary(tmp_path / "train") == {"rows": 3, "failed": 1, "audio_seconds": 3.5,
+                                                         "failures": [("c", "bad.wav")]}  # fmt: skip
